@@ -1,0 +1,146 @@
+"""On-disk artifacts: atomic writes, content hashes, manifests and the stage cache.
+
+A stage is a function from artifacts to artifacts.  ``run_stage`` skips it only
+when its manifest records the same input hashes and config hash as now;
+otherwise it runs the function into a temporary folder and renames the folder
+into place, so a killed run never leaves a half-written output.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from data_schemas.base import Schema
+
+CODE_VERSION = "0.1.0"
+
+
+def file_hash(path: Path, full: bool | None = None) -> str:
+    """sha256 of a file; for big raw inputs (>64 MiB) of size, mtime and head/tail blocks."""
+    path = Path(path)
+    st = path.stat()
+    h = hashlib.sha256()
+    if full is None:
+        full = st.st_size <= 64 * 2**20
+    with open(path, "rb") as f:
+        if full:
+            for block in iter(lambda: f.read(2**20), b""):
+                h.update(block)
+        else:
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(f.read(2**20))
+            f.seek(max(0, st.st_size - 2**20))
+            h.update(f.read(2**20))
+    return h.hexdigest()[:16]
+
+
+def tree_hash(path: Path, pattern: str = "*") -> str:
+    """A cheap hash of a folder's listing (names, sizes, mtimes)."""
+    path = Path(path)
+    if path.is_file():
+        return file_hash(path)
+    h = hashlib.sha256()
+    for p in sorted(path.rglob(pattern)):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def write_parquet(df: pd.DataFrame, path: Path, schema: Schema | None = None) -> Path:
+    """Validate against ``schema`` then write atomically (tmp file + rename)."""
+    path = Path(path)
+    if schema is not None:
+        schema.validate(df, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_parquet(path: Path, schema: Schema | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+    df = pd.read_parquet(path, columns=columns)
+    if schema is not None and columns is None:
+        schema.validate(df, path)
+    return df
+
+
+def write_json(obj, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def config_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _row_counts(folder: Path) -> dict[str, int]:
+    import pyarrow.parquet as pq
+    out = {}
+    for p in sorted(folder.rglob("*.parquet")):
+        out[str(p.relative_to(folder))] = pq.ParquetFile(p).metadata.num_rows
+    return out
+
+
+def run_stage(name: str, out_dir: Path, inputs: dict[str, str], config: dict,
+              fn: Callable[[Path], dict | None], log: Callable[[str], None] = print) -> Path:
+    """Run ``fn(tmp_dir)`` unless ``out_dir/manifest.json`` already records the same
+    input hashes and config hash.  ``inputs`` maps an input name to its hash
+    (use ``file_hash``/``tree_hash`` or an upstream stage's ``output_hash``).
+    ``fn`` may return extra manifest fields.  Returns ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    chash = config_hash(config)
+    manifest_path = out_dir / "manifest.json"
+    if manifest_path.exists():
+        m = read_json(manifest_path)
+        if m.get("inputs") == inputs and m.get("config_hash") == chash and m.get("code_version") == CODE_VERSION:
+            log(f"[{name}] up to date, skipped")
+            return out_dir
+        log(f"[{name}] inputs or config changed, rerunning")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    t0 = time.time()
+    log(f"[{name}] running")
+    extra = fn(tmp) or {}
+    manifest = {
+        "stage": name, "inputs": inputs, "config_hash": chash, "config": config,
+        "code_version": CODE_VERSION, "row_counts": _row_counts(tmp),
+        "seconds": round(time.time() - t0, 3), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **extra,
+    }
+    write_json(manifest, tmp / "manifest.json")
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    if out_dir.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old.exists():
+        shutil.rmtree(old)
+    log(f"[{name}] done in {manifest['seconds']:.1f}s " +
+        ", ".join(f"{k}={v}" for k, v in manifest["row_counts"].items()))
+    return out_dir
+
+
+def output_hash(stage_dir: Path) -> str:
+    """The identity of a finished stage's output: hash of its manifest."""
+    return file_hash(Path(stage_dir) / "manifest.json", full=True)

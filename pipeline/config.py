@@ -1,0 +1,105 @@
+"""Typed configuration (pydantic).  Strings from config are never evaluated.
+
+A run's configuration is stored in RUN/config.json; its content hash keys the
+stage cache, so a changed setting reruns every stage that reads it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MODALITIES = ("ehr", "ecg", "notes", "imaging")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourcePaths(_Strict):
+    """Explicit paths per source; None = discover under --data."""
+    mimic_iv: Path | None = None
+    ecg: Path | None = None
+    notes: Path | None = None
+    cxr: Path | None = None
+
+
+class TaskConfig(_Strict):
+    name: Literal["mortality", "icu_mortality", "los3", "los7", "readmission30"] = "mortality"
+    anchor: Literal["admittime", "intime"] = "admittime"
+    prediction_hours: float = 24.0
+    min_age: int = 18
+    test_fraction: float = 0.2
+    valid_fraction: float = 0.15
+    seed: int = 0
+
+
+class EHRConfig(_Strict):
+    lookback_hours: float = 24.0 * 7  # window of events before the prediction time
+    max_codes: int = 120              # most frequent codes kept as features
+    aggregations: tuple[str, ...] = ("last", "min", "max", "mean", "count", "slope", "hours_since_last")
+
+
+class ECGConfig(_Strict):
+    fs: int = 500
+    seconds: float = 10.0
+    lookback_hours: float = 24.0 * 30
+    select: Literal["latest", "all"] = "latest"
+    min_leads: int = 1               # records with fewer mapped ECG leads are quarantined
+    max_records: int | None = None
+
+
+class NotesConfig(_Strict):
+    encoder: Literal["minilm", "tfidf"] = "tfidf"
+    model_path: Path | None = None   # local path of a sentence-transformers model
+    svd_dims: int = 32
+    lookback_hours: float = 24.0 * 30
+    note_types: tuple[str, ...] = ("radiology", "discharge")
+    batch_size: int = 32
+
+
+class ImagingConfig(_Strict):
+    size: int = 64
+    lookback_hours: float = 24.0 * 30
+    encoder: Literal["stats", "cnn"] = "stats"
+
+
+class ModelConfig(_Strict):
+    gbm_estimators: int = 300
+    gbm_learning_rate: float = 0.05
+    gbm_num_leaves: int = 15
+    fusion_models: tuple[str, ...] = ("gbm_early",)
+    calibration: Literal["isotonic", "platt"] = "isotonic"
+    top_k_reasons: int = 3
+    seed: int = 0
+
+
+class RunConfig(_Strict):
+    sources: SourcePaths = Field(default_factory=SourcePaths)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    ehr: EHRConfig = Field(default_factory=EHRConfig)
+    ecg: ECGConfig = Field(default_factory=ECGConfig)
+    notes: NotesConfig = Field(default_factory=NotesConfig)
+    imaging: ImagingConfig = Field(default_factory=ImagingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    modalities: tuple[str, ...] = MODALITIES
+
+    @classmethod
+    def load(cls, path: Path | None) -> "RunConfig":
+        if path is None:
+            return cls()
+        text = Path(path).read_text()
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        return cls.model_validate(data)
+
+    def section_hash(self, *sections: str) -> str:
+        data = self.model_dump(mode="json")
+        blob = json.dumps({s: data[s] for s in sections}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
