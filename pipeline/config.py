@@ -71,9 +71,12 @@ class ModelConfig(_Strict):
     gbm_estimators: int = 300
     gbm_learning_rate: float = 0.05
     gbm_num_leaves: int = 15
-    fusion_models: tuple[str, ...] = ("gbm_early",)
+    fusion_models: tuple[str, ...] = ("gbm_early", "gbm_late")
+    primary: str = "gbm_early"
     calibration: Literal["isotonic", "platt"] = "isotonic"
     top_k_reasons: int = 3
+    band_thresholds: tuple[float, float] = (0.10, 0.30)  # low < t0 <= medium < t1 <= high
+    single_modality_baselines: bool = True
     seed: int = 0
 
 

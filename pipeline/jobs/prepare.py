@@ -1,0 +1,158 @@
+"""The ETL shared by ``train`` and ``score``: sources -> canonical tables -> cohort ->
+per-modality features -> aligned table, each step a cached, atomic stage under
+WORK/stages/<name>/ with its manifest and its own quarantine file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from data_schemas.modalities import COHORT, QUARANTINE
+from pipeline.artifacts import output_hash, read_parquet, run_stage, tree_hash, write_parquet
+from pipeline.config import RunConfig
+from pipeline.errors import Quarantine
+from pipeline.sources.discover import Sources
+from pipeline.stages.align import align
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+@dataclass
+class Prepared:
+    table: pd.DataFrame
+    cohort: pd.DataFrame
+    item_times: dict[str, pd.DataFrame]
+    stage_dirs: dict[str, Path]
+    modalities: list[str]
+    info: dict = field(default_factory=dict)
+
+
+def _stage(work: Path, name: str, inputs: dict, config: dict, body) -> Path:
+    """Run ``body(tmp, quarantine)``; the stage's quarantine rows land in its own folder."""
+    def fn(tmp: Path):
+        q = Quarantine()
+        extra = body(tmp, q) or {}
+        write_parquet(q.to_frame(), tmp / "quarantine.parquet", QUARANTINE)
+        return {**extra, "quarantined": len(q)}
+    return run_stage(name, work / "stages" / name, inputs, config, fn, log=log)
+
+
+def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
+            fitted: dict | None = None) -> Prepared:
+    """``mode`` 'train' fits what needs fitting (EHR code list, notes encoder) on the
+    train split; 'score' uses ``fitted`` (from the model folder) and scores every row."""
+    from pipeline.sources.mimic_iv import ingest_mimic_iv
+    from pipeline.stages.cohort import build_cohort
+    from pipeline.stages.featurize_ehr import featurize_ehr
+
+    fitted = fitted or {}
+    work = Path(work)
+    dirs: dict[str, Path] = {}
+    if sources.paths["mimic_iv"] is None:
+        from pipeline.errors import DataError
+        raise DataError("no MIMIC-IV hosp/ tables found: the cohort needs patients and admissions",
+                        file=sources.root, field="hosp/patients",
+                        hint="point --data at a folder holding hosp/patients.csv.gz and hosp/admissions.csv.gz")
+    mroot = sources.paths["mimic_iv"]
+    dirs["ingest_ehr"] = _stage(work, "ingest_ehr", {"mimic_iv": tree_hash(mroot, "*.*")}, {},
+                                lambda tmp, q: ingest_mimic_iv(mroot, tmp, q))
+
+    def cohort_body(tmp, q):
+        d = dirs["ingest_ehr"]
+        icu = d / "icustays.parquet"
+        cohort, counts = build_cohort(pd.read_parquet(d / "patients.parquet"), pd.read_parquet(d / "admissions.parquet"),
+                                      pd.read_parquet(icu) if icu.exists() else None, cfg.task)
+        if mode == "score":
+            cohort = cohort.assign(split="score")
+        write_parquet(cohort, tmp / "cohort.parquet", COHORT)
+        return {"counts": counts}
+    dirs["cohort"] = _stage(work, "cohort", {"ingest_ehr": output_hash(dirs["ingest_ehr"])},
+                            {"task": cfg.task.model_dump(mode="json"), "mode": mode}, cohort_body)
+    cohort = read_parquet(dirs["cohort"] / "cohort.parquet", COHORT)
+    cohort_hash = output_hash(dirs["cohort"])
+
+    features: dict[str, pd.DataFrame | None] = {}
+    modalities = [m for m in cfg.modalities]
+    # EHR
+    codes = fitted.get("ehr_codes")
+    dirs["features_ehr"] = _stage(work, "features_ehr", {"cohort": cohort_hash, "ingest": output_hash(dirs["ingest_ehr"])},
+                                  {"ehr": cfg.ehr.model_dump(mode="json"), "codes": codes},
+                                  lambda tmp, q: featurize_ehr(cohort, dirs["ingest_ehr"], cfg.ehr, tmp, codes=codes))
+    features["ehr"] = pd.read_parquet(dirs["features_ehr"] / "features.parquet")
+
+    # ECG
+    if "ecg" in modalities and sources.paths["ecg"] is not None:
+        from pipeline.sources.ecg import read_record_list
+        from pipeline.stages.featurize_ecg import featurize_ecg
+        eroot = sources.paths["ecg"]
+
+        def ecg_index_body(tmp, q):
+            idx = read_record_list(eroot, q)
+            write_parquet(idx, tmp / "ecg_index.parquet")
+            return {"records": len(idx)}
+        dirs["index_ecg"] = _stage(work, "index_ecg", {"record_list": tree_hash(eroot, "record_list.csv*")}, {},
+                                   ecg_index_body)
+        idx = pd.read_parquet(dirs["index_ecg"] / "ecg_index.parquet")
+        dirs["features_ecg"] = _stage(work, "features_ecg", {"cohort": cohort_hash, "index": output_hash(dirs["index_ecg"])},
+                                      {"ecg": cfg.ecg.model_dump(mode="json")},
+                                      lambda tmp, q: featurize_ecg(cohort, idx, cfg.ecg, tmp, q))
+        features["ecg"] = pd.read_parquet(dirs["features_ecg"] / "features.parquet")
+
+    # Notes
+    if "notes" in modalities and sources.paths["notes"] is not None:
+        from pipeline.sources.notes import read_notes
+        from pipeline.stages.featurize_notes import featurize_notes
+        nroot = sources.paths["notes"]
+
+        def notes_index_body(tmp, q):
+            notes = read_notes(nroot, q, note_types=cfg.notes.note_types)
+            write_parquet(notes, tmp / "notes.parquet")
+            return {"notes": len(notes)}
+        dirs["index_notes"] = _stage(work, "index_notes", {"notes": tree_hash(nroot / "note")},
+                                     {"note_types": list(cfg.notes.note_types)}, notes_index_body)
+        notes = pd.read_parquet(dirs["index_notes"] / "notes.parquet")
+        encoder = fitted.get("notes_encoder")
+        dirs["features_notes"] = _stage(
+            work, "features_notes", {"cohort": cohort_hash, "notes": output_hash(dirs["index_notes"])},
+            {"notes": cfg.notes.model_dump(mode="json"), "encoder": fitted.get("notes_encoder_hash")},
+            lambda tmp, q: featurize_notes(cohort, notes, cfg.notes, tmp, q, encoder=encoder))
+        features["notes"] = pd.read_parquet(dirs["features_notes"] / "features.parquet")
+
+    # Imaging
+    if "imaging" in modalities and sources.paths["cxr"] is not None:
+        from pipeline.sources.imaging import read_cxr_metadata
+        from pipeline.stages.featurize_imaging import featurize_imaging
+        croot = sources.paths["cxr"]
+
+        def img_index_body(tmp, q):
+            idx = read_cxr_metadata(croot, q)
+            write_parquet(idx, tmp / "imaging_index.parquet")
+            return {"images": len(idx)}
+        dirs["index_imaging"] = _stage(work, "index_imaging", {"metadata": tree_hash(croot, "mimic-cxr-2.0.0-*")}, {},
+                                       img_index_body)
+        iidx = pd.read_parquet(dirs["index_imaging"] / "imaging_index.parquet")
+        dirs["features_imaging"] = _stage(
+            work, "features_imaging", {"cohort": cohort_hash, "index": output_hash(dirs["index_imaging"])},
+            {"imaging": cfg.imaging.model_dump(mode="json")},
+            lambda tmp, q: featurize_imaging(cohort, iidx, cfg.imaging, tmp, q))
+        features["imaging"] = pd.read_parquet(dirs["features_imaging"] / "features.parquet")
+
+    table = align(cohort, features)
+    item_times = {m: f[["hadm_id", "item_time"]] for m, f in features.items()
+                  if f is not None and "item_time" in f.columns}
+    present = [m for m in modalities if features.get(m) is not None]
+    return Prepared(table=table, cohort=cohort, item_times=item_times, stage_dirs=dirs, modalities=present,
+                    info={"sources": sources.to_json()})
+
+
+def collect_quarantine(stage_dirs: dict[str, Path]) -> pd.DataFrame:
+    frames = [pd.read_parquet(d / "quarantine.parquet") for d in stage_dirs.values()
+              if (d / "quarantine.parquet").exists()]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return Quarantine().to_frame()
+    return pd.concat(frames, ignore_index=True).astype("string")

@@ -1,0 +1,196 @@
+"""``mmpipe train``: ETL, leakage audit, models on the same patient-level splits,
+calibration, evaluation on test, explanations, scores, quarantine and report."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data_schemas.modalities import QUARANTINE
+from pipeline.artifacts import CODE_VERSION, read_json, write_json, write_parquet
+from pipeline.config import RunConfig
+from pipeline.errors import DataError
+from pipeline.explain.explanation import Explanation, tree_shap
+from pipeline.explain.modality import modality_shapley
+from pipeline.jobs.prepare import Prepared, collect_quarantine, log, prepare
+from pipeline.models.calibration import Calibrator
+from pipeline.models.gbm import GBMClassifier, LateFusionGBM
+from pipeline.models.metrics import age_band, availability_pattern, by_group, evaluate
+from pipeline.sources.discover import discover
+from pipeline.stages import leakage
+from pipeline.stages.align import feature_columns, mask_col, modality_of
+
+
+def model_features(prep: Prepared) -> list[str]:
+    """Features and masks of the modalities present in this run."""
+    return [c for c in feature_columns(prep.table) if modality_of(c) in prep.modalities]
+
+
+def _gbm(cfg: RunConfig) -> dict:
+    m = cfg.model
+    return dict(n_estimators=m.gbm_estimators, learning_rate=m.gbm_learning_rate, num_leaves=m.gbm_num_leaves)
+
+
+def fit_models(prep: Prepared, cfg: RunConfig, feats: list[str]) -> dict:
+    t = prep.table
+    tr, va = t[t.split == "train"], t[t.split == "valid"]
+    ev = (va[feats], va["label"].to_numpy())
+    models = {}
+    for name in cfg.model.fusion_models:
+        log(f"[train] fitting {name}")
+        if name == "gbm_early":
+            models[name] = GBMClassifier(random_state=cfg.model.seed, **_gbm(cfg)).fit(tr[feats], tr["label"], ev)
+        elif name == "gbm_late":
+            models[name] = LateFusionGBM(gbm_params=_gbm(cfg), random_state=cfg.model.seed).fit(
+                tr[feats], tr["label"], ev)
+        elif name.startswith("fusion_"):
+            from pipeline.models.fusion import FusionNetClassifier
+            models[name] = FusionNetClassifier.from_config(name, cfg, prep).fit(tr, tr["label"], eval_set=(va, va["label"]))
+        else:
+            raise DataError(f"unknown model {name!r}", field="model.fusion_models")
+    if cfg.model.single_modality_baselines and len(prep.modalities) > 1:
+        for m in prep.modalities:
+            cols = [c for c in feats if modality_of(c) == m]
+            log(f"[train] fitting single-modality baseline gbm_only_{m}")
+            models[f"gbm_only_{m}"] = GBMClassifier(random_state=cfg.model.seed, **_gbm(cfg)).fit(
+                tr[cols], tr["label"], (va[cols], va["label"].to_numpy()))
+    return models
+
+
+def band(risk: np.ndarray, thresholds) -> np.ndarray:
+    lo, hi = thresholds
+    return np.where(risk >= hi, "high", np.where(risk >= lo, "medium", "low"))
+
+
+def explain(model: GBMClassifier, X: pd.DataFrame, hadm: np.ndarray, modalities: list[str]) -> Explanation:
+    vals, base = tree_shap(model, X)
+    contrib = modality_shapley(model.decision_function, X[list(model.feature_names_in_)], modalities)
+    return Explanation(values=vals, base_values=base, data=X[list(model.feature_names_in_)].to_numpy(dtype=float),
+                       feature_names=list(model.feature_names_in_), hadm_id=np.asarray(hadm),
+                       modality_contrib=contrib.reset_index(drop=True))
+
+
+def score_rows(rows: pd.DataFrame, model, calibrator: Calibrator, meta: dict, pretty) -> tuple[pd.DataFrame, Explanation]:
+    """The score file rows for ``rows`` (aligned table rows) and their explanation."""
+    X = rows[meta["features"]]
+    risk = calibrator.transform(model.decision_function(X))
+    exp = explain(model, X, rows["hadm_id"].to_numpy(), meta["modalities"])
+    out = pd.DataFrame({
+        "subject_id": rows["subject_id"].to_numpy(), "hadm_id": rows["hadm_id"].to_numpy(),
+        "prediction_time": rows["prediction_time"].to_numpy(), "risk": risk,
+        "band": band(risk, meta["band_thresholds"]),
+        "reasons": exp.top_reasons(meta["top_k_reasons"], pretty)})
+    for m in ("ehr", "ecg", "notes", "imaging"):
+        out[m] = exp.modality_contrib[m].to_numpy() if m in exp.modality_contrib.columns else 0.0
+    return out, exp
+
+
+def pretty_namer(prep_or_codes) -> callable:
+    from pipeline.stages.featurize_ehr import pretty_feature
+    labels = prep_or_codes
+    return lambda name: pretty_feature(name, labels)
+
+
+def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(cfg.model_dump(mode="json"), out / "config.json")
+    sources = discover(data, cfg.sources)
+    log(sources.describe())
+    write_json(sources.to_json(), out / "sources.json")
+    prep = prepare(sources, cfg, out, mode="train")
+    feats = model_features(prep)
+    log(f"[train] cohort {len(prep.table)} rows, {int(prep.table.label.sum())} positives; "
+        f"modalities {prep.modalities}; {len(feats)} features")
+    audit = leakage.audit(prep.cohort, prep.item_times, prep.table, feats)
+    write_json(audit, out / "leakage.json")
+    leakage.enforce(audit)
+    for w in audit["warnings"]:
+        log(f"[leakage] WARNING {w['feature']}: AUROC {w['auroc']} alone")
+
+    models = fit_models(prep, cfg, feats)
+    t = prep.table
+    va, te = t[t.split == "valid"], t[t.split == "test"]
+    results, calibrators = {}, {}
+    for name, model in models.items():
+        cols = list(model.feature_names_in_)
+        cal = Calibrator(cfg.model.calibration).fit(model.decision_function(va[cols]), va["label"])
+        calibrators[name] = cal
+        p = cal.transform(model.decision_function(te[cols]))
+        results[name] = evaluate(te["label"], p, seed=cfg.model.seed)
+        results[name]["calibration_method_used"] = cal.method_used_
+        log(f"[train] {name}: test AUROC {_fmt(results[name]['auroc'])} CI {results[name].get('auroc_ci')}")
+
+    primary = cfg.model.primary if cfg.model.primary in models else next(iter(models))
+    model, cal = models[primary], calibrators[primary]
+    mdir = out / "model"
+    codes_table = pd.read_parquet(prep.stage_dirs["ingest_ehr"] / "codes.parquet")
+    labels = dict(zip(codes_table["code"], codes_table["label"]))
+    meta = {
+        "code_version": CODE_VERSION, "primary": primary, "kind": type(model).__name__,
+        "features": list(model.feature_names_in_), "modalities": prep.modalities,
+        "band_thresholds": list(cfg.model.band_thresholds), "top_k_reasons": cfg.model.top_k_reasons,
+        "calibrator": cal.to_json(), "config": cfg.model_dump(mode="json"),
+        "ehr_codes": read_json(prep.stage_dirs["features_ehr"] / "codes.json")["codes"],
+        "code_labels": {c: labels[c] for c in read_json(prep.stage_dirs["features_ehr"] / "codes.json")["codes"]
+                        if c in labels},
+        "trained_on": sources.to_json(),
+    }
+    model.save(mdir / "primary")
+    notes_enc = prep.stage_dirs.get("features_notes")
+    if notes_enc is not None and (notes_enc / "encoder").exists():
+        import shutil
+        shutil.copytree(notes_enc / "encoder", mdir / "notes_encoder", dirs_exist_ok=True)
+        meta["notes_encoder"] = "notes_encoder"
+    write_json(meta, mdir / "model.json")
+
+    scores, exp = score_rows(te, model, cal, meta, pretty_namer(labels))
+    write_parquet(scores, out / "test_scores.parquet")
+    exp.save(out / "explanation")
+
+    p_primary = scores["risk"].to_numpy()
+    y = te["label"].to_numpy()
+    subgroups = {"sex": by_group(y, p_primary, te["gender"].fillna("unknown").reset_index(drop=True)),
+                 "age_band": by_group(y, p_primary, age_band(te["age"]).reset_index(drop=True))}
+    if "race" in te.columns:
+        subgroups["race"] = by_group(y, p_primary, te["race"].fillna("unknown").reset_index(drop=True))
+    pattern = availability_pattern(te.reset_index(drop=True), prep.modalities)
+    quarantine = collect_quarantine(prep.stage_dirs)
+    write_parquet(quarantine, out / "quarantine.parquet", QUARANTINE)
+    cohort_counts = read_json(prep.stage_dirs["cohort"] / "manifest.json").get("counts", {})
+    metrics = {
+        "task": cfg.task.name, "primary": primary, "models": results, "subgroups": subgroups,
+        "availability": by_group(y, p_primary, pattern, min_n=5),
+        "modality_presence": {m: float(t[mask_col(m)].mean()) for m in prep.modalities},
+        "modality_importance": exp.modality_importance(),
+        "top_features": exp.feature_importance().head(20).round(5).to_dict(),
+        "cohort": cohort_counts, "splits": t["split"].value_counts().to_dict(),
+        "n_features": len(feats), "quarantine_counts": _reason_counts(quarantine),
+        "leakage_passed": audit["passed"], "leakage_warnings": len(audit["warnings"]),
+        "sources": sources.to_json(), "seconds": round(time.time() - t0, 1),
+    }
+    write_json(metrics, out / "metrics.json")
+    log(f"[train] quarantined records: {len(quarantine)} " + json.dumps(metrics["quarantine_counts"]))
+    log(f"[train] primary model {primary}: test AUROC {_fmt(results[primary]['auroc'])} "
+        f"(95% CI {results[primary].get('auroc_ci')}) on {results[primary]['n']} admissions")
+    if report:
+        from pipeline.jobs.report import write_report
+        path = write_report(out)
+        log(f"[train] report: {path}")
+        metrics["report"] = str(path)
+    return metrics
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _reason_counts(q: pd.DataFrame) -> dict:
+    if q.empty:
+        return {}
+    key = q["source"].astype(str) + ": " + q["reason"].astype(str).str.split(":").str[0].str.slice(0, 60)
+    return key.value_counts().to_dict()

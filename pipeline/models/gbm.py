@@ -1,0 +1,193 @@
+"""LightGBM estimators with the scikit-learn contract, saved without pickle.
+
+- ``GBMClassifier``: early fusion, one LightGBM over every modality's features and masks.
+- ``LateFusionGBM``: one LightGBM per modality plus a logistic stacker over their
+  logits and the masks (an absent modality's logit is replaced by 0 and its mask says so).
+Both save to a folder as LightGBM text models and JSON, with content hashes that
+``load`` checks.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from pipeline.artifacts import read_json, write_json
+from pipeline.errors import DataError
+from pipeline.stages.align import mask_col, modality_of
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_hash(path: Path, expected: str) -> str:
+    text = Path(path).read_text()
+    if _sha(text) != expected:
+        raise DataError("model file content does not match its recorded hash (modified or corrupt)",
+                        file=path, hint="retrain or restore the model folder")
+    return text
+
+
+class GBMClassifier(ClassifierMixin, BaseEstimator):
+    def __init__(self, n_estimators=300, learning_rate=0.05, num_leaves=15, min_child_samples=10,
+                 subsample=0.8, colsample_bytree=0.8, reg_lambda=1.0, early_stopping_rounds=30,
+                 random_state=0, n_jobs=2):
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.reg_lambda = reg_lambda
+        self.early_stopping_rounds = early_stopping_rounds
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    def _params(self) -> dict:
+        return dict(objective="binary", learning_rate=self.learning_rate, num_leaves=self.num_leaves,
+                    min_child_samples=self.min_child_samples, subsample=self.subsample, subsample_freq=1,
+                    colsample_bytree=self.colsample_bytree, reg_lambda=self.reg_lambda, seed=self.random_state,
+                    deterministic=True, force_col_wise=True, num_threads=self.n_jobs, verbose=-1)
+
+    def fit(self, X: pd.DataFrame, y, eval_set: tuple[pd.DataFrame, np.ndarray] | None = None):
+        y = np.asarray(y)
+        if len(np.unique(y)) < 2:
+            raise DataError(f"training labels have a single class ({np.unique(y).tolist()}); "
+                            "AUROC and a classifier are undefined", field="label",
+                            hint="use a larger cohort or another task")
+        self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
+        train = lgb.Dataset(X.to_numpy(dtype=np.float64), label=y, feature_name=list(map(_safe, X.columns)),
+                            free_raw_data=False)
+        valid_sets, callbacks = [], []
+        if eval_set is not None and len(np.unique(eval_set[1])) == 2:
+            valid_sets = [lgb.Dataset(eval_set[0][X.columns].to_numpy(dtype=np.float64), label=eval_set[1],
+                                      reference=train)]
+            callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
+        self.booster_ = lgb.train(self._params(), train, num_boost_round=self.n_estimators,
+                                  valid_sets=valid_sets, callbacks=callbacks)
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def _matrix(self, X: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.feature_names_in_ if c not in X.columns]
+        if missing:
+            raise DataError(f"{len(missing)} model feature(s) absent from the input, e.g. {missing[:5]}",
+                            field=missing[0], hint="score with the same feature configuration as training")
+        return X[list(self.feature_names_in_)].to_numpy(dtype=np.float64)
+
+    def decision_function(self, X: pd.DataFrame) -> np.ndarray:
+        return self.booster_.predict(self._matrix(X), raw_score=True)
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+        return np.column_stack([1 - p, p])
+
+    def predict(self, X):
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        text = self.booster_.model_to_string()
+        (folder / "booster.txt").write_text(text)
+        write_json({"kind": "GBMClassifier", "params": self.get_params(),
+                    "features": list(self.feature_names_in_), "booster_sha256": _sha(text)},
+                   folder / "model.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> "GBMClassifier":
+        meta = read_json(Path(folder) / "model.json")
+        text = _check_hash(Path(folder) / "booster.txt", meta["booster_sha256"])
+        est = cls(**meta["params"])
+        est.booster_ = lgb.Booster(model_str=text)
+        est.feature_names_in_ = np.asarray(meta["features"], dtype=object)
+        est.classes_ = np.array([0, 1])
+        return est
+
+
+def _safe(name: str) -> str:
+    """LightGBM rejects some JSON characters in feature names."""
+    return "".join(ch if ch.isalnum() or ch in "_" else "_" for ch in name)
+
+
+class LateFusionGBM(ClassifierMixin, BaseEstimator):
+    """One GBM per modality, stacked by logistic regression over logits and masks."""
+
+    def __init__(self, gbm_params: dict | None = None, random_state=0):
+        self.gbm_params = gbm_params
+        self.random_state = random_state
+
+    def _groups(self, columns) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        for c in columns:
+            m = modality_of(c)
+            if m is not None and not c.startswith("mask__"):
+                groups.setdefault(m, []).append(c)
+        return groups
+
+    def fit(self, X: pd.DataFrame, y, eval_set=None):
+        from sklearn.linear_model import LogisticRegression
+        y = np.asarray(y)
+        self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
+        self.models_ = {}
+        for m, cols in self._groups(X.columns).items():
+            rows = X[mask_col(m)].to_numpy() == 1 if mask_col(m) in X.columns else np.ones(len(X), bool)
+            if rows.sum() < 20 or len(np.unique(y[rows])) < 2:
+                continue
+            es = None
+            if eval_set is not None:
+                vr = eval_set[0][mask_col(m)].to_numpy() == 1 if mask_col(m) in eval_set[0] else slice(None)
+                es = (eval_set[0].loc[vr, cols], np.asarray(eval_set[1])[vr])
+            self.models_[m] = GBMClassifier(random_state=self.random_state, **(self.gbm_params or {})).fit(
+                X.loc[rows, cols], y[rows], eval_set=es)
+        self.stacker_ = LogisticRegression(C=1.0, max_iter=1000).fit(self._stack(X), y)
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def _stack(self, X: pd.DataFrame) -> np.ndarray:
+        cols = []
+        for m, model in self.models_.items():
+            mask = X[mask_col(m)].to_numpy(dtype=float) if mask_col(m) in X.columns else np.ones(len(X))
+            logit = model.decision_function(X) * mask
+            cols += [logit, mask]
+        return np.column_stack(cols) if cols else np.zeros((len(X), 1))
+
+    def decision_function(self, X):
+        return self.stacker_.decision_function(self._stack(X))
+
+    def predict_proba(self, X):
+        return self.stacker_.predict_proba(self._stack(X))
+
+    def predict(self, X):
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        for m, model in self.models_.items():
+            model.save(folder / m)
+        write_json({"kind": "LateFusionGBM", "modalities": list(self.models_),
+                    "features": list(self.feature_names_in_),
+                    "stacker": {"coef": self.stacker_.coef_.tolist(), "intercept": self.stacker_.intercept_.tolist()},
+                    "random_state": self.random_state}, folder / "model.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> "LateFusionGBM":
+        from sklearn.linear_model import LogisticRegression
+        meta = read_json(Path(folder) / "model.json")
+        est = cls(random_state=meta["random_state"])
+        est.models_ = {m: GBMClassifier.load(Path(folder) / m) for m in meta["modalities"]}
+        est.feature_names_in_ = np.asarray(meta["features"], dtype=object)
+        st = LogisticRegression()
+        st.coef_ = np.asarray(meta["stacker"]["coef"])
+        st.intercept_ = np.asarray(meta["stacker"]["intercept"])
+        st.classes_ = np.array([0, 1])
+        est.stacker_ = st
+        est.classes_ = np.array([0, 1])
+        return est
+
+

@@ -1,0 +1,135 @@
+"""Find each source by its contents at ROOT or in folders below it.
+
+MIMIC-IV: a folder with hosp/patients and hosp/admissions (.csv.gz, .csv or .parquet);
+MIMIC-IV-ECG: a folder with record_list.csv; MIMIC-IV-Note: a folder with
+note/radiology.csv.gz or note/discharge.csv.gz; MIMIC-CXR-JPG: a folder with
+mimic-cxr-2.0.0-metadata.csv(.gz).  Plain folders of WFDB records or of images
+(no index files) are reported too, for ``mmpipe inspect``.  Two candidates for
+one source is an error that lists both; a config may name each path instead.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import SourcePaths
+from pipeline.errors import DataError
+
+SOURCES = ("mimic_iv", "ecg", "notes", "cxr")
+MODALITY_OF = {"mimic_iv": "ehr", "ecg": "ecg", "notes": "notes", "cxr": "imaging"}
+TABLE_EXTS = (".csv.gz", ".csv", ".parquet")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
+_SKIP_DIRS = {"files", ".git", "__pycache__", ".venv", "node_modules"}
+MAX_DEPTH = 7
+
+
+def find_table(folder: Path, name: str) -> Path | None:
+    """folder/name with any of the accepted extensions, or None."""
+    for ext in TABLE_EXTS:
+        p = Path(folder) / f"{name}{ext}"
+        if p.exists():
+            return p
+    return None
+
+
+def _is_mimic_iv(d: Path) -> bool:
+    return any(find_table(d / sub, "patients") and find_table(d / sub, "admissions") for sub in ("hosp", "core"))
+
+
+def _is_ecg(d: Path) -> bool:
+    return (d / "record_list.csv").exists() or (d / "record_list.csv.gz").exists()
+
+
+def _is_notes(d: Path) -> bool:
+    return any(find_table(d / "note", n) for n in ("radiology", "discharge"))
+
+
+def _is_cxr(d: Path) -> bool:
+    return (d / "mimic-cxr-2.0.0-metadata.csv.gz").exists() or (d / "mimic-cxr-2.0.0-metadata.csv").exists()
+
+
+_TESTS = {"mimic_iv": _is_mimic_iv, "ecg": _is_ecg, "notes": _is_notes, "cxr": _is_cxr}
+
+
+@dataclass
+class Sources:
+    root: Path | None
+    paths: dict[str, Path | None]
+    wfdb_folders: list[Path] = field(default_factory=list)
+    image_folders: list[Path] = field(default_factory=list)
+
+    @property
+    def found(self) -> list[str]:
+        return [k for k, v in self.paths.items() if v is not None]
+
+    @property
+    def absent(self) -> list[str]:
+        return [k for k, v in self.paths.items() if v is None]
+
+    def describe(self) -> str:
+        lines = [f"  {k:9s} {'found at ' + str(v) if v else 'absent'}" for k, v in self.paths.items()]
+        return "sources:\n" + "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"root": str(self.root) if self.root else None,
+                "found": {k: str(v) for k, v in self.paths.items() if v},
+                "absent": self.absent,
+                "wfdb_folders": [str(p) for p in self.wfdb_folders],
+                "image_folders": [str(p) for p in self.image_folders]}
+
+
+def _walk(root: Path):
+    root_depth = len(root.parts)
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        depth = len(d.parts) - root_depth
+        dirnames[:] = sorted(n for n in dirnames if n not in _SKIP_DIRS and not n.startswith("."))
+        if depth >= MAX_DEPTH:
+            dirnames[:] = []
+        yield d, dirnames, filenames
+
+
+def discover(root: Path | None, explicit: SourcePaths | None = None) -> Sources:
+    """Locate every source under ``root`` (paths named in ``explicit`` win)."""
+    explicit = explicit or SourcePaths()
+    if root is not None:
+        root = Path(root)
+        if not root.exists():
+            raise DataError("data folder does not exist", file=root, hint="pass --data with an existing folder")
+        if not root.is_dir():
+            raise DataError("data path is not a folder", file=root)
+    candidates: dict[str, list[Path]] = {s: [] for s in SOURCES}
+    wfdb_folders: list[Path] = []
+    image_folders: list[Path] = []
+    if root is not None:
+        # A hosp/ or note/ folder given directly counts as its parent.
+        if root.name in ("hosp", "core") and _is_mimic_iv(root.parent):
+            candidates["mimic_iv"].append(root.parent)
+        if root.name == "note" and _is_notes(root.parent):
+            candidates["notes"].append(root.parent)
+        for d, _dirs, files in _walk(root):
+            for s, test in _TESTS.items():
+                if test(d) and d not in candidates[s]:
+                    candidates[s].append(d)
+            if any(f.endswith(".hea") for f in files) and not any(d.is_relative_to(c) for c in candidates["ecg"]):
+                wfdb_folders.append(d)
+            if any(f.lower().endswith(IMAGE_EXTS) for f in files):
+                image_folders.append(d)
+    paths: dict[str, Path | None] = {}
+    for s in SOURCES:
+        given = getattr(explicit, s)
+        if given is not None:
+            given = Path(given)
+            if not _TESTS[s](given):
+                raise DataError(f"configured path for source '{s}' does not look like one",
+                                file=given, field=f"sources.{s}")
+            paths[s] = given
+            continue
+        found = candidates[s]
+        if len(found) > 1:
+            raise DataError(f"two or more candidates for source '{s}': " + ", ".join(map(str, found)),
+                            file=root, field=f"sources.{s}",
+                            hint=f"name one in the config under sources.{s}, or point --data lower")
+        paths[s] = found[0] if found else None
+    return Sources(root=root, paths=paths, wfdb_folders=wfdb_folders, image_folders=image_folders)

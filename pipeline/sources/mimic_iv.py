@@ -1,0 +1,314 @@
+"""MIMIC-IV hosp/icu (2.x, 3.x, the demo; 1.0's core/ folder) into canonical tables.
+
+Small tables (patients, admissions, icustays) go through pandas with every
+value read as text, so a bad value is reported with its file, row and column.
+Event tables (labevents, chartevents, omr) are streamed by DuckDB straight into
+one parquet file: memory is bounded by DuckDB's ``memory_limit``, never by the
+table size.  Version differences live here: ``ethnicity`` became ``race`` in
+2.0, 1.0 kept patients/admissions in ``core/``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from data_schemas.tables import ADMISSIONS, CODES, EVENTS, ICUSTAYS, PATIENTS
+from pipeline.artifacts import write_parquet
+from pipeline.errors import DataError, Quarantine
+from pipeline.sources.discover import find_table
+
+SOURCE = "mimic_iv"
+MAX_LISTED_BAD_ROWS = 200  # per table and field; the rest are counted in one summary row
+
+# Unit harmonisation: chart item in Fahrenheit -> the Celsius item.
+F_TO_C = {"223761": "223762"}
+
+RENAMES = {"ethnicity": "race"}
+
+
+def table_path(root: Path, name: str) -> Path | None:
+    """hosp/NAME, icu/NAME or core/NAME (MIMIC-IV 1.0) with any accepted extension."""
+    for sub in ("hosp", "icu", "core"):
+        p = find_table(Path(root) / sub, name)
+        if p is not None:
+            return p
+    return None
+
+
+def _read_text_table(path: Path, required: list[str]) -> pd.DataFrame:
+    if path.suffix == ".parquet":
+        df = pd.read_parquet(path).astype("string")
+    else:
+        df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""],
+                         encoding_errors="replace")
+    df = df.rename(columns={k: v for k, v in RENAMES.items() if k in df.columns and v not in df.columns})
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataError(f"required column(s) {missing} missing; found {list(df.columns)}",
+                        file=path, field=missing[0], hint="is this a MIMIC-IV table of the expected version?")
+    return df
+
+
+def _convert(df: pd.DataFrame, path: Path, kinds: dict[str, str], q: Quarantine,
+             required_nonnull: tuple[str, ...]) -> pd.DataFrame:
+    """Cast text columns; rows whose required value is missing or unparseable go to quarantine."""
+    out = pd.DataFrame(index=df.index)
+    bad = pd.Series(False, index=df.index)
+    for col, kind in kinds.items():
+        if col not in df.columns:
+            continue
+        raw = df[col]
+        if kind == "int":
+            conv = pd.to_numeric(raw, errors="coerce")
+            unparsed = conv.isna() & raw.notna()
+            frac = (conv % 1).fillna(0) != 0
+            unparsed |= frac
+            conv = conv.where(~unparsed)
+        elif kind == "float":
+            conv = pd.to_numeric(raw, errors="coerce")
+            unparsed = conv.isna() & raw.notna()
+        elif kind == "datetime":
+            conv = pd.to_datetime(raw, errors="coerce", format="mixed")
+            unparsed = conv.isna() & raw.notna()
+        else:
+            conv, unparsed = raw, pd.Series(False, index=df.index)
+        for i in np.flatnonzero(unparsed.to_numpy()):
+            q.add(SOURCE, path, int(i) + 2, col, f"unparseable {kind} value")  # +2: header line, 1-based
+        if col in required_nonnull:
+            for i in np.flatnonzero((raw.isna()).to_numpy()):
+                q.add(SOURCE, path, int(i) + 2, col, "missing required value")
+            bad |= conv.isna()
+        out[col] = conv
+    for col in df.columns:
+        if col not in out.columns:
+            out[col] = df[col]
+    return out[~bad].copy()
+
+
+def _drop_duplicates(df: pd.DataFrame, key: str, path: Path, q: Quarantine) -> pd.DataFrame:
+    dup = df.duplicated(key, keep="first")
+    for i in df.index[dup]:
+        q.add(SOURCE, path, int(i) + 2, key, f"duplicated id {df.at[i, key]}")
+    return df[~dup]
+
+
+def read_patients(root: Path, q: Quarantine) -> pd.DataFrame:
+    path = table_path(root, "patients")
+    df = _read_text_table(path, ["subject_id", "gender", "anchor_age", "anchor_year"])
+    df = _convert(df, path, {"subject_id": "int", "anchor_age": "int", "anchor_year": "int", "dod": "datetime"},
+                  q, required_nonnull=("subject_id", "anchor_age", "anchor_year"))
+    df = _drop_duplicates(df, "subject_id", path, q)
+    for c in ("subject_id", "anchor_age", "anchor_year"):
+        df[c] = df[c].astype("int64")
+    if "dod" not in df.columns:
+        df["dod"] = pd.NaT
+    df["gender"] = df["gender"].astype(object)
+    return PATIENTS.validate(df[["subject_id", "gender", "anchor_age", "anchor_year", "dod"]].reset_index(drop=True),
+                             path)
+
+
+def read_admissions(root: Path, q: Quarantine, patients: pd.DataFrame | None = None) -> pd.DataFrame:
+    path = table_path(root, "admissions")
+    df = _read_text_table(path, ["subject_id", "hadm_id", "admittime", "dischtime"])
+    df = _convert(df, path, {"subject_id": "int", "hadm_id": "int", "admittime": "datetime",
+                             "dischtime": "datetime", "deathtime": "datetime", "hospital_expire_flag": "int"},
+                  q, required_nonnull=("subject_id", "hadm_id", "admittime"))
+    df = _drop_duplicates(df, "hadm_id", path, q)
+    before = df["dischtime"].notna() & (df["dischtime"] < df["admittime"])
+    for i in df.index[before]:
+        q.add(SOURCE, path, int(i) + 2, "dischtime", "dischtime before admittime")
+    df = df[~before]
+    if "hospital_expire_flag" not in df.columns:
+        df["hospital_expire_flag"] = np.nan
+    if "deathtime" not in df.columns:
+        df["deathtime"] = pd.NaT
+    # The outcome flag and the death time must agree; a missing flag is taken from deathtime.
+    flag = df["hospital_expire_flag"]
+    df["hospital_expire_flag"] = flag.fillna(df["deathtime"].notna().astype(float))
+    if patients is not None:
+        orphan = ~df["subject_id"].isin(patients["subject_id"])
+        for i in df.index[orphan]:
+            q.add(SOURCE, path, int(i) + 2, "subject_id", "subject not in patients")
+        df = df[~orphan]
+    for c in ("subject_id", "hadm_id", "hospital_expire_flag"):
+        df[c] = df[c].astype("int64")
+    cols = ["subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "hospital_expire_flag"]
+    for c in ("admission_type", "race", "insurance"):
+        if c in df.columns:
+            df[c] = df[c].astype(object)
+            cols.append(c)
+    return ADMISSIONS.validate(df[cols].reset_index(drop=True), path)
+
+
+def read_icustays(root: Path, q: Quarantine) -> pd.DataFrame | None:
+    path = table_path(root, "icustays")
+    if path is None:
+        return None
+    df = _read_text_table(path, ["subject_id", "hadm_id", "stay_id", "intime", "outtime"])
+    df = _convert(df, path, {"subject_id": "int", "hadm_id": "int", "stay_id": "int", "intime": "datetime",
+                             "outtime": "datetime"}, q, required_nonnull=("subject_id", "stay_id", "intime"))
+    df = _drop_duplicates(df, "stay_id", path, q)
+    for c in ("subject_id", "stay_id"):
+        df[c] = df[c].astype("int64")
+    df["hadm_id"] = df["hadm_id"].astype("Int64")
+    return ICUSTAYS.validate(df[["subject_id", "hadm_id", "stay_id", "intime", "outtime"]].reset_index(drop=True),
+                             path)
+
+
+# ---------------------------------------------------------------- events (streamed)
+
+def _scan(path: Path) -> str:
+    p = str(path).replace("'", "''")
+    if path.suffix == ".parquet":
+        return f"read_parquet('{p}')"
+    return f"read_csv('{p}', header=true, all_varchar=true, quote='\"', escape='\"', strict_mode=false)"
+
+
+def _columns(con, path: Path) -> list[str]:
+    return [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {_scan(path)}").fetchall()]
+
+
+def _require(con, path: Path, cols: list[str]) -> None:
+    have = _columns(con, path)
+    missing = [c for c in cols if c not in have]
+    if missing:
+        raise DataError(f"required column(s) {missing} missing; found {have}", file=path, field=missing[0])
+
+
+EVENT_QUERIES = {
+    # table: (required columns, SELECT producing subject_id, hadm_id, time, code, value, unit, row_ref)
+    "labevents": (["subject_id", "itemid", "charttime", "valuenum"],
+                  "SELECT TRY_CAST(subject_id AS BIGINT) subject_id, TRY_CAST(hadm_id AS DOUBLE) hadm_id, "
+                  "TRY_CAST(charttime AS TIMESTAMP) time, 'lab:' || itemid code, TRY_CAST(valuenum AS DOUBLE) value, "
+                  "valueuom unit, charttime raw_time, valuenum raw_value, {rowref} row_ref FROM {scan}"),
+    "chartevents": (["subject_id", "itemid", "charttime", "valuenum"],
+                    "SELECT TRY_CAST(subject_id AS BIGINT) subject_id, TRY_CAST(hadm_id AS DOUBLE) hadm_id, "
+                    "TRY_CAST(charttime AS TIMESTAMP) time, 'chart:' || itemid code, "
+                    "TRY_CAST(valuenum AS DOUBLE) value, valueuom unit, charttime raw_time, valuenum raw_value, "
+                    "{rowref} row_ref FROM {scan}"),
+}
+
+
+def _omr_query(scan: str) -> str:
+    # omr has a date, not a time: an entry counts as known at the END of its day (no same-day leakage).
+    # "Blood Pressure" values are "120/80": split into systolic and diastolic codes.
+    base = (f"SELECT TRY_CAST(subject_id AS BIGINT) subject_id, NULL::DOUBLE hadm_id, "
+            f"TRY_CAST(chartdate AS DATE) + INTERVAL 1 DAY - INTERVAL 1 SECOND time, result_name, result_value, "
+            f"chartdate raw_time, 'subject_id=' || subject_id || ' chartdate=' || chartdate row_ref FROM {scan}")
+    return (f"WITH o AS ({base}) "
+            "SELECT subject_id, hadm_id, time, 'omr:' || result_name code, TRY_CAST(result_value AS DOUBLE) value, "
+            "NULL unit, raw_time, result_value raw_value, row_ref FROM o WHERE result_name NOT LIKE 'Blood Pressure%' "
+            "UNION ALL SELECT subject_id, hadm_id, time, 'omr:' || result_name || ' systolic', "
+            "TRY_CAST(split_part(result_value, '/', 1) AS DOUBLE), 'mmHg', raw_time, result_value, row_ref "
+            "FROM o WHERE result_name LIKE 'Blood Pressure%' "
+            "UNION ALL SELECT subject_id, hadm_id, time, 'omr:' || result_name || ' diastolic', "
+            "TRY_CAST(split_part(result_value, '/', 2) AS DOUBLE), 'mmHg', raw_time, result_value, row_ref "
+            "FROM o WHERE result_name LIKE 'Blood Pressure%'")
+
+
+def connect(memory_limit: str = "2GB", threads: int = 2, temp_dir: Path | None = None):
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit='{memory_limit}'")
+    con.execute(f"SET threads={int(threads)}")
+    con.execute("SET preserve_insertion_order=false")
+    if temp_dir is not None:
+        con.execute(f"SET temp_directory='{temp_dir}'")
+    return con
+
+
+def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
+    """Stream labevents, chartevents and omr (those present) into out_dir/events.parquet."""
+    con = con or connect(temp_dir=out_dir)
+    parts, found, absent = [], [], []
+    for table, (required, sql) in EVENT_QUERIES.items():
+        path = table_path(root, table)
+        if path is None:
+            absent.append(table)
+            continue
+        _require(con, path, required)
+        cols = _columns(con, path)
+        rowref = ({"labevents": "'labevent_id=' || labevent_id"}.get(table) if "labevent_id" in cols else None) \
+            or "'subject_id=' || subject_id || ' charttime=' || charttime"
+        if "hadm_id" not in cols:
+            sql = sql.replace("TRY_CAST(hadm_id AS DOUBLE)", "NULL::DOUBLE")
+        parts.append((table, path, sql.format(scan=_scan(path), rowref=rowref)))
+        found.append(table)
+    omr = table_path(root, "omr")
+    if omr is not None:
+        _require(con, omr, ["subject_id", "chartdate", "result_name", "result_value"])
+        parts.append(("omr", omr, _omr_query(_scan(omr))))
+        found.append("omr")
+    else:
+        absent.append("omr")
+    out = out_dir / "events.parquet"
+    counts = {}
+    if not parts:
+        empty = pd.DataFrame({"subject_id": pd.Series(dtype="int64"), "hadm_id": pd.Series(dtype="float64"),
+                              "time": pd.Series(dtype="datetime64[ns]"), "code": pd.Series(dtype=object),
+                              "value": pd.Series(dtype="float64"), "unit": pd.Series(dtype=object),
+                              "source": pd.Series(dtype=object)})
+        write_parquet(empty, out, EVENTS)
+        return {"event_tables_found": found, "event_tables_absent": absent, "event_rows": 0}
+    selects = []
+    for table, path, sql in parts:
+        # Rows with an unparseable id or time are quarantined (listed up to a cap, then counted).
+        bad_sql = (f"SELECT row_ref, CASE WHEN subject_id IS NULL THEN 'subject_id' ELSE 'time' END field "
+                   f"FROM ({sql}) WHERE subject_id IS NULL OR (time IS NULL AND raw_time IS NOT NULL)")
+        n_bad = con.execute(f"SELECT count(*) FROM ({bad_sql})").fetchone()[0]
+        if n_bad:
+            for ref, field in con.execute(f"{bad_sql} LIMIT {MAX_LISTED_BAD_ROWS}").fetchall():
+                q.add(SOURCE, path, ref, field, "unparseable id or timestamp")
+            if n_bad > MAX_LISTED_BAD_ROWS:
+                q.add(SOURCE, path, None, "", f"{n_bad - MAX_LISTED_BAD_ROWS} more rows with unparseable id or time")
+        counts[table] = n_bad
+        selects.append(f"SELECT subject_id, hadm_id, time, code, value, unit, '{table}' source FROM ({sql}) "
+                       "WHERE subject_id IS NOT NULL AND time IS NOT NULL AND value IS NOT NULL AND isfinite(value)")
+    union = " UNION ALL ".join(selects)
+    conv = " ".join(f"WHEN code = 'chart:{f}' THEN 'chart:{c}'" for f, c in F_TO_C.items())
+    vconv = " ".join(f"WHEN code = 'chart:{f}' THEN (value - 32) * 5.0 / 9.0" for f in F_TO_C)
+    final = (f"SELECT subject_id, hadm_id, time::TIMESTAMP_NS time, CASE {conv} ELSE code END code, "
+             f"CASE {vconv} ELSE value END value, CASE WHEN code IN ({', '.join(repr('chart:' + f) for f in F_TO_C)}) "
+             f"THEN '°C' ELSE unit END unit, source FROM ({union})")
+    tmp = out.with_name(".events.parquet.tmp")
+    con.execute(f"COPY ({final}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)")
+    tmp.replace(out)
+    n = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0]
+    return {"event_tables_found": found, "event_tables_absent": absent, "event_rows": int(n),
+            "event_bad_rows": counts}
+
+
+def read_codes(root: Path) -> pd.DataFrame:
+    """Human labels for event codes from d_labitems and d_items (when present)."""
+    frames = []
+    for table, prefix in (("d_labitems", "lab:"), ("d_items", "chart:")):
+        path = table_path(root, table)
+        if path is None:
+            continue
+        df = _read_text_table(path, ["itemid", "label"])
+        frames.append(pd.DataFrame({"code": prefix + df["itemid"].astype(str), "label": df["label"].astype(str)}))
+    codes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"code": [], "label": []})
+    codes = codes.drop_duplicates("code").astype(object).reset_index(drop=True)
+    return CODES.validate(codes)
+
+
+def ingest_mimic_iv(root: Path, out_dir: Path, q: Quarantine) -> dict:
+    """All canonical EHR tables of one MIMIC-IV folder into out_dir."""
+    root, out_dir = Path(root), Path(out_dir)
+    patients = read_patients(root, q)
+    admissions = read_admissions(root, q, patients)
+    icustays = read_icustays(root, q)
+    write_parquet(patients, out_dir / "patients.parquet", PATIENTS)
+    write_parquet(admissions, out_dir / "admissions.parquet", ADMISSIONS)
+    tables_absent = []
+    if icustays is not None:
+        write_parquet(icustays, out_dir / "icustays.parquet", ICUSTAYS)
+    else:
+        tables_absent.append("icustays")
+    write_parquet(read_codes(root), out_dir / "codes.parquet", CODES)
+    info = ingest_events(root, out_dir, q)
+    info["tables_absent"] = tables_absent + info.pop("event_tables_absent")
+    info["version_hint"] = "1.0 (core/)" if (root / "core").exists() else "2.x/3.x (hosp/)"
+    return info

@@ -1,0 +1,141 @@
+"""Tabular EHR features over a window before each prediction time.
+
+For every cohort row and every kept code: last, min, max, mean, count, slope
+(per hour) and hours since the last value, over events with
+prediction_time - lookback <= time <= prediction_time (never after), plus
+demographics.  Values outside documented physiological ranges are treated as
+recording errors and dropped before aggregation.  The codes kept are the most
+frequent among TRAIN admissions; the list is written beside the features so a
+scoring job uses exactly the same columns.  The work is one DuckDB query over
+the events parquet (memory bounded by DuckDB, not by the table).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.artifacts import read_json, write_json, write_parquet
+from pipeline.config import EHRConfig
+from pipeline.sources.mimic_iv import connect
+
+# Physiological plausibility ranges (inclusive) by code; values outside are dropped.
+# Sources: MIMIC-IV reference ranges widened to survivable extremes (as in YAIB / MIMIC-Extract).
+PLAUSIBLE = {
+    "chart:220045": (0, 300),      # heart rate, bpm
+    "chart:220179": (0, 375),      # NIBP systolic, mmHg
+    "chart:220180": (0, 375),      # NIBP diastolic
+    "chart:220210": (0, 100),      # respiratory rate
+    "chart:220277": (0, 100),      # SpO2 %
+    "chart:223762": (25, 45),      # temperature °C (Fahrenheit converted at ingest)
+    "lab:50912": (0, 40),          # creatinine mg/dL
+    "lab:50971": (0.5, 15),        # potassium mEq/L
+    "lab:50983": (80, 200),        # sodium
+    "lab:51301": (0, 500),         # WBC K/uL
+    "lab:51222": (0, 30),          # hemoglobin g/dL
+    "lab:50813": (0, 40),          # lactate mmol/L
+    "lab:51265": (0, 3000),        # platelets K/uL
+    "lab:50882": (0, 70),          # bicarbonate
+    "lab:51006": (0, 300),         # BUN mg/dL
+    "lab:50931": (0, 3000),        # glucose mg/dL
+    "lab:50820": (6.3, 8.0),       # pH
+    "omr:Weight (Lbs)": (1, 1500),
+    "omr:BMI (kg/m2)": (5, 150),
+    "omr:Height (Inches)": (10, 110),
+}
+AGGS = ("last", "min", "max", "mean", "count", "slope", "hours_since_last")
+
+
+def choose_codes(events_path: Path, cohort: pd.DataFrame, cfg: EHRConfig, con=None) -> list[str]:
+    """The ``cfg.max_codes`` codes seen in the most TRAIN admissions' windows."""
+    con = con or connect()
+    train = cohort[cohort["split"] == "train"][["subject_id", "hadm_id", "prediction_time"]]
+    con.register("train_cohort", train)
+    rows = con.execute(f"""
+        SELECT e.code, count(DISTINCT c.hadm_id) n FROM read_parquet('{events_path}') e
+        JOIN train_cohort c ON e.subject_id = c.subject_id
+        WHERE e.time <= c.prediction_time AND e.time >= c.prediction_time - INTERVAL {cfg.lookback_hours} HOUR
+        GROUP BY e.code ORDER BY n DESC, e.code LIMIT {int(cfg.max_codes)}""").fetchall()
+    con.unregister("train_cohort")
+    return [r[0] for r in rows if r[1] >= 2]
+
+
+def _feature_name(code: str, agg: str) -> str:
+    return f"ehr__{code}__{agg}"
+
+
+def featurize_ehr(cohort: pd.DataFrame, stage_in: Path, cfg: EHRConfig, out_dir: Path,
+                  codes: list[str] | None = None) -> dict:
+    """Write out_dir/features.parquet (hadm_id, item_time, ehr__*) and out_dir/codes.json."""
+    events_path = Path(stage_in) / "events.parquet"
+    con = connect(temp_dir=out_dir)
+    if codes is None:
+        codes = choose_codes(events_path, cohort, cfg, con)
+    write_json({"codes": codes, "aggregations": list(cfg.aggregations)}, out_dir / "codes.json")
+    base = cohort[["subject_id", "hadm_id", "prediction_time"]].copy()
+    con.register("cohort", base)
+    con.register("kept", pd.DataFrame({"code": codes or ["<none>"]}))
+    ranges = pd.DataFrame([(k, lo, hi) for k, (lo, hi) in PLAUSIBLE.items()], columns=["code", "lo", "hi"])
+    con.register("ranges", ranges)
+    agg = con.execute(f"""
+        WITH w AS (
+          SELECT c.hadm_id, e.code, e.time, e.value, c.prediction_time
+          FROM read_parquet('{events_path}') e
+          JOIN cohort c ON e.subject_id = c.subject_id
+          JOIN kept k ON e.code = k.code
+          LEFT JOIN ranges r ON e.code = r.code
+          WHERE e.time <= c.prediction_time
+            AND e.time >= c.prediction_time - INTERVAL {cfg.lookback_hours} HOUR
+            AND (r.code IS NULL OR (e.value >= r.lo AND e.value <= r.hi)))
+        SELECT hadm_id, code, arg_max(value, time) AS last, min(value) AS min, max(value) AS max,
+               avg(value) AS mean, count(*)::DOUBLE AS count,
+               regr_slope(value, epoch(time) / 3600.0) AS slope,
+               (epoch(max(prediction_time)) - epoch(max(time))) / 3600.0 AS hours_since_last,
+               max(time) AS item_time
+        FROM w GROUP BY hadm_id, code""").df()
+    con.close()
+    keep_aggs = [a for a in AGGS if a in cfg.aggregations]
+    wide = agg.pivot(index="hadm_id", columns="code", values=keep_aggs) if len(agg) else None
+    feats = base[["hadm_id"]].drop_duplicates().set_index("hadm_id")
+    if wide is not None:
+        wide.columns = [_feature_name(code, a) for a, code in wide.columns]
+        item_time = agg.groupby("hadm_id")["item_time"].max()
+        feats = feats.join(wide).join(item_time.rename("item_time"))
+    else:
+        feats["item_time"] = pd.NaT
+    # Every kept code has the same columns, present or not (a stable feature set).
+    cols = [_feature_name(c, a) for c in codes for a in keep_aggs]
+    feats = feats.reindex(columns=["item_time"] + cols)
+    count_cols = [c for c in cols if c.endswith("__count")]
+    feats[count_cols] = feats[count_cols].fillna(0.0)
+    demo = cohort.set_index("hadm_id")
+    feats = pd.concat([feats, pd.DataFrame({
+        "ehr__age": demo["age"].astype(float),
+        "ehr__gender_male": (demo["gender"].astype(str).str.upper() == "M").astype(float)})], axis=1)
+    feats = feats.reset_index()
+    feats["item_time"] = pd.to_datetime(feats["item_time"]).astype("datetime64[ns]")
+    feats[cols] = feats[cols].astype("float64")
+    write_parquet(feats, out_dir / "features.parquet")
+    n_with = int(feats[[c for c in cols if c.endswith("__count")]].sum(axis=1).gt(0).sum()) if cols else 0
+    return {"codes": len(codes), "rows": len(feats), "rows_with_events": n_with}
+
+
+def load_codes(stage_dir: Path) -> list[str]:
+    return read_json(Path(stage_dir) / "codes.json")["codes"]
+
+
+def feature_labels(codes_table: pd.DataFrame) -> dict[str, str]:
+    """code -> human label (for reasons and reports)."""
+    return dict(zip(codes_table["code"], codes_table["label"]))
+
+
+def pretty_feature(name: str, labels: dict[str, str]) -> str:
+    """'ehr__lab:50813__last' -> 'Lactate (last)'."""
+    parts = name.split("__")
+    if len(parts) == 3 and parts[0] == "ehr":
+        code, agg = parts[1], parts[2]
+        label = labels.get(code) or (code.split(":", 1)[1] if code.startswith("omr:") else code)
+        return f"{label} ({agg.replace('_', ' ')})"
+    return name.replace("__", " ")
+
+
