@@ -19,10 +19,10 @@ from pipeline.stages.align import modality_of
 
 
 def import_shap():
-    """shap's import triggers one matplotlib deprecation warning; filter just that one."""
+    """shap's import triggers matplotlib's Colormap.set_bad/set_under deprecation; filter just that."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*set_bad function will be deprecated.*")
-        warnings.filterwarnings("ignore", category=PendingDeprecationWarning, module="matplotlib")
+        warnings.filterwarnings("ignore", message=r"The set_(bad|under|over) function will be deprecated",
+                                category=PendingDeprecationWarning)
         import shap
     return shap
 

@@ -20,7 +20,7 @@ SOURCES = ("mimic_iv", "ecg", "notes", "cxr")
 MODALITY_OF = {"mimic_iv": "ehr", "ecg": "ecg", "notes": "notes", "cxr": "imaging"}
 TABLE_EXTS = (".csv.gz", ".csv", ".parquet")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
-_SKIP_DIRS = {"files", ".git", "__pycache__", ".venv", "node_modules"}
+_SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules"}
 MAX_DEPTH = 7
 
 
@@ -84,7 +84,10 @@ def _walk(root: Path):
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
         depth = len(d.parts) - root_depth
-        dirnames[:] = sorted(n for n in dirnames if n not in _SKIP_DIRS and not n.startswith("."))
+        # The waveform/image tree files/ of an ECG or CXR source is huge and holds no index files.
+        skip_files = _is_ecg(d) or _is_cxr(d)
+        dirnames[:] = sorted(n for n in dirnames if n not in _SKIP_DIRS and not n.startswith(".")
+                             and not (skip_files and n == "files"))
         if depth >= MAX_DEPTH:
             dirnames[:] = []
         yield d, dirnames, filenames

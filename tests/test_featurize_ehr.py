@@ -1,0 +1,57 @@
+import pandas as pd
+
+from pipeline.config import EHRConfig, TaskConfig
+from pipeline.errors import Quarantine
+from pipeline.sources.mimic_iv import ingest_mimic_iv
+from pipeline.stages.cohort import build_cohort
+from pipeline.stages.featurize_ehr import featurize_ehr
+from tests.ehr_fixtures import write_mimic
+
+
+def _run(tmp_path, codes=None):
+    root = write_mimic(tmp_path / "m")
+    ingest_mimic_iv(root, tmp_path / "ing", Quarantine())
+    cohort, _ = build_cohort(pd.read_parquet(tmp_path / "ing" / "patients.parquet"),
+                             pd.read_parquet(tmp_path / "ing" / "admissions.parquet"), None, TaskConfig())
+    cohort["split"] = "train"
+    (tmp_path / "fe").mkdir()
+    featurize_ehr(cohort, tmp_path / "ing", EHRConfig(), tmp_path / "fe", codes=codes)
+    return cohort, pd.read_parquet(tmp_path / "fe" / "features.parquet").set_index("hadm_id")
+
+
+def test_no_event_after_prediction_time_is_used(tmp_path):
+    cohort, f = _run(tmp_path, codes=["lab:50813"])
+    r = f.loc[11]
+    # values 2.0 (01-01 10:00) and 4.0 (01-02 06:00) are before 01-02 08:00; 9.5 is after
+    assert r["ehr__lab:50813__last"] == 4.0 and r["ehr__lab:50813__max"] == 4.0
+    assert r["ehr__lab:50813__count"] == 2 and r["ehr__lab:50813__mean"] == 3.0
+    assert abs(r["ehr__lab:50813__slope"] - 2.0 / 20) < 1e-9
+    assert abs(r["ehr__lab:50813__hours_since_last"] - 2.0) < 1e-9
+    pt = cohort.set_index("hadm_id")["prediction_time"]
+    assert (f["item_time"].dropna() <= pt.reindex(f["item_time"].dropna().index)).all()
+
+
+def test_row_without_events_has_zero_count_and_nan_values(tmp_path):
+    _, f = _run(tmp_path, codes=["lab:50813"])
+    r = f.loc[12]  # second admission of subject 1, no labs in its window
+    assert r["ehr__lab:50813__count"] == 0 and pd.isna(r["ehr__lab:50813__last"])
+    assert r["ehr__age"] == 70 and r["ehr__gender_male"] == 1
+
+
+def test_codes_chosen_from_train_rows_only(tmp_path):
+    _, f = _run(tmp_path)
+    assert "ehr__lab:50813__last" in f.columns
+
+
+def test_implausible_values_are_dropped(tmp_path):
+    from tests.ehr_fixtures import LABS
+    labs = LABS.copy()
+    labs.loc[1, "valuenum"] = 999.0  # lactate 999 mmol/L is a recording error
+    root = write_mimic(tmp_path / "m", labs=labs)
+    ingest_mimic_iv(root, tmp_path / "ing", Quarantine())
+    cohort, _ = build_cohort(pd.read_parquet(tmp_path / "ing" / "patients.parquet"),
+                             pd.read_parquet(tmp_path / "ing" / "admissions.parquet"), None, TaskConfig())
+    (tmp_path / "fe").mkdir()
+    featurize_ehr(cohort, tmp_path / "ing", EHRConfig(), tmp_path / "fe", codes=["lab:50813"])
+    f = pd.read_parquet(tmp_path / "fe" / "features.parquet").set_index("hadm_id")
+    assert f.loc[11, "ehr__lab:50813__max"] == 2.0

@@ -1,0 +1,91 @@
+import pandas as pd
+import pytest
+
+from pipeline.errors import DataError, Quarantine
+from pipeline.sources.mimic_iv import ingest_mimic_iv, read_admissions, read_patients
+from tests.ehr_fixtures import ADMISSIONS, PATIENTS, write_mimic
+
+
+def test_reads_tables_and_events(tmp_path):
+    root = write_mimic(tmp_path / "m")
+    q = Quarantine()
+    info = ingest_mimic_iv(root, tmp_path / "out", q)
+    assert len(q) == 0
+    assert info["event_tables_found"] == ["labevents"]
+    assert "chartevents" in info["tables_absent"] and "icustays" in info["tables_absent"]
+    ev = pd.read_parquet(tmp_path / "out" / "events.parquet")
+    assert len(ev) == 6 and set(ev["code"]) == {"lab:50813"}
+    assert str(ev["time"].dtype).startswith("datetime64")
+    codes = pd.read_parquet(tmp_path / "out" / "codes.parquet")
+    assert dict(zip(codes.code, codes.label))["lab:50813"] == "Lactate"
+
+
+def test_missing_required_column_names_file_and_field(tmp_path):
+    root = write_mimic(tmp_path / "m", admissions=ADMISSIONS.drop(columns=["admittime"]))
+    with pytest.raises(DataError) as e:
+        read_admissions(root, Quarantine())
+    assert "admissions.csv.gz" in str(e.value) and "admittime" in str(e.value)
+    assert e.value.field == "admittime"
+
+
+def test_ethnicity_is_renamed_to_race(tmp_path):
+    root = write_mimic(tmp_path / "m", admissions=ADMISSIONS.rename(columns={"race": "ethnicity"}))
+    adm = read_admissions(root, Quarantine())
+    assert "race" in adm.columns and adm["race"].iloc[0] == "WHITE"
+
+
+def test_bad_rows_are_quarantined_and_the_rest_kept(tmp_path):
+    adm = ADMISSIONS.copy()
+    adm.loc[1, "admittime"] = "not a date"          # unparseable time
+    adm.loc[2, "hadm_id"] = 11                       # duplicated id
+    adm.loc[5, "dischtime"] = "2149-12-31 00:00:00"  # discharge before admission
+    adm.loc[6, "subject_id"] = 99                    # subject not in patients
+    root = write_mimic(tmp_path / "m", admissions=adm)
+    q = Quarantine()
+    pats = read_patients(root, q)
+    out = read_admissions(root, q, pats)
+    reasons = q.to_frame()
+    assert set(out["hadm_id"]) == {11, 41, 51}       # every good row kept
+    assert len(reasons) == 4
+    row = reasons[reasons.field == "admittime"].iloc[0]
+    assert row.row == "3" and row.file.endswith("admissions.csv.gz")  # line 3 = data row 2
+    assert "duplicated" in " ".join(reasons.reason) and "before admittime" in " ".join(reasons.reason)
+
+
+def test_duplicate_patient_quarantined(tmp_path):
+    pats = pd.concat([PATIENTS, PATIENTS.iloc[[0]]], ignore_index=True)
+    root = write_mimic(tmp_path / "m", patients=pats)
+    q = Quarantine()
+    out = read_patients(root, q)
+    assert len(out) == 6 and len(q) == 1 and q.rows[0].field == "subject_id"
+
+
+def test_unparseable_event_time_is_quarantined(tmp_path):
+    from tests.ehr_fixtures import LABS
+    labs = LABS.copy()
+    labs.loc[0, "charttime"] = "garbage"
+    root = write_mimic(tmp_path / "m", labs=labs)
+    q = Quarantine()
+    ingest_mimic_iv(root, tmp_path / "out", q)
+    assert len(pd.read_parquet(tmp_path / "out" / "events.parquet")) == 5
+    assert q.rows[0].row == "labevent_id=1" and q.rows[0].field == "time"
+
+
+def test_missing_event_column_is_an_error(tmp_path):
+    from tests.ehr_fixtures import LABS
+    root = write_mimic(tmp_path / "m", labs=LABS.drop(columns=["valuenum"]))
+    with pytest.raises(DataError, match="valuenum"):
+        ingest_mimic_iv(root, tmp_path / "out", Quarantine())
+
+
+def test_real_demo(mimic_demo, tmp_path):
+    q = Quarantine()
+    info = ingest_mimic_iv(mimic_demo, tmp_path, q)
+    assert pd.read_parquet(tmp_path / "patients.parquet").shape[0] == 100
+    adm = pd.read_parquet(tmp_path / "admissions.parquet")
+    assert len(adm) == 275 and adm["hospital_expire_flag"].sum() == 15
+    assert "chartevents" in info["tables_absent"]           # not in the demo copy
+    assert "omr" in info["event_tables_found"]
+    ev = pd.read_parquet(tmp_path / "events.parquet")
+    assert ev["code"].str.startswith("omr:Blood Pressure").any()   # "120/80" split in two
+    assert (ev["source"] == "labevents").sum() > 90_000
