@@ -1,0 +1,90 @@
+"""End to end on the real MIMIC-IV demo: train, score in a fresh process, resume."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import RunConfig
+from pipeline.jobs.train import train
+
+MMPIPE = [sys.executable, "-m", "pipeline.cli"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(mimic_demo, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    cfg = RunConfig.model_validate({"model": {"gbm_estimators": 150}})
+    metrics = train(mimic_demo, run, cfg, report=True)
+    return run, metrics
+
+
+def test_train_on_real_demo_writes_every_artifact(demo_run):
+    run, metrics = demo_run
+    for f in ("metrics.json", "leakage.json", "quarantine.parquet", "test_scores.parquet", "model/model.json",
+              "model/primary/booster.txt", "explanation/shap_values.parquet", "report/index.html", "sources.json"):
+        assert (run / f).exists(), f
+    assert metrics["cohort"]["admissions"] == 275
+    assert metrics["sources"]["absent"] == ["ecg", "notes", "cxr"]
+    assert metrics["leakage_passed"]
+    m = metrics["models"][metrics["primary"]]
+    assert m["n"] == metrics["splits"]["test"] and (m["auroc"] is None or 0 <= m["auroc"] <= 1)
+    html = (run / "report" / "index.html").read_text()
+    assert "confidence intervals are wide" in html and "data:image/png;base64" in html
+    for stage in ("ingest_ehr", "cohort", "features_ehr"):
+        man = json.loads((run / "stages" / stage / "manifest.json").read_text())
+        assert man["inputs"] and man["config_hash"] and man["row_counts"]
+
+
+def test_score_in_a_fresh_process_matches_training_scores(demo_run, mimic_demo, tmp_path):
+    run, _ = demo_run
+    out = tmp_path / "scores.parquet"
+    r = subprocess.run(MMPIPE + ["score", "--model", str(run), "--input", str(mimic_demo), "--output", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = pd.read_parquet(out)
+    assert list(s.columns[:6]) == ["subject_id", "hadm_id", "prediction_time", "risk", "band", "reasons"]
+    assert {"ehr", "ecg", "notes", "imaging"} <= set(s.columns)
+    assert s["hadm_id"].is_unique and len(s) == 245
+    assert (tmp_path / "scores_quarantine.parquet").exists()
+    t = pd.read_parquet(run / "test_scores.parquet").set_index("hadm_id")
+    both = s.set_index("hadm_id").loc[t.index]
+    assert np.allclose(both["risk"], t["risk"]) and (both["reasons"] == t["reasons"]).all()
+    assert (s[["ecg", "notes", "imaging"]] == 0).all().all()   # absent modalities contribute nothing
+
+
+def test_rerun_skips_finished_stages_and_config_change_reruns(mimic_demo, tmp_path):
+    cfg = RunConfig.model_validate({"model": {"gbm_estimators": 30, "fusion_models": ["gbm_early"]}})
+    train(mimic_demo, tmp_path, cfg, report=False)
+    before = {s: (tmp_path / "stages" / s / "manifest.json").stat().st_mtime_ns for s in ("ingest_ehr", "features_ehr")}
+    train(mimic_demo, tmp_path, cfg, report=False)
+    assert all((tmp_path / "stages" / s / "manifest.json").stat().st_mtime_ns == t for s, t in before.items())
+    cfg2 = RunConfig.model_validate({"model": {"gbm_estimators": 30, "fusion_models": ["gbm_early"]},
+                                     "ehr": {"max_codes": 40}})
+    train(mimic_demo, tmp_path, cfg2, report=False)
+    assert (tmp_path / "stages" / "ingest_ehr" / "manifest.json").stat().st_mtime_ns == before["ingest_ehr"]
+    assert (tmp_path / "stages" / "features_ehr" / "manifest.json").stat().st_mtime_ns != before["features_ehr"]
+    assert not list((tmp_path / "stages").glob(".*tmp"))
+
+
+def test_cli_lists_the_contract_commands():
+    r = subprocess.run(MMPIPE + ["--help"], capture_output=True, text=True)
+    for c in ("synth", "inspect", "train", "score", "report", "demo"):
+        assert c in r.stdout
+
+
+def test_inspect_real_demo_json(mimic_demo, tmp_path):
+    out = tmp_path / "i.json"
+    r = subprocess.run(MMPIPE + ["inspect", "--data", str(mimic_demo), "--json", str(out)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    j = json.loads(out.read_text())
+    assert j["mimic_iv"]["tables"]["admissions"]["rows"] == 275
+    assert "chartevents" in j["mimic_iv"]["absent"]
+
+
+def test_inspect_unusable_root_exits_nonzero(tmp_path):
+    r = subprocess.run(MMPIPE + ["inspect", "--data", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert r.returncode != 0 and "does not exist" in r.stderr
