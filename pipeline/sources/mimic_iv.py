@@ -209,7 +209,7 @@ def _omr_query(scan: str) -> str:
             "FROM o WHERE result_name LIKE 'Blood Pressure%'")
 
 
-def connect(memory_limit: str = "2GB", threads: int = 2, temp_dir: Path | None = None):
+def connect(memory_limit: str = "1GB", threads: int = 2, temp_dir: Path | None = None):
     con = duckdb.connect()
     con.execute(f"SET memory_limit='{memory_limit}'")
     con.execute(f"SET threads={int(threads)}")
