@@ -32,7 +32,7 @@ def align(cohort: pd.DataFrame, features: dict[str, pd.DataFrame | None]) -> pd.
     masks = {}
     for m in MODALITIES:
         f = features.get(m)
-        if f is None or f.empty:
+        if f is None:  # modality not part of this run: no columns, mask 0
             masks[mask_col(m)] = pd.Series(0, index=base["hadm_id"], dtype="int8")
             continue
         f = f.set_index("hadm_id")
