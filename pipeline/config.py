@@ -71,7 +71,7 @@ class ModelConfig(_Strict):
     gbm_estimators: int = 300
     gbm_learning_rate: float = 0.05
     gbm_num_leaves: int = 15
-    fusion_models: tuple[str, ...] = ("gbm_early", "gbm_late")
+    fusion_models: tuple[str, ...] = ("gbm_early", "gbm_late", "fusion_attention")
     primary: str = "gbm_early"
     calibration: Literal["isotonic", "platt"] = "isotonic"
     top_k_reasons: int = 3

@@ -149,6 +149,18 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
                     info={"sources": sources.to_json()})
 
 
+def load_tensors(stage_dirs: dict[str, Path]) -> dict:
+    """Raw per-row tensors for the fused net: modality -> (hadm_ids, memory-mapped array)."""
+    import numpy as np
+    out = {}
+    for m, stage, name in (("ecg", "features_ecg", "waveforms.npy"), ("imaging", "features_imaging", "images.npy")):
+        d = stage_dirs.get(stage)
+        if d is not None and (d / name).exists():
+            ids = pd.read_parquet(d / "features.parquet", columns=["hadm_id"])["hadm_id"].to_numpy()
+            out[m] = (ids, np.load(d / name, mmap_mode="r"))
+    return out
+
+
 def collect_quarantine(stage_dirs: dict[str, Path]) -> pd.DataFrame:
     frames = [pd.read_parquet(d / "quarantine.parquet") for d in stage_dirs.values()
               if (d / "quarantine.parquet").exists()]

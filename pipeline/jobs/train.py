@@ -15,7 +15,7 @@ from pipeline.config import RunConfig
 from pipeline.errors import DataError
 from pipeline.explain.explanation import Explanation, tree_shap
 from pipeline.explain.modality import modality_shapley
-from pipeline.jobs.prepare import Prepared, collect_quarantine, log, prepare
+from pipeline.jobs.prepare import Prepared, collect_quarantine, load_tensors, log, prepare
 from pipeline.models.calibration import Calibrator
 from pipeline.models.gbm import GBMClassifier, LateFusionGBM
 from pipeline.models.metrics import age_band, availability_pattern, by_group, evaluate
@@ -48,7 +48,12 @@ def fit_models(prep: Prepared, cfg: RunConfig, feats: list[str]) -> dict:
                 tr[feats], tr["label"], ev)
         elif name.startswith("fusion_"):
             from pipeline.models.fusion import FusionNetClassifier
-            models[name] = FusionNetClassifier.from_config(name, cfg, prep).fit(tr, tr["label"], eval_set=(va, va["label"]))
+            tensors = load_tensors(prep.stage_dirs)
+            cols = ["hadm_id"] + feats
+            t0 = time.time()
+            models[name] = FusionNetClassifier.from_config(name, cfg, prep).fit(
+                tr[cols], tr["label"], eval_set=(va[cols], va["label"]), tensors=tensors).with_tensors(tensors)
+            log(f"[train] {name} trained in {time.time() - t0:.0f}s ({len(models[name].history_)} epochs)")
         else:
             raise DataError(f"unknown model {name!r}", field="model.fusion_models")
     if cfg.model.single_modality_baselines and len(prep.modalities) > 1:

@@ -1,0 +1,251 @@
+"""``FusionNetClassifier``: the fused net behind a scikit-learn style estimator.
+
+fit(X, y, eval_set=..., tensors=...) / decision_function / predict_proba / save / load.
+X is the aligned table (modality features and ``mask__<m>`` columns); ``tensors``
+optionally maps 'ecg' and 'imaging' to (hadm_ids, array) for the raw waveforms and
+images, read lazily per batch.  Tabular inputs are standardised with train medians
+and scales and missing values set to 0; the modality mask decides whether a
+modality is seen at all.  Modality dropout hides present modalities at random
+during training; early stopping on validation loss; seeded.  Weights are saved in
+safetensors, everything else in JSON with the weights' sha256 (checked on load).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from pipeline.artifacts import read_json, write_json
+from pipeline.errors import DataError
+from pipeline.models.fusion_net import FusionNet
+from pipeline.stages.align import mask_col, modality_of
+
+WAVE_FS = 100  # the CNN sees ECGs decimated to 100 Hz
+
+
+class FusionNetClassifier(ClassifierMixin, BaseEstimator):
+    def __init__(self, fusion="attention", hidden=64, dropout=0.1, modality_dropout=0.15, lr=2e-3,
+                 weight_decay=1e-4, batch_size=128, max_epochs=40, patience=5, use_waveforms=True,
+                 use_images=True, image_size=64, ecg_fs=500, random_state=0, n_threads=2):
+        self.fusion = fusion
+        self.hidden = hidden
+        self.dropout = dropout
+        self.modality_dropout = modality_dropout
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.use_waveforms = use_waveforms
+        self.use_images = use_images
+        self.image_size = image_size
+        self.ecg_fs = ecg_fs
+        self.random_state = random_state
+        self.n_threads = n_threads
+
+    @classmethod
+    def from_config(cls, name: str, cfg, prep=None) -> "FusionNetClassifier":
+        """'fusion_attention' -> FusionNetClassifier(fusion='attention')."""
+        return cls(fusion=name.removeprefix("fusion_"), random_state=cfg.model.seed,
+                   image_size=cfg.imaging.size, ecg_fs=cfg.ecg.fs)
+
+    # ------------------------------------------------------------------ data
+    def _setup(self, X: pd.DataFrame):
+        self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
+        self.modalities_ = [m for m in ("ehr", "ecg", "notes", "imaging") if mask_col(m) in X.columns
+                            and any(modality_of(c) == m and not c.startswith("mask__") for c in X.columns)]
+        self.columns_ = {m: [c for c in X.columns if modality_of(c) == m and not c.startswith("mask__")]
+                         for m in self.modalities_}
+        self.center_, self.scale_ = {}, {}
+        for m, cols in self.columns_.items():
+            v = X[cols].to_numpy(dtype=np.float64)
+            med = np.nanmedian(np.where(np.isfinite(v), v, np.nan), axis=0) if len(v) else np.zeros(len(cols))
+            q = np.nanpercentile(v, [25, 75], axis=0) if len(v) else np.ones((2, len(cols)))
+            scale = np.where(np.isfinite(q[1] - q[0]) & ((q[1] - q[0]) > 0), q[1] - q[0], 1.0)
+            self.center_[m] = np.nan_to_num(med).tolist()
+            self.scale_[m] = np.nan_to_num(scale, nan=1.0).tolist()
+
+    def _arrays(self, X: pd.DataFrame) -> dict:
+        missing = [c for c in self.feature_names_in_ if c not in X.columns]
+        if missing:
+            raise DataError(f"{len(missing)} model feature(s) absent from the input, e.g. {missing[:5]}",
+                            field=missing[0])
+        tab, masks = {}, []
+        for m in self.modalities_:
+            v = X[self.columns_[m]].to_numpy(dtype=np.float64)
+            v = (v - np.asarray(self.center_[m])) / np.asarray(self.scale_[m])
+            v = np.clip(np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0), -10, 10)
+            tab[m] = v.astype(np.float32)
+            masks.append(X[mask_col(m)].to_numpy(dtype=np.float32))
+        return {"tab": tab, "mask": np.stack(masks, axis=1), "hadm_id": X["hadm_id"].to_numpy()
+                if "hadm_id" in X.columns else None}
+
+    def _tensor_rows(self, tensors: dict | None, key: str, hadm: np.ndarray | None):
+        if not tensors or key not in tensors or hadm is None:
+            return None
+        ids, arr = tensors[key]
+        pos = pd.Series(np.arange(len(ids)), index=np.asarray(ids))
+        return arr, pos.reindex(hadm).to_numpy()
+
+    def _batch(self, A: dict, idx: np.ndarray, waves, images, train: bool, rng) -> dict:
+        mask = A["mask"][idx].copy()
+        if train and self.modality_dropout > 0:
+            drop = rng.random(mask.shape) < self.modality_dropout
+            keep_one = (mask * ~drop).sum(1) == 0
+            drop[keep_one] = False
+            mask = mask * ~drop
+        b = {"tab": {m: torch.from_numpy(A["tab"][m][idx]) for m in self.modalities_},
+             "mask": torch.from_numpy(mask)}
+        for key, src, shape in (("wave", waves, None), ("image", images, None)):
+            if src is None:
+                continue
+            arr, rows = src
+            r = rows[idx]
+            ok = ~np.isnan(r)
+            if key == "wave":
+                factor = max(1, self.ecg_fs // WAVE_FS)
+                T = arr.shape[-1] // factor
+                out = np.zeros((len(idx), arr.shape[1], T), np.float32)
+                if ok.any():
+                    w = np.asarray(arr[np.sort(r[ok].astype(int))])
+                    order = np.argsort(np.argsort(r[ok].astype(int)))
+                    w = w[order][..., :T * factor].reshape(ok.sum(), arr.shape[1], T, factor).mean(-1)
+                    out[ok] = w
+            else:
+                size = self.arch_["image_size"]
+                out = np.zeros((len(idx), 1, size, size), np.float32)
+                if ok.any():
+                    rr = r[ok].astype(int)
+                    srt = np.sort(rr)
+                    w = np.asarray(arr[srt])[np.searchsorted(srt, rr)]
+                    out[ok] = w[:, :1]
+            b[key] = torch.from_numpy(out)
+        return b
+
+    # ------------------------------------------------------------------ fit / predict
+    def fit(self, X: pd.DataFrame, y, eval_set=None, tensors: dict | None = None):
+        y = np.asarray(y, dtype=np.float32)
+        if len(np.unique(y)) < 2:
+            raise DataError("training labels have a single class", field="label")
+        torch.manual_seed(self.random_state)
+        torch.set_num_threads(self.n_threads)
+        rng = np.random.default_rng(self.random_state)
+        self._setup(X)
+        A = self._arrays(X)
+        waves = self._tensor_rows(tensors, "ecg", A["hadm_id"]) if self.use_waveforms else None
+        images = self._tensor_rows(tensors, "imaging", A["hadm_id"]) if self.use_images else None
+        self.arch_ = {"dims": {m: len(self.columns_[m]) for m in self.modalities_}, "fusion": self.fusion,
+                      "hidden": self.hidden, "dropout": self.dropout, "ecg_wave": waves is not None,
+                      "image": images is not None,
+                      "image_size": int(images[0].shape[-1]) if images is not None else self.image_size}
+        self.net_ = FusionNet(**self.arch_)
+        opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        if eval_set is not None:
+            Xv, yv = eval_set
+            Av = self._arrays(Xv)
+            wv = self._tensor_rows(tensors, "ecg", Av["hadm_id"]) if waves is not None else None
+            iv = self._tensor_rows(tensors, "imaging", Av["hadm_id"]) if images is not None else None
+            yv = np.asarray(yv, dtype=np.float32)
+        best, best_state, bad_epochs = np.inf, None, 0
+        self.history_ = []
+        for epoch in range(self.max_epochs):
+            self.net_.train()
+            order = rng.permutation(len(y))
+            total = 0.0
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s:s + self.batch_size]
+                if len(idx) < 2:
+                    continue
+                logit = self.net_(self._batch(A, idx, waves, images, True, rng))
+                loss = loss_fn(logit, torch.from_numpy(y[idx]))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+            if eval_set is None:
+                self.history_.append({"epoch": epoch, "train_loss": total / len(y)})
+                continue
+            with torch.no_grad():
+                vl = float(loss_fn(torch.from_numpy(self._logits(Av, wv, iv)), torch.from_numpy(yv)))
+            self.history_.append({"epoch": epoch, "train_loss": total / len(y), "valid_loss": vl})
+            if vl < best - 1e-4:
+                best, bad_epochs = vl, 0
+                best_state = {k: v.detach().clone() for k, v in self.net_.state_dict().items()}
+            else:
+                bad_epochs += 1
+                if bad_epochs >= self.patience:
+                    break
+        if best_state is not None:
+            self.net_.load_state_dict(best_state)
+        self.net_.eval()
+        self.classes_ = np.array([0, 1])
+        self.tensors_ = None
+        return self
+
+    def _logits(self, A: dict, waves, images) -> np.ndarray:
+        self.net_.eval()
+        out = []
+        n = len(A["mask"])
+        with torch.no_grad():
+            for s in range(0, n, 512):
+                idx = np.arange(s, min(n, s + 512))
+                out.append(self.net_(self._batch(A, idx, waves, images, False, None)).numpy())
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def decision_function(self, X: pd.DataFrame, tensors: dict | None = None) -> np.ndarray:
+        tensors = tensors if tensors is not None else self.tensors_
+        A = self._arrays(X)
+        waves = self._tensor_rows(tensors, "ecg", A["hadm_id"]) if self.arch_["ecg_wave"] else None
+        images = self._tensor_rows(tensors, "imaging", A["hadm_id"]) if self.arch_["image"] else None
+        return self._logits(A, waves, images).astype(np.float64)
+
+    def predict_proba(self, X, tensors=None):
+        p = 1 / (1 + np.exp(-self.decision_function(X, tensors)))
+        return np.column_stack([1 - p, p])
+
+    def predict(self, X, tensors=None):
+        return (self.predict_proba(X, tensors)[:, 1] >= 0.5).astype(int)
+
+    def with_tensors(self, tensors: dict | None) -> "FusionNetClassifier":
+        """Attach raw tensors used when decision_function is called without them."""
+        self.tensors_ = tensors
+        return self
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.net_.state_dict().items()}, str(folder / "weights.safetensors"))
+        digest = hashlib.sha256((folder / "weights.safetensors").read_bytes()).hexdigest()
+        write_json({"kind": "FusionNetClassifier", "params": self.get_params(), "arch": self.arch_,
+                    "features": list(self.feature_names_in_), "modalities": self.modalities_,
+                    "columns": self.columns_, "center": self.center_, "scale": self.scale_,
+                    "history": self.history_, "weights_sha256": digest}, folder / "model.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> "FusionNetClassifier":
+        from safetensors.torch import load_file
+        folder = Path(folder)
+        meta = read_json(folder / "model.json")
+        wpath = folder / "weights.safetensors"
+        if hashlib.sha256(wpath.read_bytes()).hexdigest() != meta["weights_sha256"]:
+            raise DataError("weights do not match their recorded hash (modified or corrupt)", file=wpath)
+        est = cls(**meta["params"])
+        est.arch_ = meta["arch"]
+        # JSON stores keys sorted: restore the modality order the net was built with
+        est.arch_["dims"] = {m: est.arch_["dims"][m] for m in meta["modalities"]}
+        est.net_ = FusionNet(**est.arch_)
+        est.net_.load_state_dict(load_file(str(wpath)))
+        est.net_.eval()
+        est.feature_names_in_ = np.asarray(meta["features"], dtype=object)
+        est.modalities_, est.columns_ = meta["modalities"], meta["columns"]
+        est.center_, est.scale_, est.history_ = meta["center"], meta["scale"], meta["history"]
+        est.classes_ = np.array([0, 1])
+        est.tensors_ = None
+        return est

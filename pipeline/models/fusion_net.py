@@ -1,0 +1,105 @@
+"""The fused network (torch ``nn.Module``): one encoder per modality, then fusion.
+
+Encoders: an MLP per modality over its tabular features; for ECG also a 1-D CNN over
+the waveform (12 leads, decimated); for imaging also a MONAI CNN over the image.
+Fusion strategies:
+- ``early``: concatenate the modality embeddings -> MLP head;
+- ``late``: one logit head per modality, summed over the PRESENT modalities;
+- ``hybrid``: early + late;
+- ``attention``: a learned query attends over the present modalities' tokens.
+An absent modality (mask 0) is replaced by a learned missing-modality embedding
+(early/hybrid), contributes no logit (late) or is masked out of attention, so its
+(imputed) inputs never reach the output.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FUSIONS = ("early", "late", "hybrid", "attention")
+
+
+def mlp(d_in: int, d_out: int, hidden: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
+
+
+class ECGEncoder(nn.Module):
+    """1-D CNN over [batch, 12, T] waveforms."""
+
+    def __init__(self, out: int, leads: int = 12):
+        super().__init__()
+        chans = [leads, 16, 32, 48, 64]
+        layers = []
+        for a, b in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv1d(a, b, kernel_size=7, stride=2, padding=3), nn.BatchNorm1d(b), nn.GELU()]
+        self.conv = nn.Sequential(*layers)
+        self.proj = nn.Linear(2 * chans[-1], out)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.proj(torch.cat([h.mean(-1), h.amax(-1)], dim=1))
+
+
+def image_encoder(out: int, size: int) -> nn.Module:
+    """A small MONAI CNN (monai.networks.nets.Classifier used as an encoder)."""
+    from monai.networks.nets import Classifier
+    return Classifier(in_shape=(1, size, size), classes=out, channels=(8, 16, 32), strides=(2, 2, 2),
+                      num_res_units=1, last_act=None)
+
+
+class FusionNet(nn.Module):
+    def __init__(self, dims: dict[str, int], fusion: str = "attention", hidden: int = 64, dropout: float = 0.1,
+                 ecg_wave: bool = False, image: bool = False, image_size: int = 64):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion {fusion!r} not in {FUSIONS}")
+        self.modalities = list(dims)
+        self.fusion = fusion
+        self.tab = nn.ModuleDict({m: mlp(max(d, 1), hidden, hidden, dropout) for m, d in dims.items()})
+        self.ecg_wave = ECGEncoder(hidden) if ecg_wave and "ecg" in dims else None
+        self.image = image_encoder(hidden, image_size) if image and "imaging" in dims else None
+        self.missing = nn.Parameter(torch.zeros(len(dims), hidden))
+        M = len(dims)
+        if fusion in ("early", "hybrid"):
+            self.head = mlp(M * hidden, 1, hidden, dropout)
+        if fusion in ("late", "hybrid"):
+            self.heads = nn.ModuleDict({m: nn.Linear(hidden, 1) for m in dims})
+            self.bias = nn.Parameter(torch.zeros(1))
+        if fusion == "attention":
+            self.query = nn.Parameter(torch.randn(1, 1, hidden) * 0.1)
+            self.pos = nn.Parameter(torch.randn(1, M, hidden) * 0.1)
+            self.attn = nn.MultiheadAttention(hidden, num_heads=4, dropout=dropout, batch_first=True)
+            self.head = mlp(hidden, 1, hidden, dropout)
+            self.empty = nn.Parameter(torch.zeros(1, hidden))
+
+    def embed(self, batch: dict) -> torch.Tensor:
+        """[batch, M, hidden] modality embeddings (missing ones replaced)."""
+        hs = []
+        for i, m in enumerate(self.modalities):
+            h = self.tab[m](batch["tab"][m])
+            if m == "ecg" and self.ecg_wave is not None and "wave" in batch:
+                h = h + self.ecg_wave(batch["wave"])
+            if m == "imaging" and self.image is not None and "image" in batch:
+                h = h + self.image(batch["image"])
+            mask = batch["mask"][:, i:i + 1]
+            hs.append(mask * h + (1 - mask) * self.missing[i])
+        return torch.stack(hs, dim=1)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        mask = batch["mask"]
+        H = self.embed(batch)
+        if self.fusion == "attention":
+            q = self.query.expand(H.shape[0], -1, -1)
+            pad = mask < 0.5
+            none = pad.all(dim=1)
+            pad = pad.clone()
+            pad[none] = False  # a row with nothing attends to the missing embeddings
+            out, _ = self.attn(q, H + self.pos, H + self.pos, key_padding_mask=pad)
+            return self.head(out[:, 0]).squeeze(-1)
+        logit = 0
+        if self.fusion in ("early", "hybrid"):
+            logit = logit + self.head(H.flatten(1)).squeeze(-1)
+        if self.fusion in ("late", "hybrid"):
+            per = torch.cat([self.heads[m](H[:, i]) for i, m in enumerate(self.modalities)], dim=1)
+            logit = logit + self.bias + (per * mask).sum(dim=1)
+        return logit

@@ -1,0 +1,60 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.errors import DataError
+from pipeline.explain.modality import modality_shapley
+from pipeline.models.fusion import FusionNetClassifier
+from pipeline.models.fusion_net import FUSIONS
+
+
+def _data(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=(2, n))
+    has = rng.random(n) < 0.6
+    y = (rng.random(n) < 1 / (1 + np.exp(-(-1 + a + 1.5 * np.where(has, b, 0))))).astype(int)
+    X = pd.DataFrame({"hadm_id": np.arange(n) + 1000, "ehr__a": a, "ecg__b": np.where(has, b, np.nan),
+                      "mask__ehr": 1, "mask__ecg": has.astype(int)})
+    wave = (rng.normal(size=(n, 12, 1000)) * 0.1).astype(np.float32)
+    wave[:, 1] += b[:, None]
+    img = rng.random((n, 1, 16, 16)).astype(np.float32)
+    return X, y, {"ecg": (X.hadm_id.to_numpy(), wave), "imaging": (X.hadm_id.to_numpy(), img)}
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_absent_modality_inputs_never_reach_the_output(fusion):
+    X, y, T = _data()
+    m = FusionNetClassifier(fusion=fusion, max_epochs=3, ecg_fs=100).fit(X, y, tensors=T)
+    absent = X[X.mask__ecg == 0].copy()
+    p1 = m.decision_function(absent, T)
+    absent["ecg__b"] = 123.0                                  # garbage in a hidden modality
+    T2 = {"ecg": (T["ecg"][0], T["ecg"][1] * 50)}
+    assert np.allclose(p1, m.decision_function(absent, T2), atol=1e-5)
+    phi = modality_shapley(lambda Z: m.decision_function(Z, T), X, ["ehr", "ecg"])
+    assert np.allclose(phi.loc[X.mask__ecg == 0, "ecg"], 0, atol=1e-5)
+
+
+def test_save_load_round_trip_and_seeded(tmp_path):
+    X, y, T = _data()
+    a = FusionNetClassifier(max_epochs=4, ecg_fs=100).fit(X[:300], y[:300], eval_set=(X[300:], y[300:]), tensors=T)
+    b = FusionNetClassifier(max_epochs=4, ecg_fs=100).fit(X[:300], y[:300], eval_set=(X[300:], y[300:]), tensors=T)
+    assert np.allclose(a.decision_function(X, T), b.decision_function(X, T), atol=1e-6)
+    a.save(tmp_path / "f")
+    c = FusionNetClassifier.load(tmp_path / "f")
+    assert np.allclose(a.decision_function(X, T), c.decision_function(X, T), atol=1e-6)
+    raw = (tmp_path / "f" / "weights.safetensors").read_bytes()
+    (tmp_path / "f" / "weights.safetensors").write_bytes(raw[:-4] + b"\0\0\0\0")
+    with pytest.raises(DataError, match="hash"):
+        FusionNetClassifier.load(tmp_path / "f")
+
+
+def test_learns_from_the_waveform():
+    from sklearn.metrics import roc_auc_score
+    X, y, T = _data(n=1200)
+    X2 = X.assign(ecg__b=np.where(X.mask__ecg == 1, 0.0, np.nan))   # signal only in the waveform
+    m = FusionNetClassifier(fusion="hybrid", max_epochs=15, ecg_fs=100).fit(
+        X2[:900], y[:900], eval_set=(X2[900:1050], y[900:1050]), tensors=T)
+    with_wave = roc_auc_score(y[1050:], m.decision_function(X2[1050:], T))
+    no_wave = FusionNetClassifier(fusion="hybrid", max_epochs=15, use_waveforms=False).fit(
+        X2[:900], y[:900], eval_set=(X2[900:1050], y[900:1050]))
+    assert with_wave > roc_auc_score(y[1050:], no_wave.decision_function(X2[1050:])) + 0.03
