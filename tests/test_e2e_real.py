@@ -88,3 +88,17 @@ def test_inspect_real_demo_json(mimic_demo, tmp_path):
 def test_inspect_unusable_root_exits_nonzero(tmp_path):
     r = subprocess.run(MMPIPE + ["inspect", "--data", str(tmp_path / "missing")], capture_output=True, text=True)
     assert r.returncode != 0 and "does not exist" in r.stderr
+
+
+def test_dask_engine_gives_the_same_scores(demo_run, mimic_demo, tmp_path):
+    from pipeline.jobs.score import score
+    run, _ = demo_run
+    local = score(run, mimic_demo, tmp_path / "local.parquet", shard_size=100)
+    dask = score(run, mimic_demo, tmp_path / "dask.parquet", engine="dask", scheduler="local", shard_size=100)
+    pd.testing.assert_frame_equal(local, dask)
+
+
+def test_score_refuses_a_model_folder_that_is_not_one(mimic_demo, tmp_path):
+    r = subprocess.run(MMPIPE + ["score", "--model", str(tmp_path), "--input", str(mimic_demo), "--output",
+                                 str(tmp_path / "s.parquet")], capture_output=True, text=True)
+    assert r.returncode == 2 and "model/model.json" in r.stderr

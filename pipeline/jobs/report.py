@@ -1,15 +1,25 @@
 """``mmpipe report``: a self-contained HTML report of a run (jinja2 + matplotlib,
-images embedded as base64 PNG).  Reads only the run folder's artifacts."""
+images embedded as base64 PNG).  Reads only the run folder's artifacts.
+
+The report never prints note text: it shows feature names, metrics, ids and
+quarantine reasons (truncated), never the rows of a notes table.
+"""
 from __future__ import annotations
 
 import base64
 import io
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import read_json
+
+MODALITY_COLORS = {"ehr": "#4C72B0", "ecg": "#DD8452", "notes": "#55A868", "imaging": "#C44E52"}
+ALL_MODALITIES = ("ehr", "ecg", "notes", "imaging")
+AGE_ORDER = ["<40", "40-59", "60-74", "75+"]
+MAX_REASON_CHARS = 160  # quarantine reasons are truncated: they must never carry a record's text
 
 
 def _png(fig) -> str:
@@ -20,95 +30,205 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _plots(metrics: dict, run: Path) -> dict[str, str]:
-    import matplotlib
-    matplotlib.use("Agg")
+def _model_order(metrics: dict) -> list[str]:
+    """Primary model first, then the others in the order they were trained."""
+    names = list(metrics["models"])
+    return [metrics["primary"]] + [n for n in names if n != metrics["primary"]]
+
+
+def _curves_plot(metrics: dict) -> str | None:
     import matplotlib.pyplot as plt
+    names = [n for n in _model_order(metrics) if metrics["models"][n].get("curves")]
+    if not names:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    top = 0.0
+    for i, name in reversed(list(enumerate(names))):  # primary drawn last, on top
+        r = metrics["models"][name]
+        c = r["curves"]
+        kw = {"lw": 2.6 if name == metrics["primary"] else 1.2, "color": f"C{i % 10}"}
+        axes[0].plot(c["roc"]["fpr"], c["roc"]["tpr"], label=f"{name} ({r['auroc']:.3f})", **kw)
+        axes[1].plot(c["pr"]["recall"], c["pr"]["precision"], label=f"{name} ({r['auprc']:.3f})", **kw)
+        axes[2].plot(c["calibration"]["prob_pred"], c["calibration"]["prob_true"], "o-", ms=4, label=name, **kw)
+        top = max(top, *c["calibration"]["prob_pred"], *c["calibration"]["prob_true"])
+    axes[0].plot([0, 1], [0, 1], "k--", lw=0.8)
+    axes[2].plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    prevalence = metrics["models"][names[0]]["positives"] / max(metrics["models"][names[0]]["n"], 1)
+    axes[1].axhline(prevalence, color="k", ls="--", lw=0.8, label=f"prevalence ({prevalence:.3f})")
+    titles = [("False positive rate", "True positive rate", "ROC (test)", "lower right"),
+              ("Recall", "Precision", "Precision-recall (test)", "upper right"),
+              ("Predicted risk", "Observed rate", "Calibration (test, quantile bins)", "upper left")]
+    for ax, (xl, yl, t, loc) in zip(axes, titles):
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.set_title(t)
+        lim = 1.0 if ax is not axes[2] else min(1.0, 1.15 * top + 0.02)  # calibration: zoom on the risks seen
+        ax.set_xlim(-0.02 * lim, 1.02 * lim)
+        ax.set_ylim(-0.02 * lim, 1.02 * lim)
+        ax.grid(alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(handles[::-1], labels[::-1], fontsize=7, loc=loc, framealpha=0.85)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _shap_plots(exp, labels: dict) -> dict[str, str]:
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from pipeline.stages.featurize_ehr import pretty_feature
     plots = {}
-    models = {k: v for k, v in metrics["models"].items() if v.get("curves")}
-    if models:
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-        for name, r in models.items():
-            c = r["curves"]
-            lw = 2.5 if name == metrics["primary"] else 1.2
-            axes[0].plot(c["roc"]["fpr"], c["roc"]["tpr"], lw=lw, label=f"{name} ({r['auroc']:.3f})")
-            axes[1].plot(c["pr"]["recall"], c["pr"]["precision"], lw=lw, label=f"{name} ({r['auprc']:.3f})")
-            axes[2].plot(c["calibration"]["prob_pred"], c["calibration"]["prob_true"], "o-", lw=lw, label=name)
-        axes[0].plot([0, 1], [0, 1], "k--", lw=0.8)
-        axes[2].plot([0, 1], [0, 1], "k--", lw=0.8)
-        for ax, (xl, yl, t) in zip(axes, [("False positive rate", "True positive rate", "ROC (test)"),
-                                          ("Recall", "Precision", "Precision-recall (test)"),
-                                          ("Predicted risk", "Observed rate", "Calibration (test)")]):
-            ax.set_xlabel(xl), ax.set_ylabel(yl), ax.set_title(t), ax.legend(fontsize=7)
-        plots["curves"] = _png(fig)
-    exp_dir = run / "explanation"
-    if (exp_dir / "shap_values.parquet").exists():
-        from pipeline.explain.explanation import Explanation
-        from pipeline.stages.featurize_ehr import pretty_feature
-        meta = read_json(run / "model" / "model.json")
-        labels = meta.get("code_labels", {})
-        exp = Explanation.load(exp_dir)
-        imp = exp.feature_importance().head(20)[::-1]
-        colors = {"ehr": "#4C72B0", "ecg": "#DD8452", "notes": "#55A868", "imaging": "#C44E52"}
-        mod = dict(zip(exp.feature_names, exp.feature_modality))
-        fig, ax = plt.subplots(figsize=(8, 6))
-        ax.barh([pretty_feature(f, labels) for f in imp.index], imp.values,
-                color=[colors.get(mod[f], "grey") for f in imp.index])
-        ax.set_xlabel("mean |SHAP| (log-odds)"), ax.set_title("Top features (colour = modality)")
-        plots["shap_summary"] = _png(fig)
-        # beeswarm-like: SHAP value vs feature value rank for the top 12
-        top = exp.feature_importance().head(12).index[::-1]
-        fig, ax = plt.subplots(figsize=(8, 6))
-        rng = np.random.default_rng(0)
-        for i, f in enumerate(top):
-            j = exp.feature_names.index(f)
-            x = exp.data[:, j]
-            rank = pd.Series(x).rank(pct=True).fillna(-1).to_numpy()
-            ax.scatter(exp.values[:, j], i + rng.uniform(-0.25, 0.25, len(x)), c=rank, cmap="coolwarm",
-                       s=8, vmin=0, vmax=1)
-        ax.set_yticks(range(len(top)), [pretty_feature(f, labels) for f in top], fontsize=8)
+    mod = dict(zip(exp.feature_names, exp.feature_modality))
+    importance = exp.feature_importance()
+    imp = importance.head(20)[::-1]
+    fig, ax = plt.subplots(figsize=(9, 0.28 * len(imp) + 1.2))
+    ax.barh([pretty_feature(f, labels) for f in imp.index], imp.values,
+            color=[MODALITY_COLORS.get(mod[f], "grey") for f in imp.index])
+    ax.set_xlabel("mean |SHAP| (log-odds)")
+    ax.set_title(f"Top {len(imp)} features (colour = modality)")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    shown = [m for m in MODALITY_COLORS if m in {mod[f] for f in imp.index}]
+    ax.legend(handles=[Patch(color=MODALITY_COLORS[m], label=m) for m in shown], loc="lower right", fontsize=8)
+    fig.tight_layout()
+    plots["shap_summary"] = _png(fig)
+
+    # beeswarm-like: SHAP value per patient for the top 12, coloured by the feature value's rank
+    top = importance.head(12).index[::-1]
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(top) + 1.4))
+    rng = np.random.default_rng(0)
+    sc = None
+    for i, f in enumerate(top):
+        j = exp.feature_names.index(f)
+        x, v = exp.data[:, j], exp.values[:, j]
+        jitter = i + rng.uniform(-0.25, 0.25, len(x))
+        miss = np.isnan(x)
+        if miss.any():
+            ax.scatter(v[miss], jitter[miss], color="#9e9e9e", s=8, alpha=0.7)
+        if (~miss).any():
+            rank = pd.Series(x[~miss]).rank(pct=True).to_numpy()
+            sc = ax.scatter(v[~miss], jitter[~miss], c=rank, cmap="coolwarm", s=8, vmin=0, vmax=1)
+    ax.set_yticks(range(len(top)), [pretty_feature(f, labels) for f in top], fontsize=8)
+    ax.axvline(0, color="k", lw=0.6)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel("SHAP value (log-odds; grey = feature missing)")
+    ax.set_title("SHAP values per patient (test)")
+    if sc is not None:
+        cb = fig.colorbar(sc, ax=ax, pad=0.01, aspect=25, shrink=0.6)
+        cb.set_ticks([0, 1], labels=["low", "high"])
+        cb.set_label("feature value (rank)", fontsize=8)
+    fig.tight_layout()
+    plots["shap_beeswarm"] = _png(fig)
+
+    mc = exp.modality_contrib
+    if mc is not None and len(mc.columns):
+        cols = [m for m in ALL_MODALITIES if m in mc.columns] + [m for m in mc.columns if m not in ALL_MODALITIES]
+        fig, ax = plt.subplots(figsize=(7, 0.55 * len(cols) + 1.3))
+        data = [mc[m].dropna().to_numpy() for m in cols]
+        bp = ax.boxplot(data, tick_labels=cols, orientation="horizontal", patch_artist=True, widths=0.5,
+                        showmeans=True, meanprops={"marker": "D", "markerfacecolor": "white",
+                                                   "markeredgecolor": "k", "markersize": 5})
+        for patch, m in zip(bp["boxes"], cols):
+            patch.set_facecolor(MODALITY_COLORS.get(m, "grey"))
+            patch.set_alpha(0.6)
         ax.axvline(0, color="k", lw=0.6)
-        ax.set_xlabel("SHAP value (red = high feature value, grey = missing)")
-        ax.set_title("SHAP summary")
-        plots["shap_beeswarm"] = _png(fig)
-        if exp.modality_contrib is not None and len(exp.modality_contrib.columns):
-            mc = exp.modality_contrib
-            fig, ax = plt.subplots(figsize=(6, 3.5))
-            ax.boxplot([mc[m].to_numpy() for m in mc.columns], tick_labels=list(mc.columns), orientation="horizontal")
-            ax.axvline(0, color="k", lw=0.6)
-            ax.set_xlabel("per-patient modality contribution (log-odds, exact Shapley)")
-            ax.set_title("Modality attribution (test)")
-            plots["modality"] = _png(fig)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel("per-patient modality contribution (log-odds, exact Shapley; diamond = mean)")
+        ax.set_title("Modality attribution (test)")
+        fig.tight_layout()
+        plots["modality"] = _png(fig)
     return plots
 
 
-def _patient_cards(run: Path, n: int = 6) -> list[dict]:
+def _plots(metrics: dict, run: Path, labels: dict) -> dict[str, str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    plots = {}
+    curves = _curves_plot(metrics)
+    if curves:
+        plots["curves"] = curves
+    exp_dir = run / "explanation"
+    if (exp_dir / "shap_values.parquet").exists():
+        from pipeline.explain.explanation import Explanation
+        plots.update(_shap_plots(Explanation.load(exp_dir), labels))
+    return plots
+
+
+def _num(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def _patient_cards(run: Path, modalities: list[str], n: int = 6) -> list[dict]:
     p = run / "test_scores.parquet"
     if not p.exists():
         return []
     s = pd.read_parquet(p).sort_values("risk", ascending=False)
-    pick = pd.concat([s.head(n // 2), s.tail(n - n // 2)])
-    return [{"hadm_id": int(r.hadm_id), "risk": f"{r.risk:.3f}", "band": r.band, "reasons": r.reasons.split("; "),
-             "contrib": {m: f"{getattr(r, m):+.2f}" for m in ("ehr", "ecg", "notes", "imaging")}}
-            for r in pick.itertuples()]
+    pick = pd.concat([s.head(n // 2), s.tail(n - n // 2)]) if len(s) > n else s
+    cards = []
+    for r in pick.itertuples():
+        contrib = []
+        for m in modalities:
+            v = getattr(r, m, None)
+            ok = v is not None and not pd.isna(v)
+            contrib.append({"modality": m, "value": f"{v:+.2f}" if ok else "n/a",
+                            "sign": ("pos" if v > 0 else "neg" if v < 0 else "") if ok else ""})
+        reasons = [x for x in str(r.reasons or "").split("; ") if x]
+        cards.append({"hadm_id": int(r.hadm_id), "risk": f"{r.risk:.3f}", "band": r.band,
+                      "reasons": reasons, "contrib": contrib})
+    return cards
+
+
+def _subgroups(metrics: dict) -> dict[str, list[dict]]:
+    out = {}
+    for name, rows in metrics.get("subgroups", {}).items():
+        if name == "age_band":
+            rows = sorted(rows, key=lambda r: AGE_ORDER.index(r["group"]) if r["group"] in AGE_ORDER else 99)
+        out[name.replace("_", " ")] = rows
+    return out
+
+
+def _quarantine(run: Path) -> tuple[list[dict], int]:
+    p = run / "quarantine.parquet"
+    if not p.exists():
+        return [], 0
+    q = pd.read_parquet(p)
+    rows = []
+    for r in q.head(50).to_dict("records"):
+        reason = str(r.get("reason", ""))
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[:MAX_REASON_CHARS] + "…"
+        rows.append({"source": r.get("source", ""), "file": Path(str(r.get("file", ""))).name,
+                     "row": r.get("row", ""), "field": r.get("field", ""), "reason": reason})
+    return rows, len(q)
 
 
 def write_report(run: Path, out: Path | None = None) -> Path:
     from jinja2 import Environment, PackageLoader, select_autoescape
+
+    from pipeline.stages.featurize_ehr import pretty_feature
     run = Path(run)
     metrics = read_json(run / "metrics.json")
     leakage = read_json(run / "leakage.json") if (run / "leakage.json").exists() else {}
-    q = pd.read_parquet(run / "quarantine.parquet") if (run / "quarantine.parquet").exists() else pd.DataFrame()
+    meta = read_json(run / "model" / "model.json") if (run / "model" / "model.json").exists() else {}
+    labels = meta.get("code_labels", {})
+    modalities = meta.get("modalities") or list(metrics.get("modality_presence", {})) or ["ehr"]
+    quarantine, n_quarantine = _quarantine(run)
+    primary = metrics["models"][metrics["primary"]]
     env = Environment(loader=PackageLoader("pipeline", "jobs/templates"), autoescape=select_autoescape())
     html = env.get_template("report.html.j2").render(
-        run=run.name, m=metrics, plots=_plots(metrics, run), leakage=leakage,
-        quarantine=q.head(200).to_dict("records"), n_quarantine=len(q),
-        cards=_patient_cards(run), small=metrics["models"][metrics["primary"]]["n"] < 500,
-        fmt=lambda x: "n/a" if x is None else f"{x:.3f}",
+        run=run.name, m=metrics, plots=_plots(metrics, run, labels), leakage=leakage,
+        model_order=_model_order(metrics), subgroups=_subgroups(metrics),
+        quarantine=quarantine, n_quarantine=n_quarantine,
+        cards=_patient_cards(run, modalities), modalities=modalities,
+        absent_modalities=[m for m in ALL_MODALITIES if m not in modalities],
+        small=primary["n"] < 500, code_version=meta.get("code_version", ""),
+        pretty=lambda f: pretty_feature(f, labels), fmt=_num,
         ci=lambda c: "" if not c else f"[{c[0]:.3f}, {c[1]:.3f}]")
     out = Path(out) if out else run / "report" / "index.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(html)
+    tmp.write_text(html, encoding="utf-8")
     tmp.replace(out)
     return out

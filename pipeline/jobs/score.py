@@ -69,9 +69,10 @@ class Scorer:
         for f in missing:
             table[f] = np.nan
 
-    def score_table(self, rows: pd.DataFrame) -> pd.DataFrame:
+    def score_table(self, rows: pd.DataFrame, explain_rows: bool = True) -> pd.DataFrame:
         from pipeline.jobs.train import pretty_namer, score_rows
-        out, _ = score_rows(rows, self.model, self.calibrator, self.meta, pretty_namer(self.meta.get("code_labels", {})))
+        out, _ = score_rows(rows, self.model, self.calibrator, self.meta,
+                            pretty_namer(self.meta.get("code_labels", {})), explain_rows=explain_rows)
         return out
 
 

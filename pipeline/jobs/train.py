@@ -78,16 +78,23 @@ def explain(model: GBMClassifier, X: pd.DataFrame, hadm: np.ndarray, modalities:
                        modality_contrib=contrib.reset_index(drop=True))
 
 
-def score_rows(rows: pd.DataFrame, model, calibrator: Calibrator, meta: dict, pretty) -> tuple[pd.DataFrame, Explanation]:
-    """The score file rows for ``rows`` (aligned table rows) and their explanation."""
+def score_rows(rows: pd.DataFrame, model, calibrator: Calibrator, meta: dict, pretty,
+               explain_rows: bool = True) -> tuple[pd.DataFrame, Explanation | None]:
+    """The score file rows for ``rows`` (aligned table rows) and their explanation.
+    ``explain_rows=False`` skips SHAP reasons and modality contributions (empty / NaN)."""
     X = rows[meta["features"]]
     risk = calibrator.transform(model.decision_function(X))
-    exp = explain(model, X, rows["hadm_id"].to_numpy(), meta["modalities"])
     out = pd.DataFrame({
         "subject_id": rows["subject_id"].to_numpy(), "hadm_id": rows["hadm_id"].to_numpy(),
         "prediction_time": rows["prediction_time"].to_numpy(), "risk": risk,
-        "band": band(risk, meta["band_thresholds"]),
-        "reasons": exp.top_reasons(meta["top_k_reasons"], pretty)})
+        "band": band(risk, meta["band_thresholds"])})
+    if not explain_rows:
+        out["reasons"] = ""
+        for m in ("ehr", "ecg", "notes", "imaging"):
+            out[m] = np.nan
+        return out, None
+    exp = explain(model, X, rows["hadm_id"].to_numpy(), meta["modalities"])
+    out["reasons"] = exp.top_reasons(meta["top_k_reasons"], pretty)
     for m in ("ehr", "ecg", "notes", "imaging"):
         out[m] = exp.modality_contrib[m].to_numpy() if m in exp.modality_contrib.columns else 0.0
     return out, exp

@@ -12,6 +12,7 @@ safetensors, everything else in JSON with the weights' sha256 (checked on load).
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,11 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         self.center_, self.scale_ = {}, {}
         for m, cols in self.columns_.items():
             v = X[cols].to_numpy(dtype=np.float64)
-            med = np.nanmedian(np.where(np.isfinite(v), v, np.nan), axis=0) if len(v) else np.zeros(len(cols))
-            q = np.nanpercentile(v, [25, 75], axis=0) if len(v) else np.ones((2, len(cols)))
+            v = np.where(np.isfinite(v), v, np.nan)
+            with warnings.catch_warnings():  # a column never observed in train: centre 0, scale 1
+                warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
+                med = np.nanmedian(v, axis=0) if len(v) else np.zeros(len(cols))
+                q = np.nanpercentile(v, [25, 75], axis=0) if len(v) else np.ones((2, len(cols)))
             scale = np.where(np.isfinite(q[1] - q[0]) & ((q[1] - q[0]) > 0), q[1] - q[0], 1.0)
             self.center_[m] = np.nan_to_num(med).tolist()
             self.scale_[m] = np.nan_to_num(scale, nan=1.0).tolist()

@@ -1,0 +1,91 @@
+"""Scoring benchmark: patients/s with and without SHAP reasons, and peak memory.
+
+Trains a GBM run once (on the real MIMIC-IV demo by default, or --data ROOT), then
+scores N admissions (default 10k and 100k) made by resampling the prepared aligned
+rows with fresh ids, in shards, in a fresh process per measurement; prints
+patients/s and the child's peak RSS.  Also times one end-to-end `score` job
+(ETL + scoring + writing) on the data folder itself.
+Target (issue 5): >= 2,000 patients/s with SHAP reasons on the GBM path on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, sys, time
+import numpy as np, pandas as pd
+from pathlib import Path
+from pipeline.jobs.score import Scorer
+run, n, shard, explain = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+scorer = Scorer(run)
+base = pd.read_parquet(sys.argv[5])
+rng = np.random.default_rng(0)
+t0 = time.time()
+done = 0
+for start in range(0, n, shard):
+    k = min(shard, n - start)
+    rows = base.iloc[rng.integers(0, len(base), k)].copy()
+    rows["hadm_id"] = np.arange(start, start + k) + 90_000_000
+    out = scorer.score_table(rows, explain_rows=explain)
+    done += len(out)
+dt = time.time() - t0
+print(json.dumps({"rows": done, "seconds": dt}))
+"""
+
+
+def child(run: Path, n: int, shard: int, explain: bool, table: Path) -> dict:
+    r = subprocess.run([sys.executable, "-c", CHILD, str(run), str(n), str(shard), "1" if explain else "0", str(table)],
+                       capture_output=True, text=True, cwd=REPO)
+    if r.returncode:
+        raise SystemExit(r.stderr[-3000:])
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    res["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mimic-iv-demo")
+    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--shard", type=int, default=5000)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+    from pipeline.config import RunConfig
+    from pipeline.jobs.score import score
+    from pipeline.jobs.train import train
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="score_bench_"))
+    run = work / "run"
+    if not (run / "model" / "model.json").exists():
+        train(args.data, run, RunConfig.model_validate({"model": {"fusion_models": ["gbm_early"],
+                                                                  "single_modality_baselines": False}}), report=False)
+    from pipeline.jobs.prepare import prepare
+    from pipeline.sources.discover import discover
+    table = work / "aligned.parquet"
+    cfg = RunConfig.model_validate(json.loads((run / "config.json").read_text()))
+    prepare(discover(args.data), cfg, run, mode="train").table.to_parquet(table)
+    t = time.time()
+    scores = score(run, args.data, work / "scores.parquet")
+    e2e = time.time() - t
+    print(f"\nend-to-end `score` job on {args.data.name}: {len(scores)} admissions in {e2e:.1f} s "
+          f"(ETL included, {len(scores) / e2e:.0f}/s)")
+    print(f"model: {json.loads((run / 'model' / 'model.json').read_text())['kind']}, "
+          f"{len(json.loads((run / 'model' / 'model.json').read_text())['features'])} features\n")
+    for n in [int(x) for x in args.sizes.split(",") if x]:
+        for explain in (False, True):
+            r = child(run, n, args.shard, explain, table)
+            print(f"n={n:>7,} shap_reasons={'yes' if explain else 'no ':3s} {r['rows'] / r['seconds']:>9,.0f} patients/s "
+                  f"({r['seconds']:.1f} s) peak_rss={r['peak_rss_gib']:.2f} GiB (max over children so far)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
