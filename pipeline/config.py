@@ -22,6 +22,7 @@ class _Strict(BaseModel):
 class SourcePaths(_Strict):
     """Explicit paths per source; None = discover under --data."""
     mimic_iv: Path | None = None
+    eicu: Path | None = None
     ecg: Path | None = None
     notes: Path | None = None
     cxr: Path | None = None

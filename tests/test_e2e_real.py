@@ -102,3 +102,15 @@ def test_score_refuses_a_model_folder_that_is_not_one(mimic_demo, tmp_path):
     r = subprocess.run(MMPIPE + ["score", "--model", str(tmp_path), "--input", str(mimic_demo), "--output",
                                  str(tmp_path / "s.parquet")], capture_output=True, text=True)
     assert r.returncode == 2 and "model/model.json" in r.stderr
+
+
+def test_train_and_score_on_the_real_eicu_demo_subset(tmp_path):
+    from conftest import shared
+    from pipeline.jobs.score import score
+    eicu = shared("eicu-crd-demo-subset")
+    cfg = RunConfig.model_validate({"model": {"gbm_estimators": 60, "fusion_models": ["gbm_early"]}})
+    metrics = train(eicu, tmp_path / "run", cfg, report=True)
+    assert metrics["sources"]["found"] == {"eicu": str(eicu)}
+    assert metrics["cohort"]["admissions"] == 144 and metrics["cohort"]["cohort"] > 100
+    s = score(tmp_path / "run", eicu, tmp_path / "s.parquet")
+    assert len(s) == metrics["cohort"]["cohort"] and s["risk"].between(0, 1).all()

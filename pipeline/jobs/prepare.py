@@ -52,14 +52,20 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
     fitted = fitted or {}
     work = Path(work)
     dirs: dict[str, Path] = {}
-    if sources.paths["mimic_iv"] is None:
+    if sources.paths["mimic_iv"] is None and sources.paths.get("eicu") is None:
         from pipeline.errors import DataError
-        raise DataError("no MIMIC-IV hosp/ tables found: the cohort needs patients and admissions",
-                        file=sources.root, field="hosp/patients",
+        raise DataError("no EHR source found (MIMIC-IV hosp/ or eICU tables): the cohort needs patients and "
+                        "admissions", file=sources.root, field="hosp/patients",
                         hint="point --data at a folder holding hosp/patients.csv.gz and hosp/admissions.csv.gz")
-    mroot = sources.paths["mimic_iv"]
-    dirs["ingest_ehr"] = _stage(work, "ingest_ehr", {"mimic_iv": tree_hash(mroot, "*.*")}, {},
-                                lambda tmp, q: ingest_mimic_iv(mroot, tmp, q))
+    if sources.paths["mimic_iv"] is not None:
+        mroot = sources.paths["mimic_iv"]
+        dirs["ingest_ehr"] = _stage(work, "ingest_ehr", {"mimic_iv": tree_hash(mroot, "*.*")}, {},
+                                    lambda tmp, q: ingest_mimic_iv(mroot, tmp, q))
+    else:
+        from pipeline.sources.eicu import ingest_eicu
+        eroot_ = sources.paths["eicu"]
+        dirs["ingest_ehr"] = _stage(work, "ingest_ehr", {"eicu": tree_hash(eroot_, "*.*")}, {"source": "eicu"},
+                                    lambda tmp, q: ingest_eicu(eroot_, tmp, q))
 
     def cohort_body(tmp, q):
         d = dirs["ingest_ehr"]

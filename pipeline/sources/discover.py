@@ -1,6 +1,7 @@
 """Find each source by its contents at ROOT or in folders below it.
 
 MIMIC-IV: a folder with hosp/patients and hosp/admissions (.csv.gz, .csv or .parquet);
+eICU-CRD: a folder with patient (with patientunitstayid) and lab tables;
 MIMIC-IV-ECG: a folder with record_list.csv; MIMIC-IV-Note: a folder with
 note/radiology.csv.gz or note/discharge.csv.gz; MIMIC-CXR-JPG: a folder with
 mimic-cxr-2.0.0-metadata.csv(.gz).  Plain folders of WFDB records or of images
@@ -16,8 +17,8 @@ from pathlib import Path
 from pipeline.config import SourcePaths
 from pipeline.errors import DataError
 
-SOURCES = ("mimic_iv", "ecg", "notes", "cxr")
-MODALITY_OF = {"mimic_iv": "ehr", "ecg": "ecg", "notes": "notes", "cxr": "imaging"}
+SOURCES = ("mimic_iv", "eicu", "ecg", "notes", "cxr")
+MODALITY_OF = {"mimic_iv": "ehr", "eicu": "ehr", "ecg": "ecg", "notes": "notes", "cxr": "imaging"}
 TABLE_EXTS = (".csv.gz", ".csv", ".parquet")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
 _SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules"}
@@ -49,7 +50,12 @@ def _is_cxr(d: Path) -> bool:
     return (d / "mimic-cxr-2.0.0-metadata.csv.gz").exists() or (d / "mimic-cxr-2.0.0-metadata.csv").exists()
 
 
-_TESTS = {"mimic_iv": _is_mimic_iv, "ecg": _is_ecg, "notes": _is_notes, "cxr": _is_cxr}
+def _is_eicu(d: Path) -> bool:
+    from pipeline.sources.eicu import is_eicu
+    return is_eicu(d)
+
+
+_TESTS = {"mimic_iv": _is_mimic_iv, "eicu": _is_eicu, "ecg": _is_ecg, "notes": _is_notes, "cxr": _is_cxr}
 
 
 @dataclass
@@ -65,10 +71,12 @@ class Sources:
 
     @property
     def absent(self) -> list[str]:
-        return [k for k, v in self.paths.items() if v is None]
+        """Absent sources.  eICU is an alternative EHR source: a missing EHR shows as mimic_iv absent."""
+        return [k for k, v in self.paths.items() if v is None and k != "eicu"]
 
     def describe(self) -> str:
-        lines = [f"  {k:9s} {'found at ' + str(v) if v else 'absent'}" for k, v in self.paths.items()]
+        lines = [f"  {k:9s} {'found at ' + str(v) if v else 'absent'}" for k, v in self.paths.items()
+                 if v or k != "eicu"]
         return "sources:\n" + "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -135,4 +143,7 @@ def discover(root: Path | None, explicit: SourcePaths | None = None) -> Sources:
                             file=root, field=f"sources.{s}",
                             hint=f"name one in the config under sources.{s}, or point --data lower")
         paths[s] = found[0] if found else None
+    if paths["mimic_iv"] and paths["eicu"]:
+        raise DataError(f"two EHR sources found: MIMIC-IV at {paths['mimic_iv']} and eICU at {paths['eicu']}",
+                        file=root, field="sources", hint="point --data at one, or name one in the config")
     return Sources(root=root, paths=paths, wfdb_folders=wfdb_folders, image_folders=image_folders)

@@ -1,0 +1,454 @@
+"""MIMIC-IV-ECG (or any WFDB record) into a fixed 12-lead tensor, with quality control.
+
+``read_record_list`` turns MIMIC-IV-ECG's ``record_list.csv`` into the ECG_INDEX
+table; ``index_wfdb_folder`` lists a plain folder of WFDB records; ``load_ecg``
+reads one record into ``ECGRecord`` (float32 [12, fs*seconds] in mV, standard
+lead order, a lead mask, and a verdict with its reasons); ``inspect_ecg`` gives
+one verdict per record and never raises.
+
+Policy (what ``load_ecg`` does with an imperfect record):
+
+* Leads are mapped by name, case-insensitively: ``I II III aVR aVL aVF V1..V6``,
+  with the aliases MLI/MLII/MLIII (MIT-BIH modified limb leads), DI/DII/DIII and
+  D1/D2/D3 (European notation) and a ``lead`` prefix ("Lead II").  A bare ``V``
+  (a precordial lead of unknown position, e.g. PhysioNet Challenge 2015) is not
+  mapped, nor are ``ECG 1``, Frank leads ``vx vy vz``, PLETH, RESP, ...: they are
+  listed in ``ignored_signals`` and in the reasons.
+* Fewer than 12 usable leads: used with its lead mask (verdict warn), unless
+  fewer than ``min_leads`` remain (bad).  No mappable ECG lead at all: bad.
+* Sampling rate other than ``fs``: resampled with ``scipy.signal.resample_poly``
+  (warn).  Longer than ``seconds``: the first ``seconds`` are kept (info).
+  Shorter: zero-padded at the end (warn), or bad when under half of ``seconds``.
+* Baseline wander: removed by a zero-phase 0.5 Hz high-pass (Butterworth order 2,
+  applied forwards and backwards).
+* NaN samples (WFDB's invalid-sample code): filled with 0 (warn); a lead that is
+  all NaN, or flat (std < 0.01 mV, lead off), is masked (warn).
+* Saturation: runs at the format's or ADC's digital limits (>= 40 ms), or a
+  plateau at the lead's own extreme far from its median (>= 80 ms): warn.
+* Unreadable header, missing or truncated signal file, a header whose signal
+  count disagrees with its signal lines or with the file size: ``DataError``
+  naming the file.  A missing signal file that holds only ignored signals (e.g.
+  PTB's ``.xyz`` Frank leads) is reported (info) and does not stop the read.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import wfdb
+from scipy import signal as sps
+
+from data_schemas.modalities import ECG_INDEX
+from pipeline.errors import DataError, Quarantine
+
+SOURCE = "ecg"
+STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+LEAD_INDEX = {name: i for i, name in enumerate(STANDARD_LEADS)}
+
+_LEAD_KEYS = {name.lower(): name for name in STANDARD_LEADS}
+_LEAD_KEYS.update({"mli": "I", "mlii": "II", "mliii": "III", "di": "I", "dii": "II", "diii": "III",
+                   "d1": "I", "d2": "II", "d3": "III"})
+
+# WFDB signal formats: bytes per sample, digital range, and the invalid-sample (NaN) code.
+# https://www.physionet.org/physiotools/wag/signal-5.htm
+_BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5,
+                     "310": 4 / 3, "311": 4 / 3}
+_FMT_BITS = {"8": 8, "16": 16, "24": 24, "32": 32, "61": 16, "80": 8, "160": 16, "212": 12, "310": 10,
+             "311": 10, "508": 8, "516": 16, "524": 24}
+_NO_INVALID_CODE = {"8"}          # format 8 stores differences; it has no invalid-sample code
+_VOLT_UNITS = {"mv": 1.0, "": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nv": 1e-6}
+
+FLAT_MV = 0.01                    # a lead with std below this (mV) is flat / lead off
+HIGHPASS_HZ = 0.5
+SATURATION_AT_LIMIT_S = 0.04      # run length at a digital limit that counts as saturation
+SATURATION_PLATEAU_S = 0.08       # run length at the lead's own extreme (away from its median)
+PLATEAU_MIN_MV = 0.3
+
+
+def map_lead(name: str) -> str | None:
+    """The standard lead a signal name stands for, or None ('MLII' -> 'II', 'avr' -> 'aVR', 'V' -> None)."""
+    key = re.sub(r"^lead[\s_\-]*", "", name.strip().lower()).replace(" ", "")
+    return _LEAD_KEYS.get(key)
+
+
+@dataclass(frozen=True)
+class Issue:
+    severity: str   # "info" | "warn" | "bad"
+    field: str      # what is wrong: "fs", "length", "leads", "lead:V1", "units", "signal_file"
+    text: str
+
+
+@dataclass
+class ECGRecord:
+    """One record in standard form.  ``verdict`` is the worst issue's severity (info counts as ok)."""
+    path: str
+    signal: np.ndarray              # float32 [12, fs*seconds], mV, STANDARD_LEADS order, absent leads 0
+    lead_mask: np.ndarray           # bool [12]
+    fs: int
+    fs_orig: float
+    n_samples_orig: int
+    leads_found: list[str]          # original names of the mapped leads
+    ignored_signals: list[str]      # original names of signals not used
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        sev = {i.severity for i in self.issues}
+        return "bad" if "bad" in sev else "warn" if "warn" in sev else "ok"
+
+    @property
+    def reasons(self) -> list[str]:
+        return [i.text for i in self.issues]
+
+    @property
+    def problem(self) -> Issue | None:
+        """The first issue of the worst severity (names the field for a quarantine row)."""
+        for sev in ("bad", "warn"):
+            for i in self.issues:
+                if i.severity == sev:
+                    return i
+        return None
+
+    @property
+    def n_leads(self) -> int:
+        return int(self.lead_mask.sum())
+
+    @property
+    def seconds_orig(self) -> float:
+        return self.n_samples_orig / self.fs_orig if self.fs_orig else 0.0
+
+
+# ---------------------------------------------------------------- index tables
+
+def _record_list_path(ecg_root: Path) -> Path:
+    for name in ("record_list.csv", "record_list.csv.gz"):
+        if (Path(ecg_root) / name).exists():
+            return Path(ecg_root) / name
+    raise DataError("record_list.csv(.gz) not found", file=Path(ecg_root) / "record_list.csv", field="record_list",
+                    hint="point the ECG source at the MIMIC-IV-ECG folder that holds record_list.csv and files/")
+
+
+def read_record_list(ecg_root: Path, quarantine: Quarantine) -> pd.DataFrame:
+    """MIMIC-IV-ECG ``record_list.csv`` -> ECG_INDEX (subject_id, study_id, ecg_time, absolute path).
+
+    A missing column raises ``DataError``; a row with a missing or unparseable
+    id or time, or a repeated study_id, goes to ``quarantine`` (row = line number).
+    """
+    ecg_root = Path(ecg_root).resolve()
+    path = _record_list_path(ecg_root)
+    df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""])
+    required = ["subject_id", "study_id", "ecg_time", "path"]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataError(f"required column(s) {missing} missing; found {list(df.columns)}", file=path,
+                        field=missing[0], hint="expected MIMIC-IV-ECG's subject_id,study_id,file_name,ecg_time,path")
+    line = np.arange(len(df)) + 2                      # 1-based, after the header line
+    bad = np.zeros(len(df), bool)
+    conv = {}
+    for col, kind in (("subject_id", "int"), ("study_id", "int"), ("ecg_time", "datetime"), ("path", "str")):
+        raw = df[col]
+        if kind == "int":
+            val = pd.to_numeric(raw, errors="coerce")
+            val = val.where(val % 1 == 0)
+        elif kind == "datetime":
+            val = pd.to_datetime(raw, errors="coerce", format="ISO8601")
+        else:
+            val = raw.str.strip().replace("", pd.NA)
+        for i in np.flatnonzero((raw.isna() | val.isna()).to_numpy() & ~bad):
+            what = "missing required value" if pd.isna(raw.iloc[i]) else f"unparseable {kind} value {raw.iloc[i]!r}"
+            quarantine.add(SOURCE, path, int(line[i]), col, what)
+        bad |= val.isna().to_numpy()
+        conv[col] = val
+    dup = conv["study_id"].duplicated(keep="first").to_numpy() & ~bad & conv["study_id"].notna().to_numpy()
+    for i in np.flatnonzero(dup):
+        quarantine.add(SOURCE, path, int(line[i]), "study_id", f"duplicated study_id {int(conv['study_id'].iloc[i])}")
+    keep = ~(bad | dup)
+    rel = conv["path"][keep].str.replace(r"\.(hea|dat)$", "", regex=True)
+    out = pd.DataFrame({
+        "subject_id": conv["subject_id"][keep].astype("int64").to_numpy(),
+        "study_id": conv["study_id"][keep].astype("int64").to_numpy(),
+        "ecg_time": conv["ecg_time"][keep].to_numpy(),
+        "path": [str(ecg_root / p) for p in rel],
+    })
+    ECG_INDEX.validate(out, path)
+    return out
+
+
+def index_wfdb_folder(folder: Path) -> pd.DataFrame:
+    """One row per ``.hea`` under ``folder`` (recursive): path without extension; ids and time null."""
+    paths = sorted(str(p.with_suffix("")) for p in Path(folder).resolve().rglob("*.hea") if p.is_file())
+    return pd.DataFrame({
+        "subject_id": pd.Series([pd.NA] * len(paths), dtype="Int64"),
+        "study_id": pd.Series([pd.NA] * len(paths), dtype="Int64"),
+        "ecg_time": pd.Series([pd.NaT] * len(paths), dtype="datetime64[ns]"),
+        "path": pd.Series(paths, dtype=object),
+    })
+
+
+# ---------------------------------------------------------------- one record
+
+def _read_header(path: Path):
+    hea = Path(f"{path}.hea")
+    if not hea.exists():
+        raise DataError("header file not found", file=hea, field="header",
+                        hint="a WFDB record is RECORD.hea plus its signal file(s); pass the path without extension")
+    try:
+        hdr = wfdb.rdheader(str(path))
+    except Exception as e:  # wfdb raises many kinds (HeaderSyntaxError, ValueError, IndexError, ...)
+        raise DataError(f"unreadable WFDB header ({type(e).__name__}: {e})", file=hea, field="header") from e
+    if isinstance(hdr, wfdb.MultiRecord):
+        raise DataError("multi-segment WFDB record: not supported (expected one 10 s 12-lead record)",
+                        file=hea, field="n_seg")
+    n_lines = len(hdr.sig_name or [])
+    if not hdr.n_sig or n_lines != hdr.n_sig:
+        raise DataError(f"the record line declares {hdr.n_sig} signals but the header has {n_lines} signal lines",
+                        file=hea, field="n_sig", hint="the header is inconsistent; re-export the record")
+    if not hdr.fs or hdr.fs <= 0:
+        raise DataError(f"sampling frequency {hdr.fs!r} is not positive", file=hea, field="fs")
+    return hdr
+
+
+def _check_signal_files(hdr, path: Path, mapped: list[bool]) -> list[Issue]:
+    """Missing / truncated / wrongly sized signal files -> DataError; a missing file of ignored signals -> info."""
+    folder = Path(path).parent
+    issues: list[Issue] = []
+    spf = [s or 1 for s in (hdr.samps_per_frame or [1] * hdr.n_sig)]
+    offsets = hdr.byte_offset or [None] * hdr.n_sig
+    for fname in dict.fromkeys(hdr.file_name):
+        if fname == "~":
+            continue
+        chans = [c for c in range(hdr.n_sig) if hdr.file_name[c] == fname]
+        fpath = folder / fname
+        if not fpath.exists():
+            if any(mapped[c] for c in chans):
+                raise DataError(f"signal file missing (holds signals {[hdr.sig_name[c] for c in chans]})",
+                                file=fpath, field="file_name", hint="copy the record's .dat file beside its .hea")
+            issues.append(Issue("info", "signal_file", f"signal file {fname} missing; it holds only ignored "
+                                f"signals ({', '.join(hdr.sig_name[c] for c in chans)})"))
+            continue
+        fmt = hdr.fmt[chans[0]]
+        bps = _BYTES_PER_SAMPLE.get(fmt)
+        if bps is None or not hdr.sig_len:      # compressed format, or length not in the header
+            continue
+        frame = sum(spf[c] for c in chans)
+        offset = offsets[chans[0]] or 0
+        expected = offset + math.floor(hdr.sig_len * frame * bps)
+        size = fpath.stat().st_size
+        if size < expected:
+            raise DataError(f"truncated: {size} bytes, the header expects {expected} ({len(chans)} signals x "
+                            f"{hdr.sig_len} samples, format {fmt})", file=fpath, field="sig_len",
+                            hint="the file was cut short (interrupted copy?); fetch it again")
+        if size > expected:
+            fits = (size - offset) / (hdr.sig_len * bps)
+            if len(chans) == hdr.n_sig and spf == [1] * hdr.n_sig and fits == int(fits) and int(fits) != len(chans):
+                raise DataError(f"file size fits {int(fits)} signals of {hdr.sig_len} samples but the header "
+                                f"declares {len(chans)}", file=Path(f"{path}.hea"), field="n_sig",
+                                hint="the header's signal count is wrong")
+            issues.append(Issue("info", "signal_file", f"{fname} has {size - expected} bytes beyond the header's length"))
+    return issues
+
+
+def _limits(hdr, c: int) -> set[int]:
+    """Digital values at which channel c is clipped: the format's range and, if given, the ADC's."""
+    bits = _FMT_BITS.get(hdr.fmt[c], 16)
+    out = {2 ** (bits - 1) - 1, -(2 ** (bits - 1)) + 1}
+    res = (hdr.adc_res or [0] * hdr.n_sig)[c] or 0
+    if 0 < res < bits:
+        zero = (hdr.adc_zero or [0] * hdr.n_sig)[c] or 0
+        out |= {zero - 2 ** (res - 1), zero + 2 ** (res - 1) - 1}
+    return out
+
+
+def _longest_run(mask: np.ndarray) -> int:
+    if not mask.any():
+        return 0
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.view(np.int8), [0]))))
+    return int((edges[1::2] - edges[::2]).max())
+
+
+def _saturation(d: np.ndarray, valid: np.ndarray, limits: list[set[int]], gains: np.ndarray, fs: float) -> list[tuple[int, float]]:
+    """(channel, longest run in s) for channels with a long run at a digital limit or at a far plateau."""
+    out = []
+    for j in range(d.shape[1]):
+        col = d[valid[:, j], j]
+        if col.size == 0:
+            continue
+        lo, hi = col.min(), col.max()
+        if lo == hi:
+            continue                            # constant: the flat-lead check reports it
+        med = np.median(col)
+        longest = 0
+        for v in {int(lo), int(hi)}:
+            at_limit = v in limits[j]
+            if not at_limit and abs(v - med) < PLATEAU_MIN_MV * gains[j]:
+                continue
+            run = _longest_run(col == v)
+            if run >= (SATURATION_AT_LIMIT_S if at_limit else SATURATION_PLATEAU_S) * fs:
+                longest = max(longest, run)
+        if longest:
+            out.append((j, longest / fs))
+    return out
+
+
+@lru_cache(maxsize=16)
+def _highpass(fs: float):
+    return sps.butter(2, HIGHPASS_HZ, btype="highpass", fs=fs, output="sos")
+
+
+def _fs_text(fs: float) -> str:
+    return f"{fs:g}"
+
+
+def load_ecg(path: str | Path, fs: int = 500, seconds: float = 10.0, min_leads: int = 1) -> ECGRecord:
+    """Read one WFDB record (path without extension) into the standard 12-lead form; see module doc."""
+    path = Path(path)
+    hdr = _read_header(path)
+    issues: list[Issue] = []
+    n_out = int(round(fs * seconds))
+
+    # map names to standard leads (first occurrence wins)
+    chans, leads, ignored, dupes = [], [], [], []
+    for c, name in enumerate(hdr.sig_name):
+        lead = map_lead(name or "")
+        unit = (hdr.units[c] if hdr.units else "") or ""
+        if lead is not None and unit.strip().lower() not in _VOLT_UNITS:
+            issues.append(Issue("info", "units", f"signal {name} has units {unit!r}, not a voltage: ignored"))
+            lead = None
+        if lead is None:
+            ignored.append(name)
+        elif lead in leads:
+            ignored.append(name)
+            dupes.append(name)
+        else:
+            chans.append(c)
+            leads.append(lead)
+    mapped = [c in chans for c in range(hdr.n_sig)]
+    issues += _check_signal_files(hdr, path, mapped)
+    if ignored:
+        issues.append(Issue("info", "leads", "ignored signals: " + ", ".join(ignored)
+                            + (f" (duplicates of mapped leads: {', '.join(dupes)})" if dupes else "")))
+
+    fs_orig = float(hdr.fs)
+    n_total = int(hdr.sig_len or 0)
+    n_want = int(math.ceil(seconds * fs_orig))
+    signal = np.zeros((len(STANDARD_LEADS), n_out), np.float32)
+    mask = np.zeros(len(STANDARD_LEADS), bool)
+    rec = ECGRecord(str(path), signal, mask, fs, fs_orig, n_total, [hdr.sig_name[c] for c in chans], ignored, issues)
+    if not chans:
+        issues.append(Issue("bad", "leads", "no mappable ECG lead (signals: " + ", ".join(hdr.sig_name) + ")"))
+        return rec
+
+    try:
+        raw = wfdb.rdrecord(str(path), sampto=min(n_want, n_total) if n_total else None, channels=chans,
+                            physical=False, return_res=32)
+    except Exception as e:  # wfdb's own errors while decoding the signal file
+        raise DataError(f"unreadable signal data ({type(e).__name__}: {e})", file=path.parent / hdr.file_name[chans[0]],
+                        field="signal") from e
+    d = np.asarray(raw.d_signal)
+    if d.ndim != 2 or d.shape[1] != len(chans):
+        raise DataError(f"signal data has shape {d.shape}, expected (samples, {len(chans)})",
+                        file=path.parent / hdr.file_name[chans[0]], field="signal")
+    if not n_total:
+        n_total = rec.n_samples_orig = int(d.shape[0])   # length not in the header: what the file holds
+    d = d[:n_want]
+    n = d.shape[0]
+    if n == 0:
+        issues.append(Issue("bad", "length", "record holds no samples"))
+        return rec
+
+    # digital -> mV; the invalid-sample code -> NaN
+    invalid = np.array([(d[:, j] == -(2 ** (_FMT_BITS.get(hdr.fmt[c], 16) - 1)))
+                        if hdr.fmt[c] not in _NO_INVALID_CODE else np.zeros(n, bool)
+                        for j, c in enumerate(chans)]).T
+    gains = np.array([(hdr.adc_gain[c] or 200.0) for c in chans], np.float64)
+    base = np.array([(hdr.baseline[c] or 0) for c in chans], np.float64)
+    scale = np.array([_VOLT_UNITS[((hdr.units[c] if hdr.units else "") or "").strip().lower()] for c in chans])
+    x = (d - base) * (scale / gains)
+    x[invalid] = np.nan
+
+    for j, secs in _saturation(d, ~invalid, [_limits(hdr, c) for c in chans], gains, fs_orig):
+        issues.append(Issue("warn", f"lead:{leads[j]}", f"lead {leads[j]} saturated ({secs:.2f} s at its limit)"))
+
+    usable = np.ones(len(chans), bool)
+    nan_count = invalid.sum(axis=0)
+    for j in np.flatnonzero(nan_count):
+        if nan_count[j] == n:
+            usable[j] = False
+            issues.append(Issue("warn", f"lead:{leads[j]}", f"lead {leads[j]} all NaN (masked)"))
+        else:
+            issues.append(Issue("warn", f"lead:{leads[j]}", f"lead {leads[j]}: {nan_count[j]} NaN samples set to 0"))
+    if nan_count.any():
+        med = np.nanmedian(np.where(usable, x, 0.0), axis=0)
+        x = np.where(invalid, med, x)
+    std = x.std(axis=0)
+    for j in np.flatnonzero(usable & (std < FLAT_MV)):
+        usable[j] = False
+        issues.append(Issue("warn", f"lead:{leads[j]}", f"lead {leads[j]} flat (std {std[j]:.4f} mV, lead off?): masked"))
+
+    # baseline removal at the original rate, then resampling
+    x = x[:, usable]
+    x = x - np.median(x, axis=0) if x.size else x
+    if x.shape[1] and n > 12:
+        x = sps.sosfiltfilt(_highpass(fs_orig), x, axis=0)
+    nan_pos = invalid[:, usable]
+    if fs_orig != fs:
+        issues.append(Issue("warn", "fs", f"resampled from {_fs_text(fs_orig)} Hz to {fs} Hz"))
+        ratio = Fraction(fs / fs_orig).limit_denominator(1000)
+        if x.shape[1]:
+            x = sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=0)
+        n_new = int(round(n * fs / fs_orig))
+        x = x[:n_new]
+        src = np.minimum((np.arange(x.shape[0]) * fs_orig / fs).astype(int), n - 1)
+        nan_pos = nan_pos[src]
+    if nan_pos.any():
+        x = np.where(nan_pos, 0.0, x)
+
+    dur = n_total / fs_orig
+    if dur < seconds:
+        if dur < seconds / 2:
+            issues.append(Issue("bad", "length", f"short record ({dur:.1f} s, under half of {seconds:g} s)"))
+        else:
+            issues.append(Issue("warn", "length", f"short record ({dur:.1f} s of {seconds:g} s; zero-padded)"))
+    elif dur > seconds + 1 / fs_orig:
+        issues.append(Issue("info", "length", f"cropped to the first {seconds:g} s of {dur:.1f} s"))
+
+    rows = [LEAD_INDEX[leads[j]] for j in np.flatnonzero(usable)]
+    m = min(x.shape[0], n_out)
+    signal[rows, :m] = x[:m].T
+    mask[rows] = True
+
+    n_ok = int(mask.sum())
+    if n_ok < len(STANDARD_LEADS):
+        missing = [name for name, ok in zip(STANDARD_LEADS, mask) if not ok]
+        sev = "warn" if n_ok >= max(1, min_leads) else "bad"
+        text = f"only {n_ok} of 12 standard leads (missing: {', '.join(missing)})"
+        if n_ok == 0:
+            text = "no usable ECG lead (all mapped leads flat or NaN)"
+        elif sev == "bad":
+            text += f"; fewer than min_leads={min_leads}"
+        issues.append(Issue(sev, "leads", text))
+    return rec
+
+
+def inspect_ecg(index: pd.DataFrame, fs: int = 500, seconds: float = 10.0, min_leads: int = 1) -> list[dict]:
+    """One verdict per record of ``index`` (a ``path`` column); a record that cannot be read is 'bad'."""
+    out = []
+    for p in index["path"]:
+        row = {"record": str(p), "verdict": "bad", "reasons": [], "fs": None, "n_leads": 0, "seconds": None}
+        try:
+            rec = load_ecg(p, fs=fs, seconds=seconds, min_leads=min_leads)
+        except DataError as e:
+            row["reasons"] = [str(e)]
+        except Exception as e:  # inspection reports everything; a crash here would hide the other records
+            row["reasons"] = [f"unexpected error reading the record ({type(e).__name__}: {e})"]
+        else:
+            row.update(verdict=rec.verdict, reasons=rec.reasons, fs=rec.fs_orig, n_leads=rec.n_leads,
+                       seconds=round(rec.seconds_orig, 3))
+        out.append(row)
+    return out
