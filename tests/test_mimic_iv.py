@@ -89,3 +89,36 @@ def test_real_demo(mimic_demo, tmp_path):
     ev = pd.read_parquet(tmp_path / "events.parquet")
     assert ev["code"].str.startswith("omr:Blood Pressure").any()   # "120/80" split in two
     assert (ev["source"] == "labevents").sum() > 90_000
+
+
+def test_units_are_harmonised_or_quarantined(tmp_path):
+    from tests.ehr_fixtures import LABS
+    labs = pd.concat([LABS, LABS.iloc[[0, 1]]], ignore_index=True)
+    labs.loc[6, ["labevent_id", "valuenum", "valueuom"]] = [7, 18.016, "mg/dL"]   # convertible: lactate mg/dL
+    labs.loc[7, ["labevent_id", "valuenum", "valueuom"]] = [8, 3.0, "furlongs"]   # unknown unit
+    root = write_mimic(tmp_path / "m", labs=labs)
+    q = Quarantine()
+    info = ingest_mimic_iv(root, tmp_path / "out", q)
+    ev = pd.read_parquet(tmp_path / "out" / "events.parquet")
+    assert len(ev) == 7 and info["unit_converted"] == 1 and info["unit_unknown_dropped"] == 1
+    assert abs(ev["value"].max() - 9.5) < 1e-9 and (ev["value"].round(6) == 2.0).sum() == 2
+    assert set(ev["unit"].str.lower()) == {"mmol/l"}
+    assert "unknown unit" in q.rows[0].reason and "furlongs" in q.rows[0].reason
+
+
+def test_event_order_does_not_change_features(tmp_path):
+    """Non-monotonic times in the source give the same features as sorted ones."""
+    from pipeline.config import EHRConfig, TaskConfig
+    from pipeline.stages.cohort import build_cohort
+    from pipeline.stages.featurize_ehr import featurize_ehr
+    from tests.ehr_fixtures import LABS
+    out = []
+    for name, labs in (("sorted", LABS), ("shuffled", LABS.sample(frac=1, random_state=3))):
+        root = write_mimic(tmp_path / name, labs=labs)
+        ingest_mimic_iv(root, tmp_path / name / "ing", Quarantine())
+        cohort, _ = build_cohort(pd.read_parquet(tmp_path / name / "ing" / "patients.parquet"),
+                                 pd.read_parquet(tmp_path / name / "ing" / "admissions.parquet"), None, TaskConfig())
+        (tmp_path / name / "fe").mkdir()
+        featurize_ehr(cohort, tmp_path / name / "ing", EHRConfig(), tmp_path / name / "fe", codes=["lab:50813"])
+        out.append(pd.read_parquet(tmp_path / name / "fe" / "features.parquet"))
+    pd.testing.assert_frame_equal(out[0], out[1])

@@ -114,6 +114,9 @@ def ingest_eicu(root: Path, out_dir: Path, q: Quarantine) -> dict:
     write_parquet(adm.reset_index(drop=True), out_dir / "admissions.parquet", ADMISSIONS)
     write_parquet(icu.drop_duplicates("stay_id").reset_index(drop=True), out_dir / "icustays.parquet", ICUSTAYS)
     write_parquet(ev, out_dir / "events.parquet", EVENTS)
+    from pipeline.sources.mimic_iv import connect
+    from pipeline.sources.units import harmonise_units
+    units = harmonise_units(out_dir / "events.parquet", q, SOURCE, connect(temp_dir=out_dir))
     write_parquet(codes.astype(object), out_dir / "codes.parquet", CODES)
     return {"event_tables_found": [] if lpath is None else ["lab"], "tables_absent": tables_absent,
-            "event_rows": len(ev), "version_hint": "eICU-CRD 2.0 layout (times are offsets)"}
+            "event_rows": len(ev), "version_hint": "eICU-CRD 2.0 layout (times are offsets)", **units}

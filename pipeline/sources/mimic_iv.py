@@ -19,6 +19,7 @@ from data_schemas.tables import ADMISSIONS, CODES, EVENTS, ICUSTAYS, PATIENTS
 from pipeline.artifacts import write_parquet
 from pipeline.errors import DataError, Quarantine
 from pipeline.sources.discover import find_table
+from pipeline.sources.units import harmonise_units
 
 SOURCE = "mimic_iv"
 MAX_LISTED_BAD_ROWS = 200  # per table and field; the rest are counted in one summary row
@@ -275,9 +276,10 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     tmp = out.with_name(".events.parquet.tmp")
     con.execute(f"COPY ({final}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)")
     tmp.replace(out)
+    units = harmonise_units(out, q, SOURCE, con)
     n = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0]
     return {"event_tables_found": found, "event_tables_absent": absent, "event_rows": int(n),
-            "event_bad_rows": counts}
+            "event_bad_rows": counts, **units}
 
 
 def read_codes(root: Path) -> pd.DataFrame:

@@ -64,47 +64,50 @@ def render(p: dict) -> np.ndarray:
 
 def _frontal(rng: np.random.Generator, u, v, p: dict) -> np.ndarray:
     w = p["width"]
-    body = _smooth((u / (0.95 * w)) ** 2 + ((v - 0.25) / 1.25) ** 2 - 1, 0.04)
-    neck = _smooth(np.abs(u) - 0.22, 0.02) * (v < -0.6)
-    shoulders = _smooth((u / (1.0 * w)) ** 2 + ((v + 0.62) / 0.22) ** 2 - 1, 0.05)
-    d = 0.9 * np.maximum(np.maximum(body, neck), shoulders)
+    body = _smooth(np.abs(u / (0.97 * w)) ** 3 + np.abs((v - 0.3) / 1.35) ** 3 - 1, 0.04)
+    d = 0.55 * body
+    cage = _smooth((u / (0.74 * w)) ** 2 + ((v - 0.02) / 0.78) ** 2 - 1, 0.03)
     lungs = np.zeros_like(u)
     lung_masks = []
     for side, cx in ((-1, -0.36 * w), (1, 0.37 * w)):
-        a, b, cy = 0.27 * w, 0.64, -0.06
-        dome = 0.5 + (0.04 if side == -1 else 0.08) + 0.14 * ((u - cx) / a) ** 2 - p["inspiration"]
-        m = _smooth(np.abs((u - cx) / a) ** 2.4 + np.abs((v - cy) / b) ** 2.4 - 1, 0.03) * _smooth(v - dome, 0.015)
+        a, b, cy = 0.26 * w, 0.66, -0.05
+        dome = 0.5 + (0.0 if side == -1 else 0.05) + 0.16 * ((u - cx) / a) ** 2 - p["inspiration"]
+        m = _smooth(np.abs((u - cx) / a) ** 2.2 + np.abs((v - cy) / b) ** 2.6 - 1, 0.03) * _smooth(v - dome, 0.015)
         lung_masks.append((m, cx, a, dome))
         lungs = np.maximum(lungs, m)
-    d -= 0.62 * lungs
-    # Heart: an ellipse low and to the patient's left, its width set by the cardiothoracic ratio.
-    hw = p["ctr"] * 0.70 * w * (1.1 if p["view"] == "AP" else 1.0)
-    heart = _smooth(((u - 0.07 - 0.35 * (hw - 0.3)) / hw) ** 2 + ((v - 0.3) / 0.27) ** 2 - 1, 0.03)
-    d += 0.5 * heart * lungs + 0.2 * heart
-    medi = _smooth(np.abs(u) - 0.11 - 0.03 * (v > 0), 0.02) * (v < 0.2)
-    d += 0.3 * medi * lungs
-    spine = _smooth(np.abs(u) - 0.065, 0.01) * body
-    d += 0.25 * spine * (0.85 + 0.15 * np.cos(2 * np.pi * v / 0.09))
-    # Ribs: curved bright bands, and the clavicles.
-    phase = (v + 0.45 * (np.abs(u) - 0.35) ** 2 * np.sign(np.abs(u) - 0.1)) / 0.125 + p["rib_phase"]
-    ribs = (0.5 + 0.5 * np.cos(2 * np.pi * phase)) ** 8 * (np.abs(u) > 0.08) * body * (v < 0.55)
-    d += 0.22 * ribs
-    clav = _smooth(np.abs(v - (-0.68 + 0.16 * np.abs(u))) - 0.025, 0.01) * (np.abs(u) > 0.07) * (np.abs(u) < 0.62 * w)
-    d += 0.3 * clav
+    hila = np.exp(-((np.abs(u) - 0.18) ** 2 / 0.02 + (v - 0.0) ** 2 / 0.03))
+    markings = _texture(rng, 40) * (0.4 + hila)
+    d -= 0.5 * lungs * (1 - 0.15 * markings)
+    # Heart: its right border beside the spine, its width set by the cardiothoracic ratio (AP magnifies).
+    hw = p["ctr"] * 0.74 * w * (1.1 if p["view"] == "AP" else 1.0)
+    left = -0.13 * w
+    heart = _smooth(((u - left - hw) / hw) ** 2 + ((v - 0.36) / 0.27) ** 2 - 1, 0.025)
+    d += 0.5 * heart * lungs
+    knob = _smooth(((u - 0.1) / 0.08) ** 2 + ((v + 0.25) / 0.07) ** 2 - 1, 0.02)
+    d += 0.4 * knob * lungs
+    bubble = _smooth(((u - 0.35 * w) / 0.1) ** 2 + ((v - 0.66) / 0.05) ** 2 - 1, 0.02)
+    d -= 0.25 * bubble
+    spine = _smooth(np.abs(u) - 0.06, 0.01) * body
+    d += 0.18 * spine * (0.8 + 0.2 * np.cos(2 * np.pi * v / 0.085))
+    # Ribs: bands curving down laterally, inside the rib cage; and the clavicles.
+    phase = (v - 0.35 * u ** 2) / 0.12 + p["rib_phase"]
+    ribs = (0.5 + 0.5 * np.cos(2 * np.pi * phase)) ** 6 * (np.abs(u) > 0.07) * cage
+    d += 0.12 * ribs
+    clav = _smooth(np.abs(v - (-0.7 + 0.18 * np.abs(u))) - 0.022, 0.01) * (np.abs(u) > 0.06) * \
+        (np.abs(u) < 0.6 * w)
+    d += 0.22 * clav
     # Findings.
     if p["opacity"] > 0:
         tex = _texture(rng, 12)
         zone = 0.6 + 0.4 * np.clip(v + 0.3, 0, 1)
-        d += p["opacity"] * lungs * zone * (0.4 + tex)
+        d += p["opacity"] * lungs * zone * (0.3 + tex)
     if p["edema"] > 0:
-        hila = np.exp(-((np.abs(u) - 0.2) ** 2 / 0.03 + (v - 0.05) ** 2 / 0.06))
         d += p["edema"] * hila * lungs
     for side_i, (m, cx, a, dome) in enumerate(lung_masks):
         e = p["effusion_r"] if side_i == 0 else p["effusion_l"]
         if e > 0:
             level = dome - e * 1.1 - 0.25 * e * np.abs((u - cx) / a)  # meniscus: higher laterally
-            fluid = _smooth(level - v, 0.02) * m
-            d += 0.65 * fluid
+            d += 0.5 * _smooth(level - v, 0.02) * m
     if p["devices"]:
         d += 0.5 * _smooth(np.abs(u - 0.01) - 0.012, 0.004) * (v > -1) * (v < -0.3)          # ET tube
         d += 0.4 * _smooth(np.abs(v - (-0.55 + 0.9 * (u + 0.45) ** 2)) - 0.008, 0.004) * (u > -0.5) * (u < -0.05)

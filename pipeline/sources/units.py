@@ -1,0 +1,59 @@
+"""Unit harmonisation of canonical events.
+
+Each code's dominant unit (the most frequent) is the canonical one.  A value recorded
+in another unit is converted when the conversion for that code is known (table
+below) and otherwise dropped and quarantined as "unknown unit", counted per code and
+unit (never silently kept on the wrong scale).  Unit spellings are compared
+case-insensitively with spaces removed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.errors import Quarantine
+
+# (code, from unit, to unit): multiply by factor.  Codes are canonical event codes.
+CONVERSIONS = [
+    ("lab:50931", "mmol/l", "mg/dl", 18.016),      # glucose
+    ("lab:50912", "umol/l", "mg/dl", 1 / 88.42),   # creatinine
+    ("lab:50912", "µmol/l", "mg/dl", 1 / 88.42),
+    ("lab:51006", "mmol/l", "mg/dl", 2.801),       # urea nitrogen
+    ("lab:51222", "g/l", "g/dl", 0.1),             # hemoglobin
+    ("lab:50813", "mg/dl", "mmol/l", 1 / 9.008),   # lactate
+    ("lab:glucose", "mmol/l", "mg/dl", 18.016),    # eICU names
+    ("lab:creatinine", "umol/l", "mg/dl", 1 / 88.42),
+]
+
+
+def _norm(col: str) -> str:
+    return f"replace(lower(coalesce({col}, '')), ' ', '')"
+
+
+def harmonise_units(events: Path, q: Quarantine, source: str, con) -> dict:
+    """Rewrite ``events`` (parquet) in place with one unit per code."""
+    conv = pd.DataFrame(CONVERSIONS, columns=["code", "from_unit", "to_unit", "factor"])
+    con.register("conv", conv)
+    ev = f"read_parquet('{events}')"
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE dom AS
+        SELECT code, arg_max(u, n) AS unit FROM (
+          SELECT code, {_norm('unit')} AS u, count(*) n FROM {ev} WHERE unit IS NOT NULL AND unit <> ''
+          GROUP BY code, u) GROUP BY code""")
+    joined = f"""SELECT e.*, {_norm('e.unit')} AS u, d.unit AS du, c.factor
+        FROM {ev} e LEFT JOIN dom d ON e.code = d.code
+        LEFT JOIN conv c ON e.code = c.code AND c.from_unit = {_norm('e.unit')} AND c.to_unit = d.unit"""
+    mismatch = "(u <> '' AND du IS NOT NULL AND u <> du)"
+    unknown = con.execute(f"""SELECT code, u, du, count(*) FROM ({joined}) WHERE {mismatch} AND factor IS NULL
+        GROUP BY code, u, du ORDER BY count(*) DESC""").fetchall()
+    for code, u, du, n in unknown:
+        q.add(source, events.name, None, f"unit ({code})", f"unknown unit: {n} value(s) in '{u}', expected '{du}'")
+    converted = con.execute(f"SELECT count(*) FROM ({joined}) WHERE {mismatch} AND factor IS NOT NULL").fetchone()[0]
+    tmp = events.with_name(".events.units.tmp.parquet")
+    con.execute(f"""COPY (SELECT subject_id, hadm_id, time, code,
+            CASE WHEN {mismatch} THEN value * factor ELSE value END AS value,
+            CASE WHEN {mismatch} THEN du ELSE unit END AS unit, source
+        FROM ({joined}) WHERE NOT ({mismatch} AND factor IS NULL)) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)""")
+    tmp.replace(events)
+    con.unregister("conv")
+    return {"unit_converted": int(converted), "unit_unknown_dropped": int(sum(r[3] for r in unknown))}
