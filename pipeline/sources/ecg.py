@@ -272,27 +272,31 @@ def _longest_run(mask: np.ndarray) -> int:
     return int((edges[1::2] - edges[::2]).max())
 
 
-def _saturation(d: np.ndarray, valid: np.ndarray, limits: list[set[int]], gains: np.ndarray, fs: float) -> list[tuple[int, float]]:
+def _saturation(d: np.ndarray, invalid: np.ndarray, limits: list[set[int]], gains: np.ndarray,
+                fs: float) -> list[tuple[int, float]]:
     """(channel, longest run in s) for channels with a long run at a digital limit or at a far plateau."""
+    big = np.iinfo(d.dtype).max
+    hi = d.max(axis=0)
+    lo = np.where(invalid, big, d).min(axis=0)
+    min_run = int(math.ceil(min(SATURATION_AT_LIMIT_S, SATURATION_PLATEAU_S) * fs))
+    # a run needs at least min_run equal samples: a cheap test first, the exact one only where it passes
+    maybe = ((d == hi).sum(axis=0) >= min_run) | ((d == lo).sum(axis=0) >= min_run)
     out = []
-    for j in range(d.shape[1]):
-        col = d[valid[:, j], j]
-        if col.size == 0:
-            continue
-        lo, hi = col.min(), col.max()
-        if lo == hi:
-            continue                            # constant: the flat-lead check reports it
-        med = np.median(col)
+    for j in np.flatnonzero(maybe & (hi > lo)):
+        col = d[~invalid[:, j], j]
+        med = None
         longest = 0
-        for v in {int(lo), int(hi)}:
+        for v in {int(lo[j]), int(hi[j])}:
             at_limit = v in limits[j]
-            if not at_limit and abs(v - med) < PLATEAU_MIN_MV * gains[j]:
-                continue
+            if not at_limit:
+                med = np.median(col) if med is None else med
+                if abs(v - med) < PLATEAU_MIN_MV * gains[j]:
+                    continue
             run = _longest_run(col == v)
             if run >= (SATURATION_AT_LIMIT_S if at_limit else SATURATION_PLATEAU_S) * fs:
                 longest = max(longest, run)
         if longest:
-            out.append((j, longest / fs))
+            out.append((int(j), longest / fs))
     return out
 
 
@@ -363,16 +367,16 @@ def load_ecg(path: str | Path, fs: int = 500, seconds: float = 10.0, min_leads: 
         return rec
 
     # digital -> mV; the invalid-sample code -> NaN
-    invalid = np.array([(d[:, j] == -(2 ** (_FMT_BITS.get(hdr.fmt[c], 16) - 1)))
-                        if hdr.fmt[c] not in _NO_INVALID_CODE else np.zeros(n, bool)
-                        for j, c in enumerate(chans)]).T
+    codes = np.array([-(2 ** (_FMT_BITS.get(hdr.fmt[c], 16) - 1)) if hdr.fmt[c] not in _NO_INVALID_CODE
+                      else 2 ** 40 for c in chans], np.int64)      # 2**40: no sample can equal it
+    invalid = d == codes
     gains = np.array([(hdr.adc_gain[c] or 200.0) for c in chans], np.float64)
     base = np.array([(hdr.baseline[c] or 0) for c in chans], np.float64)
     scale = np.array([_VOLT_UNITS[((hdr.units[c] if hdr.units else "") or "").strip().lower()] for c in chans])
     x = (d - base) * (scale / gains)
     x[invalid] = np.nan
 
-    for j, secs in _saturation(d, ~invalid, [_limits(hdr, c) for c in chans], gains, fs_orig):
+    for j, secs in _saturation(d, invalid, [_limits(hdr, c) for c in chans], gains, fs_orig):
         issues.append(Issue("warn", f"lead:{leads[j]}", f"lead {leads[j]} saturated ({secs:.2f} s at its limit)"))
 
     usable = np.ones(len(chans), bool)
@@ -393,7 +397,7 @@ def load_ecg(path: str | Path, fs: int = 500, seconds: float = 10.0, min_leads: 
 
     # baseline removal at the original rate, then resampling
     x = x[:, usable]
-    x = x - np.median(x, axis=0) if x.size else x
+    x = x - x.mean(axis=0)
     if x.shape[1] and n > 12:
         x = sps.sosfiltfilt(_highpass(fs_orig), x, axis=0)
     nan_pos = invalid[:, usable]

@@ -22,6 +22,10 @@ CONVERSIONS = [
     ("lab:51006", "mmol/l", "mg/dl", 2.801),       # urea nitrogen
     ("lab:51222", "g/l", "g/dl", 0.1),             # hemoglobin
     ("lab:50813", "mg/dl", "mmol/l", 1 / 9.008),   # lactate
+    # same scale, other spelling (seen in the MIMIC-IV demo)
+    ("lab:51249", "%", "g/dl", 1.0),               # MCHC written as %
+    ("lab:51099", "ratio", "mg/mg", 1.0),          # urine protein/creatinine ratio
+    ("lab:51654", "log10cop/ml", "log10copies/ml", 1.0),
     ("lab:glucose", "mmol/l", "mg/dl", 18.016),    # eICU names
     ("lab:creatinine", "umol/l", "mg/dl", 1 / 88.42),
 ]
