@@ -1,7 +1,8 @@
 """The notebooks run top to bottom without errors (nbclient, python3 kernel of this venv).
 
 They run on a small synthetic cohort when ``pipeline.synthetic.generate_cohort``
-exists, else on the real MIMIC-IV demo (skipped when that is absent too).
+and the stages of every modality exist, else on the real MIMIC-IV demo (skipped
+when that is absent too).
 """
 from __future__ import annotations
 
@@ -21,11 +22,17 @@ NOTEBOOKS = REPO / "notebooks"
 N_PATIENTS = "120"
 
 
-def _has_generator() -> bool:
-    if importlib.util.find_spec("pipeline.synthetic") is None:
-        return False
+# what training on a synthetic cohort (EHR, ECG, notes, imaging) imports
+SYNTHETIC_NEEDS = ("pipeline.stages.featurize_ecg", "pipeline.stages.featurize_notes",
+                   "pipeline.stages.featurize_imaging", "pipeline.sources.ecg", "pipeline.sources.notes",
+                   "pipeline.sources.imaging")
+
+
+def synthetic_missing() -> list[str]:
+    """What is missing to train on a synthetic cohort (empty when everything is there)."""
     import pipeline.synthetic
-    return hasattr(pipeline.synthetic, "generate_cohort")
+    missing = [] if hasattr(pipeline.synthetic, "generate_cohort") else ["pipeline.synthetic.generate_cohort"]
+    return missing + [m for m in SYNTHETIC_NEEDS if importlib.util.find_spec(m) is None]
 
 
 @pytest.fixture(scope="module")
@@ -44,23 +51,19 @@ def kernel() -> str:
 @pytest.fixture(scope="module")
 def nb_data(request) -> Path | None:
     """The data ROOT given to the notebooks: None = let them generate a cohort."""
-    if _has_generator():
+    missing = synthetic_missing()
+    if not missing:
         return None
     p = SHARED / "mimic-iv-demo"
     if not p.exists():
-        pytest.skip(f"pipeline.synthetic.generate_cohort is not available and the real demo is absent at {p}")
+        pytest.skip(f"no synthetic cohort ({', '.join(missing)} missing) and the real demo is absent at {p}")
     return p
 
 
 @pytest.fixture(scope="module")
-def shared_root(nb_data, tmp_path_factory) -> Path:
-    """One data ROOT for the notebooks that do not demonstrate generation."""
-    if nb_data is not None:
-        return nb_data
-    from pipeline.synthetic import generate_cohort
-    root = tmp_path_factory.mktemp("nb_cohort")
-    generate_cohort(root, n_patients=int(N_PATIENTS), seed=0, progress=False)
-    return root
+def shared_root(nb_data, request) -> Path:
+    """One data ROOT for the notebooks that do not demonstrate generation: the session's synthetic cohort."""
+    return nb_data if nb_data is not None else request.getfixturevalue("synth_root")
 
 
 def run_notebook(name: str, kernel: str, work: Path, monkeypatch, data: Path | None, **env) -> dict:

@@ -86,13 +86,48 @@ def test_report_is_self_contained_with_every_section(html_path):
     assert "gbm_early" in html and "(primary)" in html
 
 
-def test_report_never_prints_note_text(html_path, report_run):
-    """The demo has no notes; the report reads no notes table, and its quarantine reasons are truncated."""
-    from pipeline.jobs import report
-    src = Path(report.__file__).read_text()
-    assert "notes.parquet" not in src and "radiology" not in src and "discharge" not in src
-    html = html_path.read_text(encoding="utf-8")
-    assert "note_id" not in html
+def test_quarantine_reasons_are_truncated(report_run, tmp_path):
+    """A quarantine reason is the pipeline's own message; a long one is cut so no record text can ride along."""
+    import pandas as pd
+
+    from pipeline.jobs.report import MAX_REASON_CHARS, write_report
+    run = tmp_path / "run"
+    shutil.copytree(report_run, run)
+    secret = "PATIENT NARRATIVE " * 40
+    pd.DataFrame({"source": ["notes"], "file": ["/data/note/radiology.csv.gz"], "row": [7], "field": ["text"],
+                  "reason": ["unreadable: " + secret]}).to_parquet(run / "quarantine.parquet")
+    html = write_report(run, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "1 record(s) quarantined" in html and "radiology.csv.gz" in html
+    assert secret[:MAX_REASON_CHARS] not in html and html.count("PATIENT NARRATIVE") <= MAX_REASON_CHARS // 18 + 1
+
+
+def test_report_never_prints_note_text(request, tmp_path):
+    """On a cohort with notes, no stretch of any note's text reaches the report."""
+    import pandas as pd
+
+    import importlib.util
+
+    import pipeline.synthetic
+    missing = [m for m in ("pipeline.sources.notes", "pipeline.stages.featurize_notes")
+               if importlib.util.find_spec(m) is None]
+    if not hasattr(pipeline.synthetic, "generate_cohort") or missing:
+        pytest.skip(f"no synthetic cohort with notes to train on yet (missing: generate_cohort or {missing})")
+    synth_root = request.getfixturevalue("synth_root")
+    note_files = sorted(synth_root.rglob("note/*.csv.gz"))
+    if not note_files:
+        pytest.skip(f"the synthetic cohort at {synth_root} has no note/*.csv.gz")
+    cfg = RunConfig.model_validate({"modalities": ["ehr", "notes"],
+                                    "model": {"gbm_estimators": 30, "fusion_models": ["gbm_early"],
+                                              "single_modality_baselines": False}})
+    train(synth_root, tmp_path / "run", cfg, report=True)
+    html = (tmp_path / "run" / "report" / "index.html").read_text(encoding="utf-8")
+    texts = pd.concat([pd.read_csv(f, usecols=["text"]) for f in note_files])["text"].dropna().astype(str)
+    for text in texts.sample(min(len(texts), 300), random_state=0):
+        words = text.split()
+        for k in range(0, max(len(words) - 6, 1), 6):
+            chunk = " ".join(words[k:k + 6])
+            if len(chunk) >= 30:
+                assert chunk not in html, f"note text in the report: {chunk!r}"
 
 
 def _launch(p):

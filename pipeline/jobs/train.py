@@ -124,6 +124,13 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
     for w in audit["warnings"]:
         log(f"[leakage] WARNING {w['feature']}: AUROC {w['auroc']} alone")
 
+    from pipeline.artifacts import output_hash, run_stage
+    from pipeline.stages.tensorize import tensorize
+    tensor_inputs = {k: output_hash(v) for k, v in prep.stage_dirs.items() if k.startswith("features_")}
+    tensor_inputs["cohort"] = output_hash(prep.stage_dirs["cohort"])
+    prep.stage_dirs["tensorize"] = run_stage(
+        "tensorize", out / "stages" / "tensorize", tensor_inputs, {"modalities": prep.modalities},
+        lambda tmp: tensorize(prep.table, prep.modalities, tmp, load_tensors(prep.stage_dirs)), log=log)
     models = fit_models(prep, cfg, feats)
     t = prep.table
     va, te = t[t.split == "valid"], t[t.split == "test"]

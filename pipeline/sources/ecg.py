@@ -193,15 +193,15 @@ def index_wfdb_folder(folder: Path) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- one record
 
-def _read_header(path: Path):
+def _header_path(path: Path) -> Path:
     hea = Path(f"{path}.hea")
     if not hea.exists():
         raise DataError("header file not found", file=hea, field="header",
                         hint="a WFDB record is RECORD.hea plus its signal file(s); pass the path without extension")
-    try:
-        hdr = wfdb.rdheader(str(path))
-    except Exception as e:  # wfdb raises many kinds (HeaderSyntaxError, ValueError, IndexError, ...)
-        raise DataError(f"unreadable WFDB header ({type(e).__name__}: {e})", file=hea, field="header") from e
+    return hea
+
+
+def _check_header(hdr, hea: Path) -> None:
     if isinstance(hdr, wfdb.MultiRecord):
         raise DataError("multi-segment WFDB record: not supported (expected one 10 s 12-lead record)",
                         file=hea, field="n_seg")
@@ -211,10 +211,108 @@ def _read_header(path: Path):
                         file=hea, field="n_sig", hint="the header is inconsistent; re-export the record")
     if not hdr.fs or hdr.fs <= 0:
         raise DataError(f"sampling frequency {hdr.fs!r} is not positive", file=hea, field="fs")
+
+
+def _read_header(path: Path):
+    hea = _header_path(path)
+    try:
+        hdr = wfdb.rdheader(str(path))
+    except Exception as e:  # wfdb raises many kinds (HeaderSyntaxError, ValueError, IndexError, ...)
+        hint = "the record line's signal count may disagree with the signal lines" if isinstance(e, IndexError) else None
+        raise DataError(f"unreadable WFDB header ({type(e).__name__}: {e})", file=hea, field="header",
+                        hint=hint) from e
+    _check_header(hdr, hea)
     return hdr
 
 
-def _check_signal_files(hdr, path: Path, mapped: list[bool]) -> list[Issue]:
+def _record_line(hea: Path) -> tuple[float, int] | None:
+    """fs and sig_len from the header's record line ("name n_sig fs[/...] sig_len ..."), or None.
+
+    Used to read only the first ``seconds`` in one ``rdrecord`` call (which then reports the
+    length it read, not the record's); the result is checked against wfdb's own parse.
+    """
+    try:
+        with open(hea, "rb") as f:
+            for raw in f.read(4096).decode("latin-1").splitlines():
+                tok = raw.split()
+                if not tok or tok[0].startswith("#"):
+                    continue
+                fs, sig_len = float(re.split(r"[/(]", tok[2])[0]), int(tok[3])
+                return (fs, sig_len) if fs > 0 and sig_len > 0 else None
+    except (IndexError, ValueError, OSError):
+        return None
+    return None
+
+
+def _map_signals(hdr) -> tuple[list[int], list[str], list[str], list[Issue]]:
+    """Channels that map to standard leads (first occurrence wins), their leads, the ignored names."""
+    chans, leads, ignored, dupes, issues = [], [], [], [], []
+    for c, name in enumerate(hdr.sig_name):
+        lead = map_lead(name or "")
+        unit = (hdr.units[c] if hdr.units else "") or ""
+        if lead is not None and unit.strip().lower() not in _VOLT_UNITS:
+            issues.append(Issue("info", "units", f"signal {name} has units {unit!r}, not a voltage: ignored"))
+            lead = None
+        if lead is None:
+            ignored.append(name)
+        elif lead in leads:
+            ignored.append(name)
+            dupes.append(name)
+        else:
+            chans.append(c)
+            leads.append(lead)
+    if ignored:
+        issues.append(Issue("info", "leads", "ignored signals: " + ", ".join(ignored)
+                            + (f" (duplicates of mapped leads: {', '.join(dupes)})" if dupes else "")))
+    return chans, leads, ignored, issues
+
+
+def _read(path: Path, seconds: float):
+    """(header, sig_len, digital samples of the mapped channels or None, chans, leads, ignored, issues).
+
+    Usual path: one ``wfdb.rdrecord`` (one header parse), then the header and file checks on its
+    fields.  If that read fails, the header is read alone and the checks name what is wrong; a
+    missing file that holds only ignored signals is then skipped by reading the mapped channels.
+    """
+    hea = _header_path(path)
+    line = _record_line(hea)
+    hdr = d = None
+    if line is not None:
+        fs_line, sig_len = line
+        try:
+            hdr = wfdb.rdrecord(str(path), sampto=min(sig_len, int(math.ceil(seconds * fs_line))),
+                                physical=False, return_res=32)
+            d = hdr.d_signal
+        except Exception:  # diagnosed below from the header alone: a DataError or a narrower read
+            hdr = None
+        if hdr is not None and (isinstance(hdr, wfdb.MultiRecord) or float(hdr.fs) != fs_line):
+            hdr = d = None
+    if hdr is None:
+        hdr = _read_header(path)
+        sig_len = int(hdr.sig_len or 0)
+    _check_header(hdr, hea)
+    chans, leads, ignored, issues = _map_signals(hdr)
+    issues += _check_signal_files(hdr, sig_len, path, [c in chans for c in range(hdr.n_sig)])
+    if not chans:
+        return hdr, sig_len, None, chans, leads, ignored, issues
+    if d is None:
+        n_want = int(math.ceil(seconds * float(hdr.fs)))
+        try:
+            d = wfdb.rdrecord(str(path), sampto=min(n_want, sig_len) if sig_len else None, channels=chans,
+                              physical=False, return_res=32).d_signal
+        except Exception as e:  # wfdb's own errors while decoding the signal file
+            raise DataError(f"unreadable signal data ({type(e).__name__}: {e})",
+                            file=path.parent / hdr.file_name[chans[0]], field="signal") from e
+    else:
+        d = d[:, chans]
+    d = np.asarray(d)
+    if d.ndim != 2 or d.shape[1] != len(chans):
+        raise DataError(f"signal data has shape {d.shape}, expected (samples, {len(chans)})",
+                        file=path.parent / hdr.file_name[chans[0]], field="signal")
+    return hdr, sig_len, d, chans, leads, ignored, issues
+
+
+def _check_signal_files(hdr, sig_len: int, path: Path, mapped: list[bool]) -> list[Issue]:
     """Missing / truncated / wrongly sized signal files -> DataError; a missing file of ignored signals -> info."""
     folder = Path(path).parent
     issues: list[Issue] = []
@@ -234,20 +332,20 @@ def _check_signal_files(hdr, path: Path, mapped: list[bool]) -> list[Issue]:
             continue
         fmt = hdr.fmt[chans[0]]
         bps = _BYTES_PER_SAMPLE.get(fmt)
-        if bps is None or not hdr.sig_len:      # compressed format, or length not in the header
+        if bps is None or not sig_len:      # compressed format, or length not in the header
             continue
         frame = sum(spf[c] for c in chans)
         offset = offsets[chans[0]] or 0
-        expected = offset + math.floor(hdr.sig_len * frame * bps)
+        expected = offset + math.floor(sig_len * frame * bps)
         size = fpath.stat().st_size
         if size < expected:
             raise DataError(f"truncated: {size} bytes, the header expects {expected} ({len(chans)} signals x "
-                            f"{hdr.sig_len} samples, format {fmt})", file=fpath, field="sig_len",
+                            f"{sig_len} samples, format {fmt})", file=fpath, field="sig_len",
                             hint="the file was cut short (interrupted copy?); fetch it again")
         if size > expected:
-            fits = (size - offset) / (hdr.sig_len * bps)
+            fits = (size - offset) / (sig_len * bps)
             if len(chans) == hdr.n_sig and spf == [1] * hdr.n_sig and fits == int(fits) and int(fits) != len(chans):
-                raise DataError(f"file size fits {int(fits)} signals of {hdr.sig_len} samples but the header "
+                raise DataError(f"file size fits {int(fits)} signals of {sig_len} samples but the header "
                                 f"declares {len(chans)}", file=Path(f"{path}.hea"), field="n_sig",
                                 hint="the header's signal count is wrong")
             issues.append(Issue("info", "signal_file", f"{fname} has {size - expected} bytes beyond the header's length"))
@@ -312,52 +410,16 @@ def _fs_text(fs: float) -> str:
 def load_ecg(path: str | Path, fs: int = 500, seconds: float = 10.0, min_leads: int = 1) -> ECGRecord:
     """Read one WFDB record (path without extension) into the standard 12-lead form; see module doc."""
     path = Path(path)
-    hdr = _read_header(path)
-    issues: list[Issue] = []
+    hdr, n_total, d, chans, leads, ignored, issues = _read(path, seconds)
     n_out = int(round(fs * seconds))
-
-    # map names to standard leads (first occurrence wins)
-    chans, leads, ignored, dupes = [], [], [], []
-    for c, name in enumerate(hdr.sig_name):
-        lead = map_lead(name or "")
-        unit = (hdr.units[c] if hdr.units else "") or ""
-        if lead is not None and unit.strip().lower() not in _VOLT_UNITS:
-            issues.append(Issue("info", "units", f"signal {name} has units {unit!r}, not a voltage: ignored"))
-            lead = None
-        if lead is None:
-            ignored.append(name)
-        elif lead in leads:
-            ignored.append(name)
-            dupes.append(name)
-        else:
-            chans.append(c)
-            leads.append(lead)
-    mapped = [c in chans for c in range(hdr.n_sig)]
-    issues += _check_signal_files(hdr, path, mapped)
-    if ignored:
-        issues.append(Issue("info", "leads", "ignored signals: " + ", ".join(ignored)
-                            + (f" (duplicates of mapped leads: {', '.join(dupes)})" if dupes else "")))
-
     fs_orig = float(hdr.fs)
-    n_total = int(hdr.sig_len or 0)
     n_want = int(math.ceil(seconds * fs_orig))
     signal = np.zeros((len(STANDARD_LEADS), n_out), np.float32)
     mask = np.zeros(len(STANDARD_LEADS), bool)
     rec = ECGRecord(str(path), signal, mask, fs, fs_orig, n_total, [hdr.sig_name[c] for c in chans], ignored, issues)
-    if not chans:
+    if d is None:
         issues.append(Issue("bad", "leads", "no mappable ECG lead (signals: " + ", ".join(hdr.sig_name) + ")"))
         return rec
-
-    try:
-        raw = wfdb.rdrecord(str(path), sampto=min(n_want, n_total) if n_total else None, channels=chans,
-                            physical=False, return_res=32)
-    except Exception as e:  # wfdb's own errors while decoding the signal file
-        raise DataError(f"unreadable signal data ({type(e).__name__}: {e})", file=path.parent / hdr.file_name[chans[0]],
-                        field="signal") from e
-    d = np.asarray(raw.d_signal)
-    if d.ndim != 2 or d.shape[1] != len(chans):
-        raise DataError(f"signal data has shape {d.shape}, expected (samples, {len(chans)})",
-                        file=path.parent / hdr.file_name[chans[0]], field="signal")
     if not n_total:
         n_total = rec.n_samples_orig = int(d.shape[0])   # length not in the header: what the file holds
     d = d[:n_want]

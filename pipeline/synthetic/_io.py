@@ -37,7 +37,8 @@ def fmt_num(values, decimals: int) -> np.ndarray:
     return out
 
 
-def write_csv(df: pd.DataFrame, path: Path, columns: list[str], gz: bool = True) -> int:
+def write_csv(df: pd.DataFrame, path: Path, columns: list[str], gz: bool = True,
+              float_format: str = "%.10g") -> int:
     """Write ``df[columns]`` to ``path`` (gzip unless ``gz`` is False) via a temporary file; return the row count."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
@@ -45,7 +46,7 @@ def write_csv(df: pd.DataFrame, path: Path, columns: list[str], gz: bool = True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     buf = io.StringIO()
-    df[columns].to_csv(buf, index=False, float_format="%.10g", lineterminator="\n")
+    df[columns].to_csv(buf, index=False, float_format=float_format, lineterminator="\n")
     data = buf.getvalue().encode("utf-8")
     if gz:
         with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
@@ -55,6 +56,16 @@ def write_csv(df: pd.DataFrame, path: Path, columns: list[str], gz: bool = True)
         tmp.write_bytes(data)
     tmp.replace(path)
     return len(df)
+
+
+def minutes(x) -> pd.TimedeltaIndex:
+    """Whole minutes (rounded) as timedeltas, from a float array of minutes."""
+    return pd.to_timedelta(np.round(np.asarray(x, dtype=float)), unit="m")
+
+
+def seconds(x) -> pd.TimedeltaIndex:
+    """Whole seconds (rounded) as timedeltas, from a float array of seconds."""
+    return pd.to_timedelta(np.round(np.asarray(x, dtype=float)), unit="s")
 
 
 def sigmoid(x):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.synthetic._io import child_seeds, fmt_time, sigmoid, write_csv
+from pipeline.synthetic._io import child_seeds, fmt_time, minutes, sigmoid, write_csv
 from pipeline.synthetic.latent import PREDICTION_HOURS
 
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -194,7 +194,7 @@ def plan_ecgs(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
     a = adm.iloc[plan["adm"].to_numpy()]
     plan["subject_id"] = a["subject_id"].to_numpy()
     plan["hadm_id"] = a["hadm_id"].to_numpy()
-    plan["ecg_time"] = (a["admittime"].to_numpy() + pd.to_timedelta(plan["hours"] * 60, unit="m").round("min"))
+    plan["ecg_time"] = (a["admittime"].to_numpy() + minutes(plan["hours"] * 60))
     plan["before_prediction"] = (plan["ecg_time"] <= a["prediction_time"].to_numpy()) & \
         (plan["ecg_time"] >= a["prediction_time"].to_numpy() - pd.Timedelta(days=30))
     plan["study_id"] = 40_000_000 + rng.choice(9_999_999, size=len(plan), replace=False)

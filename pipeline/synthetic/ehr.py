@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.synthetic._io import fmt_num, fmt_time, sigmoid, write_csv
+from pipeline.synthetic._io import fmt_num, fmt_time, minutes, sigmoid, write_csv
 from pipeline.synthetic.latent import PREDICTION_HOURS
 
 PATIENT_COLUMNS = ["subject_id", "gender", "anchor_age", "anchor_year", "anchor_year_group", "dod"]
@@ -217,10 +217,10 @@ def write_labs(rng: np.random.Generator, root: Path, adm: pd.DataFrame, patients
     hours = p["hours"].to_numpy()[r]
     ev["subject_id"] = a["subject_id"].to_numpy()[r]
     ev["hadm_id"] = np.where(p["outpatient"].to_numpy()[r], np.nan, a["hadm_id"].to_numpy()[r].astype(float))
-    ev["charttime"] = (a["admittime"].to_numpy()[r] + pd.to_timedelta(hours * 60, unit="m").round("min"))
-    ev["storetime"] = ev["charttime"] + pd.to_timedelta(rng.integers(20, 150, len(ev)), unit="m")
+    ev["charttime"] = (a["admittime"].to_numpy()[r] + minutes(hours * 60))
     group_of = {lab.itemid: spec_col[lab.group] for lab in LABS}
     ev["specimen_id"] = spec[r, ev["itemid"].map(group_of).to_numpy()]
+    ev["storetime"] = ev["charttime"] + minutes(20 + ev["specimen_id"].to_numpy() % 130)  # one per specimen
     ev = ev.sort_values(["subject_id", "charttime", "itemid"], kind="stable").reset_index(drop=True)
     lo = ev["itemid"].map({k: v.ref[0] for k, v in by_id.items()})
     hi = ev["itemid"].map({k: v.ref[1] for k, v in by_id.items()})
@@ -301,7 +301,7 @@ def write_icu(rng: np.random.Generator, root: Path, adm: pd.DataFrame) -> tuple[
     ev["subject_id"] = icu["subject_id"].to_numpy()[i]
     ev["hadm_id"] = icu["hadm_id"].to_numpy()[i]
     ev["stay_id"] = icu["stay_id"].to_numpy()[i]
-    ev["charttime"] = icu["admittime"].to_numpy()[i] + pd.to_timedelta(ev["hours"] * 60, unit="m").round("min")
+    ev["charttime"] = icu["admittime"].to_numpy()[i] + minutes(ev["hours"] * 60)
     ev["storetime"] = ev["charttime"] + pd.to_timedelta(rng.integers(0, 40, len(ev)), unit="m")
     ev = ev.sort_values(["subject_id", "stay_id", "charttime", "itemid"], kind="stable").reset_index(drop=True)
     ev["value"] = ""

@@ -24,11 +24,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.synthetic._io import sigmoid
+from pipeline.synthetic._io import minutes, seconds, sigmoid
 
 PREDICTION_HOURS = 24
 RHO = 0.5                 # share of each latent that is a patient-level trait
-B0 = -3.85
+B0 = -3.7
 W_EHR, W_AGE, W_ACUITY = 1.15, 0.45, 0.35
 W_ECG, W_NOTES, W_IMG = 1.35, 1.30, 1.45
 MINOR_FRACTION = 0.03
@@ -167,8 +167,8 @@ def simulate_admissions(rng: np.random.Generator, patients: pd.DataFrame) -> pd.
     adm["admission_type"], adm["admission_location"] = _admission_type(rng, adm["acuity"].to_numpy())
     adm["admit_provider_id"] = _provider(rng, n)
     ed = adm["admission_location"].isin(["EMERGENCY ROOM", "WALK-IN/SELF REFERRAL"]).to_numpy()
-    edreg = adm["admittime"] - pd.to_timedelta(rng.uniform(1, 9, n) * 60, unit="m").round("min")
-    edout = adm["admittime"] + pd.to_timedelta(rng.uniform(0, 90, n), unit="m").round("min")
+    edreg = adm["admittime"] - minutes(rng.uniform(1, 9, n) * 60)
+    edout = adm["admittime"] + minutes(rng.uniform(0, 90, n))
     adm["edregtime"] = edreg.where(ed)
     adm["edouttime"] = edout.where(ed)
     _icu_times(rng, adm)
@@ -197,8 +197,8 @@ def _icu_times(rng: np.random.Generator, adm: pd.DataFrame) -> None:
     jitter = rng.uniform(0, 59, n)  # ICU times have seconds in MIMIC
     adm["has_icu"] = has
     adm["icu_early"] = early
-    adm["intime"] = (adm["admittime"] + pd.to_timedelta(in_h * 3600 + jitter, unit="s").round("s")).where(has)
-    adm["outtime"] = (adm["admittime"] + pd.to_timedelta(out_h * 3600 + jitter, unit="s").round("s")).where(has)
+    adm["intime"] = (adm["admittime"] + seconds(in_h * 3600 + jitter)).where(has)
+    adm["outtime"] = (adm["admittime"] + seconds(out_h * 3600 + jitter)).where(has)
     adm.loc[has & died, "outtime"] = adm.loc[has & died, "dischtime"] + pd.Timedelta(seconds=17)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.synthetic._io import fmt_time, sigmoid, write_csv
+from pipeline.synthetic._io import fmt_time, minutes, sigmoid, write_csv
 from pipeline.synthetic.latent import PREDICTION_HOURS
 
 NOTE_COLUMNS = ["note_id", "subject_id", "hadm_id", "note_type", "note_seq", "charttime", "storetime", "text"]
@@ -125,7 +125,7 @@ def plan_radiology(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
     present = rng.random(n) < sigmoid(1.23 + 0.8 * adm["acuity"].to_numpy())
     n_pre = np.where(present, np.where(rng.random(n) < 0.7, 1, 2), 0)
     los = adm["los_hours"].to_numpy()
-    n_post = np.where(los > PREDICTION_HOURS + 2, rng.poisson(np.clip(los / 72, 0.2, 3)) , 0).clip(0, 4)
+    n_post = np.where(los > PREDICTION_HOURS + 2, rng.poisson(np.clip(los / 120, 0.1, 2)), 0).clip(0, 3)
     rows = []
     for i in range(n):
         for _ in range(n_pre[i]):
@@ -172,7 +172,7 @@ def write_radiology(rng: np.random.Generator, root: Path, adm: pd.DataFrame,
     a = adm.iloc[plan["adm"].to_numpy()]
     plan["subject_id"] = a["subject_id"].to_numpy()
     plan["hadm_id"] = np.where(plan["inpatient"], a["hadm_id"].to_numpy(), np.nan)
-    plan["charttime"] = a["admittime"].to_numpy() + pd.to_timedelta(plan["hours"] * 60, unit="m").round("min")
+    plan["charttime"] = a["admittime"].to_numpy() + minutes(plan["hours"] * 60)
     plan["storetime"] = plan["charttime"] + pd.to_timedelta(rng.integers(15, 600, len(plan)), unit="m")
     plan["before_prediction"] = plan["charttime"] <= a["prediction_time"].to_numpy()
     plan["text"] = texts

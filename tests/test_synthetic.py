@@ -1,0 +1,306 @@
+"""The synthetic cohort: real layouts and column names, readable by pandas/wfdb/PIL, consistent, seeded,
+and a hidden risk that each modality's data actually carries."""
+import gzip
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.synthetic import generate_cohort
+from pipeline.synthetic import ecg, ehr, imaging, latent, notes
+from pipeline.synthetic.cohort import GROUND_TRUTH_COLUMNS, auroc
+
+TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+
+TABLES = {
+    "mimic-iv/hosp/patients.csv.gz": ehr.PATIENT_COLUMNS,
+    "mimic-iv/hosp/admissions.csv.gz": ehr.ADMISSION_COLUMNS,
+    "mimic-iv/hosp/labevents.csv.gz": ehr.LABEVENT_COLUMNS,
+    "mimic-iv/hosp/d_labitems.csv.gz": ehr.D_LABITEMS_COLUMNS,
+    "mimic-iv/hosp/diagnoses_icd.csv.gz": ehr.DIAGNOSES_COLUMNS,
+    "mimic-iv/icu/icustays.csv.gz": ehr.ICUSTAY_COLUMNS,
+    "mimic-iv/icu/chartevents.csv.gz": ehr.CHARTEVENT_COLUMNS,
+    "mimic-iv/icu/d_items.csv.gz": ehr.D_ITEMS_COLUMNS,
+    "mimic-iv-ecg/record_list.csv": ecg.RECORD_LIST_COLUMNS,
+    "mimic-iv-note/note/radiology.csv.gz": notes.NOTE_COLUMNS,
+    "mimic-iv-note/note/discharge.csv.gz": notes.NOTE_COLUMNS,
+    "mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv.gz": imaging.METADATA_COLUMNS,
+    "mimic-cxr-jpg/mimic-cxr-2.0.0-chexpert.csv.gz": ["subject_id", "study_id"] + imaging.CHEXPERT_LABELS,
+    "ground_truth.csv.gz": GROUND_TRUTH_COLUMNS,
+}
+TIME_COLUMNS = {
+    "mimic-iv/hosp/admissions.csv.gz": ["admittime", "dischtime", "deathtime", "edregtime", "edouttime"],
+    "mimic-iv/hosp/labevents.csv.gz": ["charttime", "storetime"],
+    "mimic-iv/icu/icustays.csv.gz": ["intime", "outtime"],
+    "mimic-iv/icu/chartevents.csv.gz": ["charttime", "storetime"],
+    "mimic-iv-ecg/record_list.csv": ["ecg_time"],
+    "mimic-iv-note/note/radiology.csv.gz": ["charttime", "storetime"],
+    "mimic-iv-note/note/discharge.csv.gz": ["charttime", "storetime"],
+}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth40")
+    summary = generate_cohort(root, n_patients=40, seed=3, progress=False)
+    return root, summary
+
+
+def _read(root, rel, **kw):
+    return pd.read_csv(root / rel, dtype={"hadm_id": "Int64"}, keep_default_na=False, na_values=[""], **kw)
+
+
+def test_every_file_exists_with_the_mimic_columns(cohort):
+    root, summary = cohort
+    for rel, cols in TABLES.items():
+        assert (root / rel).exists(), rel
+        assert list(pd.read_csv(root / rel, nrows=0).columns) == cols, rel
+    for key in ("patients", "admissions", "labevents", "chartevents", "icustays", "ecg_records",
+                "radiology_notes", "discharge_notes", "cxr_images"):
+        assert summary[key] > 0, key
+    assert summary["patients"] == 40
+
+
+def test_times_parse_in_the_mimic_format(cohort):
+    root, _ = cohort
+    for rel, cols in TIME_COLUMNS.items():
+        df = pd.read_csv(root / rel, dtype=str, keep_default_na=False)
+        for c in cols:
+            vals = df[c][df[c] != ""]
+            assert len(vals) and vals.str.match(TIME_RE).all(), (rel, c)
+            years = pd.to_datetime(vals, format="%Y-%m-%d %H:%M:%S").dt.year
+            assert years.between(2105, 2200).all(), (rel, c)
+    dod = _read(root, "mimic-iv/hosp/patients.csv.gz")["dod"].dropna()
+    assert dod.str.match(r"^\d{4}-\d{2}-\d{2}$").all()
+
+
+def test_ids_ranges_uniqueness_and_links(cohort):
+    root, _ = cohort
+    pat = _read(root, "mimic-iv/hosp/patients.csv.gz")
+    adm = _read(root, "mimic-iv/hosp/admissions.csv.gz", parse_dates=["admittime", "dischtime", "deathtime"])
+    icu = _read(root, "mimic-iv/icu/icustays.csv.gz", parse_dates=["intime", "outtime"])
+    labs = _read(root, "mimic-iv/hosp/labevents.csv.gz")
+    ecgs = _read(root, "mimic-iv-ecg/record_list.csv")
+    meta = _read(root, "mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv.gz")
+    rad = _read(root, "mimic-iv-note/note/radiology.csv.gz")
+    for series, lo in ((pat["subject_id"], 10_000_000), (adm["hadm_id"], 20_000_000), (icu["stay_id"], 30_000_000),
+                       (ecgs["study_id"], 40_000_000), (meta["study_id"], 50_000_000)):
+        assert series.between(lo, lo + 9_999_999).all()
+    for series in (pat["subject_id"], adm["hadm_id"], icu["stay_id"], labs["labevent_id"], ecgs["study_id"],
+                   meta["dicom_id"], rad["note_id"]):
+        assert series.is_unique
+    assert adm["subject_id"].isin(pat["subject_id"]).all()
+    assert icu["hadm_id"].isin(adm["hadm_id"]).all()
+    assert labs["hadm_id"].dropna().isin(adm["hadm_id"]).all()
+    assert labs["hadm_id"].isna().any(), "some outpatient labs without hadm_id, as in MIMIC"
+    assert adm.groupby("subject_id").size().between(1, 3).all()
+    # Admissions of a patient do not overlap; ICU stays lie within their admission.
+    a = adm.sort_values(["subject_id", "admittime"])
+    nxt = a.groupby("subject_id")["admittime"].shift(-1)
+    assert (nxt.isna() | (nxt > a["dischtime"])).all()
+    assert (a["dischtime"] > a["admittime"]).all()
+    j = icu.merge(adm, on="hadm_id")
+    assert (j["intime"] >= j["admittime"]).all() and (j["outtime"] <= j["dischtime"] + pd.Timedelta(minutes=1)).all()
+
+
+def test_death_is_consistent_with_the_expire_flag(cohort):
+    root, _ = cohort
+    adm = _read(root, "mimic-iv/hosp/admissions.csv.gz", parse_dates=["admittime", "dischtime", "deathtime"])
+    pat = _read(root, "mimic-iv/hosp/patients.csv.gz", parse_dates=["dod"])
+    died = adm["hospital_expire_flag"] == 1
+    assert set(adm["hospital_expire_flag"]) <= {0, 1}
+    assert adm.loc[died, "deathtime"].notna().all() and adm.loc[~died, "deathtime"].isna().all()
+    assert (adm.loc[died, "deathtime"] == adm.loc[died, "dischtime"]).all()
+    assert (adm.loc[died, "discharge_location"] == "DIED").all()
+    assert (adm.loc[~died, "discharge_location"] != "DIED").all()
+    # Nobody is admitted after dying; dod matches the in-hospital death.
+    last = adm.sort_values("admittime").groupby("subject_id").tail(1)
+    assert set(adm.loc[died, "hadm_id"]) <= set(last["hadm_id"])
+    dod = pat.set_index("subject_id")["dod"]
+    assert (dod.loc[adm.loc[died, "subject_id"]].to_numpy()
+            == adm.loc[died, "deathtime"].dt.floor("D").to_numpy()).all()
+
+
+def test_ecg_records_read_with_wfdb(cohort):
+    import wfdb
+    root, _ = cohort
+    rl = _read(root, "mimic-iv-ecg/record_list.csv")
+    row = rl.iloc[0]
+    s = str(row["subject_id"])
+    assert row["path"] == f"files/p{s[:4]}/p{s}/s{row['study_id']}/{row['study_id']}"
+    assert str(row["file_name"]) == str(row["study_id"])
+    rec = wfdb.rdrecord(str(root / "mimic-iv-ecg" / row["path"]))
+    assert rec.sig_name == ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    assert rec.fs == 500 and rec.sig_len == 5000 and rec.n_sig == 12
+    assert rec.units == ["mV"] * 12 and rec.fmt == ["16"] * 12 and rec.adc_gain == [200.0] * 12
+    assert rec.base_date is not None and str(rec.base_date) == row["ecg_time"][:10]
+    assert 0.3 < np.ptp(rec.p_signal[:, 1]) < 8  # a plausible lead II in mV
+    for p in rl["path"]:
+        assert (root / "mimic-iv-ecg" / f"{p}.hea").exists() and (root / "mimic-iv-ecg" / f"{p}.dat").exists()
+
+
+def test_cxr_jpegs_and_metadata(cohort):
+    from PIL import Image
+    root, _ = cohort
+    meta = _read(root, "mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv.gz")
+    assert meta["StudyDate"].dtype.kind == "i" and meta["StudyDate"].between(21000101, 22001231).all()
+    assert meta["StudyTime"].dtype.kind == "f" and meta["StudyTime"].between(0, 235960).all()
+    assert set(meta["ViewPosition"]) <= {"PA", "AP", "LATERAL"}
+    assert meta["dicom_id"].str.match(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$").all()
+    for r in meta.head(6).itertuples():
+        s = str(r.subject_id)
+        path = root / "mimic-cxr-jpg" / "files" / f"p{s[:2]}" / f"p{s}" / f"s{r.study_id}" / f"{r.dicom_id}.jpg"
+        with Image.open(path) as im:
+            assert im.format == "JPEG" and im.mode == "L" and im.size == (256, 256)
+            assert np.asarray(im).std() > 10
+    chex = _read(root, "mimic-cxr-jpg/mimic-cxr-2.0.0-chexpert.csv.gz")
+    vals = set(np.unique(chex[imaging.CHEXPERT_LABELS].to_numpy(dtype=float)[~np.isnan(
+        chex[imaging.CHEXPERT_LABELS].to_numpy(dtype=float))]))
+    assert vals <= {-1.0, 0.0, 1.0}
+    assert set(chex["study_id"]) == set(meta["study_id"])
+
+
+def test_notes_and_the_discharge_leakage_trap(cohort):
+    root, _ = cohort
+    adm = _read(root, "mimic-iv/hosp/admissions.csv.gz", parse_dates=["admittime", "dischtime"])
+    rad = _read(root, "mimic-iv-note/note/radiology.csv.gz", parse_dates=["charttime", "storetime"])
+    ds = _read(root, "mimic-iv-note/note/discharge.csv.gz", parse_dates=["charttime", "storetime"])
+    assert (rad["note_type"] == "RR").all() and (ds["note_type"] == "DS").all()
+    assert (rad["note_id"] == rad["subject_id"].astype(str) + "-RR-" + rad["note_seq"].astype(str)).all()
+    assert ds["note_id"].str.match(r"^\d{8}-DS-\d+$").all()
+    for sec in ("EXAMINATION:", "INDICATION:", "TECHNIQUE:", "COMPARISON:", "FINDINGS:", "IMPRESSION:"):
+        assert rad["text"].str.contains(sec, regex=False).all(), sec
+    for sec in ("Chief Complaint:", "History of Present Illness:", "Brief Hospital Course:", "Discharge Disposition:"):
+        assert ds["text"].str.contains(sec, regex=False).all(), sec
+    j = ds.merge(adm, on=["subject_id", "hadm_id"])
+    assert (j["charttime"] == j["dischtime"]).all() and (j["storetime"] > j["charttime"]).all()
+    died = j["hospital_expire_flag"] == 1
+    says_died = j["text"].str.contains("expired|passed away", regex=True)
+    assert (says_died == died).all()
+    assert rad["hadm_id"].isna().any() or len(rad) < 30  # some outpatient studies
+
+
+def test_data_after_the_prediction_time_exists(cohort):
+    """The traps: labs, ECGs and reports after admittime + 24 h that a careless pipeline would use."""
+    root, _ = cohort
+    adm = _read(root, "mimic-iv/hosp/admissions.csv.gz", parse_dates=["admittime"])
+    pt = adm.set_index("hadm_id")["admittime"] + pd.Timedelta(hours=24)
+    labs = _read(root, "mimic-iv/hosp/labevents.csv.gz", parse_dates=["charttime"]).dropna(subset=["hadm_id"])
+    assert (labs["charttime"] > labs["hadm_id"].map(pt)).mean() > 0.3
+    assert (labs["charttime"] <= labs["hadm_id"].map(pt)).mean() > 0.1
+    rad = _read(root, "mimic-iv-note/note/radiology.csv.gz", parse_dates=["charttime"]).dropna(subset=["hadm_id"])
+    assert (rad["charttime"] > rad["hadm_id"].map(pt)).any()
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    def run(name, seed):
+        root = tmp_path / name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            generate_cohort(root, n_patients=10, seed=seed, progress=False, workers=1)
+        return root
+
+    a, b, c = run("a", 11), run("b", 11), run("c", 12)
+    for rel in ("mimic-iv/hosp/patients.csv.gz", "mimic-iv/hosp/admissions.csv.gz",
+                "mimic-iv/hosp/labevents.csv.gz", "mimic-iv-note/note/radiology.csv.gz", "ground_truth.csv.gz"):
+        assert gzip.decompress((a / rel).read_bytes()) == gzip.decompress((b / rel).read_bytes()), rel
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel  # the gzip header carries no time
+    assert gzip.decompress((a / "mimic-iv/hosp/patients.csv.gz").read_bytes()) != \
+        gzip.decompress((c / "mimic-iv/hosp/patients.csv.gz").read_bytes())
+    rl = (a / "mimic-iv-ecg/record_list.csv").read_text()
+    assert rl == (b / "mimic-iv-ecg/record_list.csv").read_text()
+    first = pd.read_csv(a / "mimic-iv-ecg/record_list.csv")["path"].iloc[0]
+    assert (a / "mimic-iv-ecg" / f"{first}.dat").read_bytes() == (b / "mimic-iv-ecg" / f"{first}.dat").read_bytes()
+
+
+def test_refuses_a_folder_that_already_holds_a_cohort(cohort):
+    root, _ = cohort
+    with pytest.raises(FileExistsError, match="mimic-iv"):
+        generate_cohort(root, n_patients=5, progress=False)
+    with pytest.raises(ValueError, match="at least 1"):
+        generate_cohort(root / "new", n_patients=0, progress=False)
+
+
+# ------------------------------------------------------------------ the hidden risk
+
+@pytest.fixture(scope="module")
+def simulated():
+    return latent.simulate(np.random.default_rng(0), 3000)
+
+
+def test_hidden_risk_drives_the_outcome(simulated):
+    patients, adm = simulated
+    y = adm["label"].to_numpy()
+    assert 0.08 < y.mean() < 0.18
+    assert auroc(y, adm["p_true"]) > 0.85
+    for m in latent.MODALITIES:
+        assert 0.62 < auroc(y, adm[f"{m}_part"]) < 0.82, m   # each a real but partial share
+    # Something for the cohort rules to exclude: minors, and deaths before the prediction time.
+    assert (adm["age"] < 18).any()
+    assert ((adm["label"] == 1) & (adm["los_hours"] < latent.PREDICTION_HOURS)).any()
+    assert ((adm["label"] == 1) & (adm["los_hours"] > latent.PREDICTION_HOURS)).sum() > 0.8 * y.sum()
+    # Admissions of one patient share traits.
+    multi = adm[adm.groupby("subject_id")["hadm_id"].transform("size") > 1]
+    first = multi.groupby("subject_id")["z_ecg"].first()
+    second = multi.groupby("subject_id")["z_ecg"].nth(1).to_numpy()
+    assert np.corrcoef(first.to_numpy(), second)[0, 1] > 0.1
+
+
+def test_ehr_labs_before_prediction_carry_the_ehr_component(simulated, tmp_path):
+    patients, adm = simulated
+    adm = adm.iloc[:800]
+    ehr.write_labs(np.random.default_rng(1), tmp_path, adm, patients)
+    labs = pd.read_csv(tmp_path / "hosp" / "labevents.csv.gz", parse_dates=["charttime"]).dropna(subset=["hadm_id"])
+    labs = labs.merge(adm[["hadm_id", "prediction_time", "z_ehr"]], on="hadm_id")
+    early = labs[labs["charttime"] <= labs["prediction_time"]]
+    for itemid, sign in ((50813, 1), (50882, -1), (50912, 1)):
+        m = early[early["itemid"] == itemid].groupby("hadm_id").agg(v=("valuenum", "mean"), z=("z_ehr", "first"))
+        assert sign * np.corrcoef(m["v"], m["z"])[0, 1] > 0.3, itemid
+
+
+def test_ecg_waveforms_show_the_ecg_component():
+    from scipy.signal import find_peaks
+    rng = np.random.default_rng(0)
+    rates = {}
+    for c in (-1.0, 2.5):
+        params = ecg.ecg_severity_params(rng, np.full(12, c)).assign(seed=np.arange(12))
+        beats = []
+        for p in params.to_dict("records"):
+            x = ecg.synthesize(p)[:, 1]
+            x = x - np.convolve(x, np.ones(201) / 201, mode="same")  # remove the wander
+            beats.append(len(find_peaks(x, height=0.45, distance=120)[0]) * 6)
+        rates[c] = np.median(beats)
+    assert rates[2.5] > rates[-1.0] + 20
+
+
+def test_cxr_content_shows_the_imaging_component():
+    rng = np.random.default_rng(0)
+    adm = pd.DataFrame({"acuity": 0.0, "los_hours": 30.0, "z_imaging": [-1.5] * 20 + [2.5] * 20, "label": 0,
+                        "subject_id": 10_000_001, "hadm_id": 20_000_001,
+                        "admittime": pd.Timestamp("2150-01-01"), "prediction_time": pd.Timestamp("2150-01-02")})
+    st = imaging.plan_studies(rng, adm)
+    img = imaging.plan_images(rng, st)
+    img = img[img["view"] != "LATERAL"]
+    lung = np.zeros((256, 256), bool)
+    lung[70:180, 40:100] = True  # the right lung field
+    sick = img["adm"] >= 20
+    means = np.array([imaging.render(p)[lung].mean() for p in imaging.image_specs(img)])
+    assert sick.any() and (~sick).any()
+    assert means[sick.to_numpy()].mean() > means[~sick.to_numpy()].mean() + 10
+
+
+def test_report_wording_shows_the_notes_component():
+    rng = np.random.default_rng(0)
+    severe = [s for pool in (notes.CHEST["findings"][3], notes.CHEST["impression"][3]) for s in pool]
+
+    def share(level):
+        texts = [notes.radiology_text(rng, level, "CHEST (PORTABLE AP)", "F", None, None)[0] for _ in range(40)]
+        return np.mean([any(s in t for s in severe) for t in texts])
+    assert share(2.5) > share(-1.0) + 0.5
+
+
+def test_auroc_is_none_for_one_class():
+    assert auroc(np.zeros(5), np.arange(5)) is None
+    assert auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
