@@ -58,3 +58,15 @@ def test_learns_from_the_waveform():
     no_wave = FusionNetClassifier(fusion="hybrid", max_epochs=15, use_waveforms=False).fit(
         X2[:900], y[:900], eval_set=(X2[900:1050], y[900:1050]))
     assert with_wave > roc_auc_score(y[1050:], no_wave.decision_function(X2[1050:])) + 0.03
+
+
+def test_gradient_shap_for_the_fused_net_finds_the_signal():
+    from pipeline.explain.deep import fusion_shap
+    X, y, T = _data(n=600)
+    m = FusionNetClassifier(fusion="early", max_epochs=10, ecg_fs=100).fit(X[:450], y[:450], tensors=T)
+    exp = fusion_shap(m, X[450:], X[:100], T)
+    assert exp.values.shape == (150, len(exp.feature_names))
+    assert "ecg__waveform" in exp.feature_names and "mask__ecg" in exp.feature_names
+    imp = exp.feature_importance()
+    assert imp.index[0] in ("ehr__a", "ecg__b", "ecg__waveform")
+    assert imp["ehr__a"] > imp["mask__ehr"]

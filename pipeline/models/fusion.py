@@ -140,8 +140,10 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         rng = np.random.default_rng(self.random_state)
         self._setup(X)
         A = self._arrays(X)
-        waves = self._tensor_rows(tensors, "ecg", A["hadm_id"]) if self.use_waveforms else None
-        images = self._tensor_rows(tensors, "imaging", A["hadm_id"]) if self.use_images else None
+        waves = (self._tensor_rows(tensors, "ecg", A["hadm_id"])
+                 if self.use_waveforms and "ecg" in self.modalities_ else None)
+        images = (self._tensor_rows(tensors, "imaging", A["hadm_id"])
+                  if self.use_images and "imaging" in self.modalities_ else None)
         self.arch_ = {"dims": {m: len(self.columns_[m]) for m in self.modalities_}, "fusion": self.fusion,
                       "hidden": self.hidden, "dropout": self.dropout, "ecg_wave": waves is not None,
                       "image": images is not None,
