@@ -114,3 +114,16 @@ def test_train_and_score_on_the_real_eicu_demo_subset(tmp_path):
     assert metrics["cohort"]["admissions"] == 144 and metrics["cohort"]["cohort"] > 100
     s = score(tmp_path / "run", eicu, tmp_path / "s.parquet")
     assert len(s) == metrics["cohort"]["cohort"] and s["risk"].between(0, 1).all()
+
+
+@pytest.mark.parametrize("primary", ["gbm_late", "fusion_attention"])
+def test_other_primary_models_train_score_and_explain(mimic_demo, tmp_path, primary):
+    from pipeline.jobs.score import score
+    cfg = RunConfig.model_validate({"model": {"gbm_estimators": 60, "fusion_models": ["gbm_early", primary],
+                                              "primary": primary, "single_modality_baselines": False}})
+    metrics = train(mimic_demo, tmp_path / "run", cfg, report=False)
+    assert metrics["primary"] == primary
+    t = pd.read_parquet(tmp_path / "run" / "test_scores.parquet")
+    assert t["reasons"].str.len().gt(0).all() and t["ehr"].notna().all()
+    s = score(tmp_path / "run", mimic_demo, tmp_path / "s.parquet").set_index("hadm_id").loc[t.hadm_id]
+    assert np.allclose(s["risk"].to_numpy(), t["risk"].to_numpy(), atol=1e-6)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import read_json
+from pipeline.errors import DataError
 
 MODALITY_COLORS = {"ehr": "#4C72B0", "ecg": "#DD8452", "notes": "#55A868", "imaging": "#C44E52"}
 ALL_MODALITIES = ("ehr", "ecg", "notes", "imaging")
@@ -104,19 +105,19 @@ def _shap_plots(exp, labels: dict) -> dict[str, str]:
         jitter = i + rng.uniform(-0.25, 0.25, len(x))
         miss = np.isnan(x)
         if miss.any():
-            ax.scatter(v[miss], jitter[miss], color="#9e9e9e", s=8, alpha=0.7)
+            ax.scatter(v[miss], jitter[miss], color="#8a8a8a", marker="x", s=10, linewidths=0.8)
         if (~miss).any():
             rank = pd.Series(x[~miss]).rank(pct=True).to_numpy()
             sc = ax.scatter(v[~miss], jitter[~miss], c=rank, cmap="coolwarm", s=8, vmin=0, vmax=1)
     ax.set_yticks(range(len(top)), [pretty_feature(f, labels) for f in top], fontsize=8)
     ax.axvline(0, color="k", lw=0.6)
     ax.grid(axis="x", alpha=0.3)
-    ax.set_xlabel("SHAP value (log-odds; grey = feature missing)")
+    ax.set_xlabel("SHAP value (log-odds; grey \u00d7 = feature missing)")
     ax.set_title("SHAP values per patient (test)")
     if sc is not None:
         cb = fig.colorbar(sc, ax=ax, pad=0.01, aspect=25, shrink=0.6)
-        cb.set_ticks([0, 1], labels=["low", "high"])
-        cb.set_label("feature value (rank)", fontsize=8)
+        cb.set_ticks([0, 1], labels=["low", "high"], fontsize=8)
+        cb.ax.set_title("feature\nvalue", fontsize=8)
     fig.tight_layout()
     plots["shap_beeswarm"] = _png(fig)
 
@@ -199,8 +200,10 @@ def _quarantine(run: Path) -> tuple[list[dict], int]:
         reason = str(r.get("reason", ""))
         if len(reason) > MAX_REASON_CHARS:
             reason = reason[:MAX_REASON_CHARS] + "…"
-        rows.append({"source": r.get("source", ""), "file": Path(str(r.get("file", ""))).name,
-                     "row": r.get("row", ""), "field": r.get("field", ""), "reason": reason})
+        row = r.get("row")
+        rows.append({"source": r.get("source", ""), "file": "/".join(Path(str(r.get("file", ""))).parts[-3:]),
+                     "row": "" if row is None or (isinstance(row, float) and math.isnan(row)) else row, "field": r.get("field", ""),
+                     "reason": reason})
     return rows, len(q)
 
 
@@ -209,6 +212,9 @@ def write_report(run: Path, out: Path | None = None) -> Path:
 
     from pipeline.stages.featurize_ehr import pretty_feature
     run = Path(run)
+    if not (run / "metrics.json").exists():
+        raise DataError("not a run folder: metrics.json is missing", file=run / "metrics.json",
+                        hint="pass the RUN folder written by `mmpipe train`")
     metrics = read_json(run / "metrics.json")
     leakage = read_json(run / "leakage.json") if (run / "leakage.json").exists() else {}
     meta = read_json(run / "model" / "model.json") if (run / "model" / "model.json").exists() else {}

@@ -28,6 +28,7 @@ class Scorer:
     """A loaded model folder: ``score_table(rows) -> score rows``."""
 
     def __init__(self, run: Path):
+        from pipeline.models.fusion import FusionNetClassifier
         from pipeline.models.gbm import GBMClassifier, LateFusionGBM
         self.run = Path(run)
         mdir = self.run / "model"
@@ -36,13 +37,23 @@ class Scorer:
                             hint="pass the RUN folder written by `mmpipe train`")
         self.meta = read_json(mdir / "model.json")
         kind = self.meta["kind"]
-        loaders = {"GBMClassifier": GBMClassifier.load, "LateFusionGBM": LateFusionGBM.load}
+        loaders = {"GBMClassifier": GBMClassifier.load, "LateFusionGBM": LateFusionGBM.load,
+                   "FusionNetClassifier": FusionNetClassifier.load}
         if kind not in loaders:
             raise DataError(f"model kind {kind!r} cannot be scored by this version", file=mdir / "model.json",
                             field="kind")
         self.model = loaders[kind](mdir / "primary")
         self.calibrator = Calibrator.from_json(self.meta["calibrator"])
+        bg = mdir / "background.parquet"
+        self.background = pd.read_parquet(bg) if bg.exists() else None
         self.cfg = RunConfig.model_validate(self.meta["config"])
+
+    def attach_tensors(self, tensor_dirs: dict[str, str]) -> None:
+        """The fused net reads raw waveforms/images of the scored rows (memory-mapped)."""
+        if hasattr(self.model, "with_tensors"):
+            from pipeline.jobs.prepare import load_tensors
+            self.model.with_tensors(load_tensors({k: Path(v) for k, v in tensor_dirs.items()}))
+        self.tensor_dirs = tensor_dirs
 
     def fitted(self) -> dict:
         out = {"ehr_codes": self.meta["ehr_codes"]}
@@ -72,7 +83,8 @@ class Scorer:
     def score_table(self, rows: pd.DataFrame, explain_rows: bool = True) -> pd.DataFrame:
         from pipeline.jobs.train import pretty_namer, score_rows
         out, _ = score_rows(rows, self.model, self.calibrator, self.meta,
-                            pretty_namer(self.meta.get("code_labels", {})), explain_rows=explain_rows)
+                            pretty_namer(self.meta.get("code_labels", {})), explain_rows=explain_rows,
+                            background=self.background)
         return out
 
 
@@ -97,6 +109,8 @@ def score(model: Path, input_root: Path, output: Path, engine: str = "local", sc
         if f"mask__{m}" not in table.columns:
             table[f"mask__{m}"] = 0
     scorer.check_features(table)
+    tensor_dirs = {k: str(v) for k, v in prep.stage_dirs.items() if k in ("features_ecg", "features_imaging")}
+    scorer.attach_tensors(tensor_dirs)
     n_shards = max(1, -(-len(table) // shard_size))
     log(f"[score] {len(table)} admissions in {n_shards} shard(s), engine={engine}")
     if engine == "local":
@@ -126,7 +140,8 @@ def _score_dask(scorer: Scorer, table: pd.DataFrame, shard_size: int, scheduler:
         cluster, client = None, Client(scheduler)
     try:
         run = str(scorer.run)
-        tasks = [dask.delayed(_score_shard_remote)(run, shard) for shard in _shards(table, shard_size)]
+        tasks = [dask.delayed(_score_shard_remote)(run, shard, scorer.tensor_dirs)
+                 for shard in _shards(table, shard_size)]
         return list(dask.compute(*tasks))
     finally:
         client.close()
@@ -134,6 +149,8 @@ def _score_dask(scorer: Scorer, table: pd.DataFrame, shard_size: int, scheduler:
             cluster.close()
 
 
-def _score_shard_remote(run: str, shard: pd.DataFrame) -> pd.DataFrame:
+def _score_shard_remote(run: str, shard: pd.DataFrame, tensor_dirs: dict[str, str]) -> pd.DataFrame:
     """Runs on a Dask worker: load the model folder there and score one shard."""
-    return Scorer(Path(run)).score_table(shard)
+    scorer = Scorer(Path(run))
+    scorer.attach_tensors(tensor_dirs)
+    return scorer.score_table(shard)

@@ -70,16 +70,51 @@ def band(risk: np.ndarray, thresholds) -> np.ndarray:
     return np.where(risk >= hi, "high", np.where(risk >= lo, "medium", "low"))
 
 
-def explain(model: GBMClassifier, X: pd.DataFrame, hadm: np.ndarray, modalities: list[str]) -> Explanation:
-    vals, base = tree_shap(model, X)
-    contrib = modality_shapley(model.decision_function, X[list(model.feature_names_in_)], modalities)
-    return Explanation(values=vals, base_values=base, data=X[list(model.feature_names_in_)].to_numpy(dtype=float),
-                       feature_names=list(model.feature_names_in_), hadm_id=np.asarray(hadm),
-                       modality_contrib=contrib.reset_index(drop=True))
+def feature_shap(model, X: pd.DataFrame, background: pd.DataFrame | None = None) -> Explanation:
+    """Per-feature SHAP values (log-odds) for any of the project's models."""
+    from pipeline.models.fusion import FusionNetClassifier
+    hadm = X["hadm_id"].to_numpy() if "hadm_id" in X.columns else np.arange(len(X))
+    if isinstance(model, GBMClassifier):
+        vals, base = tree_shap(model, X)
+        names = list(model.feature_names_in_)
+        return Explanation(values=vals, base_values=base, data=X[names].to_numpy(dtype=float),
+                           feature_names=names, hadm_id=hadm)
+    if isinstance(model, LateFusionGBM):
+        # logit = b + sum_m (w_m * mask_m * logit_m + v_m * mask_m): TreeSHAP of each
+        # modality model scaled by its stacking weight is exact for the stacked logit.
+        names = [c for c in model.feature_names_in_ if c != "hadm_id"]
+        vals = np.zeros((len(X), len(names)))
+        coef = model.stacker_.coef_[0]
+        base = np.full(len(X), float(model.stacker_.intercept_[0]))
+        for i, (m, sub) in enumerate(model.models_.items()):
+            mask = X[mask_col(m)].to_numpy(dtype=float) if mask_col(m) in X.columns else np.ones(len(X))
+            v, b = tree_shap(sub, X)
+            for j, f in enumerate(sub.feature_names_in_):
+                vals[:, names.index(f)] += coef[2 * i] * mask * v[:, j]
+            base += coef[2 * i] * mask * b
+            vals[:, names.index(mask_col(m))] += coef[2 * i + 1] * mask
+        return Explanation(values=vals, base_values=base, data=X[names].to_numpy(dtype=float),
+                           feature_names=names, hadm_id=hadm)
+    if isinstance(model, FusionNetClassifier):
+        from pipeline.explain.deep import fusion_shap
+        bg = background if background is not None else X
+        bg = bg.sample(min(100, len(bg)), random_state=0)
+        return fusion_shap(model, X, bg)
+    raise TypeError(f"no SHAP path for {type(model).__name__}")
+
+
+def explain(model, X: pd.DataFrame, hadm: np.ndarray, modalities: list[str],
+            background: pd.DataFrame | None = None) -> Explanation:
+    exp = feature_shap(model, X, background)
+    exp.hadm_id = np.asarray(hadm)
+    cols = [c for c in model.feature_names_in_]
+    exp.modality_contrib = modality_shapley(model.decision_function, X[cols], modalities).reset_index(drop=True)
+    return exp
 
 
 def score_rows(rows: pd.DataFrame, model, calibrator: Calibrator, meta: dict, pretty,
-               explain_rows: bool = True) -> tuple[pd.DataFrame, Explanation | None]:
+               explain_rows: bool = True, background: pd.DataFrame | None = None
+               ) -> tuple[pd.DataFrame, Explanation | None]:
     """The score file rows for ``rows`` (aligned table rows) and their explanation.
     ``explain_rows=False`` skips SHAP reasons and modality contributions (empty / NaN)."""
     X = rows[meta["features"]]
@@ -93,7 +128,7 @@ def score_rows(rows: pd.DataFrame, model, calibrator: Calibrator, meta: dict, pr
         for m in ("ehr", "ecg", "notes", "imaging"):
             out[m] = np.nan
         return out, None
-    exp = explain(model, X, rows["hadm_id"].to_numpy(), meta["modalities"])
+    exp = explain(model, X, rows["hadm_id"].to_numpy(), meta["modalities"], background)
     out["reasons"] = exp.top_reasons(meta["top_k_reasons"], pretty)
     for m in ("ehr", "ecg", "notes", "imaging"):
         out[m] = exp.modality_contrib[m].to_numpy() if m in exp.modality_contrib.columns else 0.0
@@ -160,6 +195,10 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
         "trained_on": sources.to_json(),
     }
     model.save(mdir / "primary")
+    # SHAP background for models that need one (the fused net): 100 train rows, features only.
+    train_rows = t[t.split == "train"]
+    write_parquet(train_rows[list(model.feature_names_in_)].sample(min(100, len(train_rows)), random_state=0),
+                  mdir / "background.parquet")
     notes_enc = prep.stage_dirs.get("features_notes")
     if notes_enc is not None and (notes_enc / "encoder").exists():
         import shutil
@@ -167,7 +206,8 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
         meta["notes_encoder"] = "notes_encoder"
     write_json(meta, mdir / "model.json")
 
-    scores, exp = score_rows(te, model, cal, meta, pretty_namer(labels))
+    scores, exp = score_rows(te, model, cal, meta, pretty_namer(labels),
+                             background=pd.read_parquet(mdir / "background.parquet"))
     write_parquet(scores, out / "test_scores.parquet")
     exp.save(out / "explanation")
 
