@@ -80,7 +80,10 @@ def report(run: Path = typer.Option(..., help="run folder"),
            out: Optional[Path] = typer.Option(None, help="HTML file (default RUN/report/index.html)")):
     """Write the interpretability report of a run."""
     from pipeline.jobs.report import write_report
-    typer.echo(str(write_report(run, out)))
+    try:
+        typer.echo(str(write_report(run, out)))
+    except DataError as e:
+        _fail(e)
 
 
 @app.command()
