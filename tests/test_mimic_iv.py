@@ -122,3 +122,15 @@ def test_event_order_does_not_change_features(tmp_path):
         featurize_ehr(cohort, tmp_path / name / "ing", EHRConfig(), tmp_path / name / "fe", codes=["lab:50813"])
         out.append(pd.read_parquet(tmp_path / name / "fe" / "features.parquet"))
     pd.testing.assert_frame_equal(out[0], out[1])
+
+
+def test_events_after_death_are_quarantined(tmp_path):
+    from tests.ehr_fixtures import LABS
+    labs = LABS.copy()
+    labs.loc[4, "charttime"] = "2150-01-09 12:00:00"   # subject 2 died 2150-01-05
+    root = write_mimic(tmp_path / "m", labs=labs)
+    q = Quarantine()
+    info = ingest_mimic_iv(root, tmp_path / "out", q)
+    assert info["events_after_death"] == 1
+    assert len(pd.read_parquet(tmp_path / "out" / "events.parquet")) == 5
+    assert "event after death" in q.rows[0].reason and "subject_id=2" in q.rows[0].row

@@ -258,7 +258,7 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
         # Rows with an unparseable id or time are quarantined (listed up to a cap, then counted).
         bad_sql = (f"SELECT row_ref, CASE WHEN subject_id IS NULL THEN 'subject_id' ELSE 'time' END field "
                    f"FROM ({sql}) WHERE subject_id IS NULL OR (time IS NULL AND raw_time IS NOT NULL)")
-        n_bad = con.execute(f"SELECT count(*) FROM ({bad_sql})").fetchone()[0]
+        n_bad = con.execute(f"SELECT count(*) FROM ({bad_sql})").fetchall()[0][0]
         if n_bad:
             for ref, field in con.execute(f"{bad_sql} LIMIT {MAX_LISTED_BAD_ROWS}").fetchall():
                 q.add(SOURCE, path, ref, field, "unparseable id or timestamp")
@@ -274,10 +274,10 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
              f"CASE {vconv} ELSE value END value, CASE WHEN code IN ({', '.join(repr('chart:' + f) for f in F_TO_C)}) "
              f"THEN '°C' ELSE unit END unit, source FROM ({union})")
     tmp = out.with_name(".events.parquet.tmp")
-    con.execute(f"COPY ({final}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)")
+    con.execute(f"COPY ({final}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
     tmp.replace(out)
     units = harmonise_units(out, q, SOURCE, con)
-    n = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0]
+    n = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchall()[0][0]
     return {"event_tables_found": found, "event_tables_absent": absent, "event_rows": int(n),
             "event_bad_rows": counts, **units}
 
@@ -296,6 +296,35 @@ def read_codes(root: Path) -> pd.DataFrame:
     return CODES.validate(codes)
 
 
+def drop_events_after_death(out_dir: Path, patients: pd.DataFrame, admissions: pd.DataFrame, q: Quarantine,
+                            source: str = SOURCE, con=None) -> int:
+    """Events timestamped more than a day after the subject's death are recording errors:
+    quarantined (listed up to a cap, then counted) and removed from events.parquet."""
+    events = Path(out_dir) / "events.parquet"
+    death = pd.concat([admissions[["subject_id", "deathtime"]].rename(columns={"deathtime": "death"}),
+                       patients[["subject_id", "dod"]].rename(columns={"dod": "death"})]).dropna()
+    if death.empty:
+        return 0
+    death = death.groupby("subject_id", as_index=False)["death"].min()
+    con = con or connect(temp_dir=out_dir)
+    con.register("death", death)
+    late = (f"SELECT e.* FROM read_parquet('{events}') e JOIN death d USING (subject_id) "
+            f"WHERE e.time > d.death + INTERVAL 1 DAY")
+    n = con.execute(f"SELECT count(*) FROM ({late})").fetchall()[0][0]
+    if n:
+        for sid, t, code, src in con.execute(f"SELECT subject_id, time, code, source FROM ({late}) "
+                                             f"ORDER BY subject_id, time LIMIT {MAX_LISTED_BAD_ROWS}").fetchall():
+            q.add(source, src, f"subject_id={sid} time={t}", "time", f"event after death ({code})")
+        if n > MAX_LISTED_BAD_ROWS:
+            q.add(source, "events", None, "time", f"{n - MAX_LISTED_BAD_ROWS} more events after death")
+        tmp = events.with_name(".events.alive.tmp.parquet")
+        con.execute(f"COPY (SELECT e.* FROM read_parquet('{events}') e LEFT JOIN death d USING (subject_id) "
+                    f"WHERE d.death IS NULL OR e.time <= d.death + INTERVAL 1 DAY) TO '{tmp}' (FORMAT parquet)").fetchall()
+        tmp.replace(events)
+    con.unregister("death")
+    return int(n)
+
+
 def ingest_mimic_iv(root: Path, out_dir: Path, q: Quarantine) -> dict:
     """All canonical EHR tables of one MIMIC-IV folder into out_dir."""
     root, out_dir = Path(root), Path(out_dir)
@@ -311,6 +340,7 @@ def ingest_mimic_iv(root: Path, out_dir: Path, q: Quarantine) -> dict:
         tables_absent.append("icustays")
     write_parquet(read_codes(root), out_dir / "codes.parquet", CODES)
     info = ingest_events(root, out_dir, q)
+    info["events_after_death"] = drop_events_after_death(out_dir, patients, admissions, q)
     info["tables_absent"] = tables_absent + info.pop("event_tables_absent")
     info["version_hint"] = "1.0 (core/)" if (root / "core").exists() else "2.x/3.x (hosp/)"
     return info

@@ -52,12 +52,12 @@ def harmonise_units(events: Path, q: Quarantine, source: str, con) -> dict:
         GROUP BY code, u, du ORDER BY count(*) DESC""").fetchall()
     for code, u, du, n in unknown:
         q.add(source, events.name, None, f"unit ({code})", f"unknown unit: {n} value(s) in '{u}', expected '{du}'")
-    converted = con.execute(f"SELECT count(*) FROM ({joined}) WHERE {mismatch} AND factor IS NOT NULL").fetchone()[0]
+    converted = con.execute(f"SELECT count(*) FROM ({joined}) WHERE {mismatch} AND factor IS NOT NULL").fetchall()[0][0]
     tmp = events.with_name(".events.units.tmp.parquet")
     con.execute(f"""COPY (SELECT subject_id, hadm_id, time, code,
             CASE WHEN {mismatch} THEN value * factor ELSE value END AS value,
             CASE WHEN {mismatch} THEN du ELSE unit END AS unit, source
-        FROM ({joined}) WHERE NOT ({mismatch} AND factor IS NULL)) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)""")
+        FROM ({joined}) WHERE NOT ({mismatch} AND factor IS NULL)) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)""").fetchall()
     tmp.replace(events)
     con.unregister("conv")
     return {"unit_converted": int(converted), "unit_unknown_dropped": int(sum(r[3] for r in unknown))}
