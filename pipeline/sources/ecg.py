@@ -280,7 +280,7 @@ def _read(path: Path, seconds: float):
     if line is not None:
         fs_line, sig_len = line
         try:
-            hdr = wfdb.rdrecord(str(path), sampto=min(sig_len, int(math.ceil(seconds * fs_line))),
+            hdr = wfdb.rdrecord(str(path), sampto=min(sig_len, math.ceil(seconds * fs_line)),
                                 physical=False, return_res=32)
             d = hdr.d_signal
         except Exception:  # diagnosed below from the header alone: a DataError or a narrower read
@@ -296,7 +296,7 @@ def _read(path: Path, seconds: float):
     if not chans:
         return hdr, sig_len, None, chans, leads, ignored, issues
     if d is None:
-        n_want = int(math.ceil(seconds * float(hdr.fs)))
+        n_want = math.ceil(seconds * float(hdr.fs))
         try:
             d = wfdb.rdrecord(str(path), sampto=min(n_want, sig_len) if sig_len else None, channels=chans,
                               physical=False, return_res=32).d_signal
@@ -376,7 +376,7 @@ def _saturation(d: np.ndarray, invalid: np.ndarray, limits: list[set[int]], gain
     big = np.iinfo(d.dtype).max
     hi = d.max(axis=0)
     lo = np.where(invalid, big, d).min(axis=0)
-    min_run = int(math.ceil(min(SATURATION_AT_LIMIT_S, SATURATION_PLATEAU_S) * fs))
+    min_run = math.ceil(min(SATURATION_AT_LIMIT_S, SATURATION_PLATEAU_S) * fs)
     # a run needs at least min_run equal samples: a cheap test first, the exact one only where it passes
     maybe = ((d == hi).sum(axis=0) >= min_run) | ((d == lo).sum(axis=0) >= min_run)
     out = []
@@ -403,6 +403,19 @@ def _highpass(fs: float):
     return sps.butter(2, HIGHPASS_HZ, btype="highpass", fs=fs, output="sos")
 
 
+def _length_issues(n_total: int, fs_orig: float, seconds: float) -> list[Issue]:
+    dur = n_total / fs_orig
+    if n_total == 0:
+        return [Issue("bad", "length", "record holds no samples")]
+    if dur < seconds / 2:
+        return [Issue("bad", "length", f"short record ({dur:.1f} s, under half of {seconds:g} s)")]
+    if dur < seconds:
+        return [Issue("warn", "length", f"short record ({dur:.1f} s of {seconds:g} s; zero-padded)")]
+    if dur > seconds + 1 / fs_orig:
+        return [Issue("info", "length", f"cropped to the first {seconds:g} s of {dur:.1f} s")]
+    return []
+
+
 def _fs_text(fs: float) -> str:
     return f"{fs:g}"
 
@@ -411,21 +424,22 @@ def load_ecg(path: str | Path, fs: int = 500, seconds: float = 10.0, min_leads: 
     """Read one WFDB record (path without extension) into the standard 12-lead form; see module doc."""
     path = Path(path)
     hdr, n_total, d, chans, leads, ignored, issues = _read(path, seconds)
-    n_out = int(round(fs * seconds))
+    n_out = round(fs * seconds)
     fs_orig = float(hdr.fs)
-    n_want = int(math.ceil(seconds * fs_orig))
+    n_want = math.ceil(seconds * fs_orig)
     signal = np.zeros((len(STANDARD_LEADS), n_out), np.float32)
     mask = np.zeros(len(STANDARD_LEADS), bool)
     rec = ECGRecord(str(path), signal, mask, fs, fs_orig, n_total, [hdr.sig_name[c] for c in chans], ignored, issues)
+    if d is not None and not n_total:
+        n_total = rec.n_samples_orig = int(d.shape[0])   # length not in the header: what the file holds
+    if n_total or d is not None:          # (a header may omit the length; then the data tells it)
+        issues += _length_issues(n_total, fs_orig, seconds)
     if d is None:
         issues.append(Issue("bad", "leads", "no mappable ECG lead (signals: " + ", ".join(hdr.sig_name) + ")"))
         return rec
-    if not n_total:
-        n_total = rec.n_samples_orig = int(d.shape[0])   # length not in the header: what the file holds
     d = d[:n_want]
     n = d.shape[0]
     if n == 0:
-        issues.append(Issue("bad", "length", "record holds no samples"))
         return rec
 
     # digital -> mV; the invalid-sample code -> NaN
@@ -459,30 +473,22 @@ def load_ecg(path: str | Path, fs: int = 500, seconds: float = 10.0, min_leads: 
 
     # baseline removal at the original rate, then resampling
     x = x[:, usable]
-    x = x - x.mean(axis=0)
-    if x.shape[1] and n > 12:
-        x = sps.sosfiltfilt(_highpass(fs_orig), x, axis=0)
+    if x.shape[1]:
+        x = x - x.mean(axis=0)
+        if n > 12:                        # sosfiltfilt needs a few samples beyond its padding
+            x = sps.sosfiltfilt(_highpass(fs_orig), x, axis=0)
     nan_pos = invalid[:, usable]
     if fs_orig != fs:
         issues.append(Issue("warn", "fs", f"resampled from {_fs_text(fs_orig)} Hz to {fs} Hz"))
         ratio = Fraction(fs / fs_orig).limit_denominator(1000)
         if x.shape[1]:
             x = sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=0)
-        n_new = int(round(n * fs / fs_orig))
+        n_new = round(n * fs / fs_orig)
         x = x[:n_new]
         src = np.minimum((np.arange(x.shape[0]) * fs_orig / fs).astype(int), n - 1)
         nan_pos = nan_pos[src]
     if nan_pos.any():
         x = np.where(nan_pos, 0.0, x)
-
-    dur = n_total / fs_orig
-    if dur < seconds:
-        if dur < seconds / 2:
-            issues.append(Issue("bad", "length", f"short record ({dur:.1f} s, under half of {seconds:g} s)"))
-        else:
-            issues.append(Issue("warn", "length", f"short record ({dur:.1f} s of {seconds:g} s; zero-padded)"))
-    elif dur > seconds + 1 / fs_orig:
-        issues.append(Issue("info", "length", f"cropped to the first {seconds:g} s of {dur:.1f} s"))
 
     rows = [LEAD_INDEX[leads[j]] for j in np.flatnonzero(usable)]
     m = min(x.shape[0], n_out)
