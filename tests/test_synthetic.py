@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.synthetic import generate_cohort
-from pipeline.synthetic import ecg, ehr, imaging, latent, notes
+from pipeline.synthetic import ecg, ehr, generate_cohort, imaging, latent, notes
 from pipeline.synthetic.cohort import GROUND_TRUTH_COLUMNS, auroc
 
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
@@ -141,6 +140,20 @@ def test_ecg_records_read_with_wfdb(cohort):
         assert (root / "mimic-iv-ecg" / f"{p}.hea").exists() and (root / "mimic-iv-ecg" / f"{p}.dat").exists()
 
 
+def test_records_are_byte_identical_to_wfdb_wrsamp(tmp_path):
+    import wfdb
+    p = ecg.ecg_severity_params(np.random.default_rng(0), np.array([1.5])).assign(seed=3).to_dict("records")[0]
+    d = ecg.digitize(ecg.synthesize(p))
+    t = pd.Timestamp("2180-07-03 08:04:00")
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "wfdb").mkdir()
+    ecg.write_wfdb(tmp_path / "ours", "41234567", d, t)
+    wfdb.wrsamp(**ecg.wrsamp_args("41234567", d, t, str(tmp_path / "wfdb")))
+    for ext in ("hea", "dat"):
+        assert (tmp_path / "ours" / f"41234567.{ext}").read_bytes() == \
+            (tmp_path / "wfdb" / f"41234567.{ext}").read_bytes(), ext
+
+
 def test_cxr_jpegs_and_metadata(cohort):
     from PIL import Image
     root, _ = cohort
@@ -231,7 +244,7 @@ def simulated():
 
 
 def test_hidden_risk_drives_the_outcome(simulated):
-    patients, adm = simulated
+    _, adm = simulated
     y = adm["label"].to_numpy()
     assert 0.08 < y.mean() < 0.18
     assert auroc(y, adm["p_true"]) > 0.85
@@ -252,7 +265,8 @@ def test_ehr_labs_before_prediction_carry_the_ehr_component(simulated, tmp_path)
     patients, adm = simulated
     adm = adm.iloc[:800]
     ehr.write_labs(np.random.default_rng(1), tmp_path, adm, patients)
-    labs = pd.read_csv(tmp_path / "hosp" / "labevents.csv.gz", parse_dates=["charttime"]).dropna(subset=["hadm_id"])
+    labs = pd.read_csv(tmp_path / "hosp" / "labevents.csv.gz", parse_dates=["charttime"])
+    labs = labs.dropna(subset=["hadm_id", "valuenum"])
     labs = labs.merge(adm[["hadm_id", "prediction_time", "z_ehr"]], on="hadm_id")
     early = labs[labs["charttime"] <= labs["prediction_time"]]
     for itemid, sign in ((50813, 1), (50882, -1), (50912, 1)):

@@ -19,9 +19,11 @@ TIME_FMT = "%Y-%m-%d %H:%M:%S"
 def fmt_time(values) -> np.ndarray:
     """Datetimes (any array-like, NaT allowed) as 'YYYY-MM-DD HH:MM:SS' strings ('' for NaT)."""
     arr = pd.to_datetime(pd.Series(values)).to_numpy().astype("datetime64[s]")
-    out = np.datetime_as_string(arr, unit="s").astype(object)
     nat = np.isnat(arr)
-    out = np.array([s.replace("T", " ") for s in out], dtype=object)
+    raw = np.datetime_as_string(np.where(nat, np.datetime64("2000-01-01T00:00:00"), arr), unit="s")
+    chars = np.ascontiguousarray(raw, dtype="U19").view(np.uint32).reshape(-1, 19).copy()
+    chars[:, 10] = ord(" ")  # 'YYYY-MM-DDTHH:MM:SS' -> 'YYYY-MM-DD HH:MM:SS'
+    out = chars.view("U19").ravel().astype(object)
     out[nat] = ""
     return out
 
@@ -45,8 +47,15 @@ def write_csv(df: pd.DataFrame, path: Path, columns: list[str], gz: bool = True,
         raise ValueError(f"{path.name}: columns {missing} were not generated")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    out = df[columns].copy()
+    for c in columns:  # numbers as text up front: pandas' own float formatting is per value and slow
+        if out[c].dtype.kind == "f":
+            v = out[c].to_numpy(dtype=float)
+            text = np.char.mod(float_format, v).astype(object)
+            text[np.isnan(v)] = ""
+            out[c] = text
     buf = io.StringIO()
-    df[columns].to_csv(buf, index=False, float_format=float_format, lineterminator="\n")
+    out.to_csv(buf, index=False, lineterminator="\n")
     data = buf.getvalue().encode("utf-8")
     if gz:
         with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,

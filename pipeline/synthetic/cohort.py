@@ -16,6 +16,7 @@ for a seed whatever the number of worker processes.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -83,7 +84,6 @@ def generate_cohort(out: Path, n_patients: int = 500, seed: int = 0, progress: b
     if clash:
         raise FileExistsError(f"{out} already holds {', '.join(clash)}; generate into an empty folder "
                               "(or delete those folders first)")
-    import os
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
     rng_latent, rng_ehr, rng_icu, rng_dx, rng_ecg, rng_rr, rng_ds, rng_cxr = streams

@@ -138,8 +138,7 @@ def write_diagnoses(rng: np.random.Generator, root: Path, adm: pd.DataFrame, pat
             codes.append(("R0789", "R079", "K922", "S72001A", "N390", "R55", "I4891")[int(u[10] * 7)])
         p = pat.loc[r.subject_id]
         codes += [code for name, code in chronic.items() if p[name]]
-        k = int(u[11] * 5)
-        codes += [filler[(r.hadm_id + 7 * j) % len(filler)] for j in range(k)]
+        codes += [str(c) for c in rng.choice(filler, size=int(u[11] * 5), replace=False)]
         seen = list(dict.fromkeys(codes))
         rows += [(r.subject_id, r.hadm_id, i + 1, c, 10) for i, c in enumerate(seen)]
     df = pd.DataFrame(rows, columns=DIAGNOSES_COLUMNS)
@@ -197,7 +196,7 @@ def write_labs(rng: np.random.Generator, root: Path, adm: pd.DataFrame, patients
     }
     draws = {g: m & ~(p["outpatient"].to_numpy() & (g in ("lactate", "gas"))) for g, m in draws.items()}
     # Specimens: one per draw and group, 8-digit unique ids.
-    spec = rng.choice(90_000_000, size=(n, 4), replace=False if 4 * n < 90_000_000 else True) + 10_000_000
+    spec = rng.choice(90_000_000, size=(n, 4), replace=False) + 10_000_000
     spec_col = {"bmp": 0, "cbc": 1, "lactate": 2, "gas": 3}
     values: dict[int, np.ndarray] = {}
     frames = []

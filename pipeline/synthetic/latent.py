@@ -28,9 +28,9 @@ from pipeline.synthetic._io import minutes, seconds, sigmoid
 
 PREDICTION_HOURS = 24
 RHO = 0.5                 # share of each latent that is a patient-level trait
-B0 = -3.7
-W_EHR, W_AGE, W_ACUITY = 1.15, 0.45, 0.35
-W_ECG, W_NOTES, W_IMG = 1.35, 1.30, 1.45
+B0 = -5.1
+W_EHR, W_AGE, W_ACUITY = 1.75, 0.55, 0.45
+W_ECG, W_NOTES, W_IMG = 2.10, 2.00, 2.25
 MINOR_FRACTION = 0.03
 EARLY_DEATH_FRACTION = 0.08   # of in-hospital deaths, before the prediction time
 
@@ -153,9 +153,8 @@ def simulate_admissions(rng: np.random.Generator, patients: pd.DataFrame) -> pd.
     los_h = np.where(died, death_h, hours_los)
     adm["los_hours"] = los_h
     # A patient who dies in hospital has no later admission.
-    died_s = pd.Series(died, index=adm.index)
-    dead_before = died_s.groupby(adm["subject_id"]).transform(lambda x: x.shift(1, fill_value=False).cummax())
-    keep = ~dead_before.to_numpy()
+    deaths_so_far = pd.Series(died.astype(int)).groupby(subject).cumsum().to_numpy()
+    keep = (deaths_so_far - died) == 0  # no in-hospital death in an earlier admission
     adm = adm[keep].reset_index(drop=True)
     died, los_h = died[keep], los_h[keep]
     adm["label"] = died.astype(int)
@@ -190,16 +189,20 @@ def _icu_times(rng: np.random.Generator, adm: pd.DataFrame) -> None:
     late = ~early & (los_h > PREDICTION_HOURS + 12) & (rng.random(n) < np.where(died, 0.55, 0.05))
     in_h = np.where(early, rng.uniform(0.5, 10, n) * np.minimum(1, los_h / 24),
                     PREDICTION_HOURS + rng.uniform(0, 1, n) * np.minimum(72, los_h - PREDICTION_HOURS - 8))
-    stay_h = np.exp(rng.normal(np.log(50), 0.7, n))
-    out_h = np.where(died, los_h, np.minimum(in_h + stay_h, los_h - rng.uniform(2, 20, n).clip(0, los_h - in_h - 1)))
-    out_h = np.maximum(out_h, in_h + 1)
+    # The planned ICU exit does not know the outcome; a stay that outlasts the prediction time ends
+    # at death for those who die and before discharge for the others (after the prediction time only).
+    planned = in_h + np.exp(rng.normal(np.log(50), 0.7, n))
+    before_discharge = np.maximum(np.minimum(planned, los_h - rng.uniform(2, 20, n)), PREDICTION_HOURS + 0.5)
+    out_h = np.where(planned < PREDICTION_HOURS, planned, np.where(died, los_h, before_discharge))
+    out_h = np.clip(out_h, in_h + 0.5, los_h - 0.05)
     has = early | late
     jitter = rng.uniform(0, 59, n)  # ICU times have seconds in MIMIC
     adm["has_icu"] = has
     adm["icu_early"] = early
     adm["intime"] = (adm["admittime"] + seconds(in_h * 3600 + jitter)).where(has)
     adm["outtime"] = (adm["admittime"] + seconds(out_h * 3600 + jitter)).where(has)
-    adm.loc[has & died, "outtime"] = adm.loc[has & died, "dischtime"] + pd.Timedelta(seconds=17)
+    in_icu_at_death = has & died & ((planned >= PREDICTION_HOURS) | (planned >= los_h))
+    adm.loc[in_icu_at_death, "outtime"] = adm.loc[in_icu_at_death, "dischtime"] + pd.Timedelta(seconds=17)
 
 
 def _discharge_location(rng: np.random.Generator, adm: pd.DataFrame) -> np.ndarray:

@@ -75,6 +75,8 @@ OTHER_EXAMS = {
          "Large volume ascites and free air concerning for perforation."),
     ),
 }
+NEUTRAL = ("No pneumothorax is seen.", "The osseous structures are unremarkable.",
+           "Surgical clips project over the upper abdomen.", "Degenerative changes of the thoracic spine.")
 INTERVAL = {True: ("Interval worsening of the previously seen opacities.", "Findings have progressed since the prior."),
             False: ("Interval improvement compared to the prior study.", "Findings are stable to improved.")}
 TECHNIQUE = {"CHEST (PORTABLE AP)": "Portable AP chest radiograph.",
@@ -87,36 +89,51 @@ def _tier(level: np.ndarray) -> np.ndarray:
     return np.digitize(level, TIER_CUTS)
 
 
-def radiology_text(rng: np.random.Generator, level: float, exam: str, sex: str, prior: list[str] | None,
-                   trend: bool | None) -> tuple[str, list[str]]:
-    """One report; returns (text, its impression sentences, for copy-forward)."""
+def radiology_text(rng: np.random.Generator, level: float, exam: str, sex: str, prior: str | None,
+                   trend: bool | None) -> tuple[str, list[str], str]:
+    """One report: (text, its impression sentences, its most severe finding, for copy-forward).
+
+    Each sentence's tier is ``level`` plus sentence noise, so the share of worrying
+    sentences is graded; normal-lung sentences give way to neutral ones when a
+    sentence is moderate or worse, so a report does not contradict itself.
+    """
     man = "man" if sex == "M" else "woman"
-    if exam.startswith("CHEST"):
-        pools = CHEST
-        ind = pools["indication"][_tier(level + rng.normal(0, 0.6))]
-        find_pool, imp_pool = pools["findings"], pools["impression"]
+    chest = exam.startswith("CHEST")
+    if chest:
+        ind = CHEST["indication"][_tier(level + rng.normal(0, 0.6))]
+        find_pool, imp_pool = CHEST["findings"], CHEST["impression"]
     else:
         ind = (("headache", "altered mental status", "fall on anticoagulation", "sudden weakness")
                if "HEAD" in exam else ("abdominal pain", "fever, evaluate for abscess", "nausea and vomiting",
                                        "distension, elevated lactate"))
-        ind = (ind[min(3, _tier(level + rng.normal(0, 0.6)))],)
+        ind = (ind[_tier(level + rng.normal(0, 0.6))],)
         find_pool = imp_pool = OTHER_EXAMS[exam]
-    k = int(rng.integers(3, 6))
-    tiers = _tier(level + rng.normal(0, 0.6, k))
-    findings = list(dict.fromkeys(str(rng.choice(find_pool[t])) for t in tiers))
-    imp_tiers = _tier(level + rng.normal(0, 0.5, int(rng.integers(1, 3))))
+    tiers = _tier(level + rng.normal(0, 0.5, int(rng.integers(3, 6))))
+    top = int(tiers.max())
+    order = np.argsort(-tiers, kind="stable")
+    findings = []
+    for t in tiers[order]:
+        if t == 0 and top >= 2:
+            if chest:
+                findings.append(str(rng.choice(NEUTRAL)))
+        else:
+            findings.append(str(rng.choice(find_pool[t])))
+    findings = list(dict.fromkeys(findings))
+    key_finding = findings[0]
+    rng.shuffle(findings)
+    imp_tiers = np.maximum(_tier(level + rng.normal(0, 0.4, int(rng.integers(1, 3)))), top - 1)
     impression = list(dict.fromkeys(str(rng.choice(imp_pool[t])) for t in imp_tiers))
-    if prior:  # copy forward: a sentence or two carried over from the previous report
-        findings = [f"Again seen: {prior[0][0].lower()}{prior[0][1:]}"] + findings
+    if prior is not None:  # copy forward: the previous report's main finding, verbatim
+        findings = [prior] + [f for f in findings if f != prior]
         if trend is not None:
             impression = [str(rng.choice(INTERVAL[trend]))] + impression
-    comparison = "___" if prior else ("None." if rng.random() < 0.5 else "Chest radiograph ___.")
+    comparison = "___" if prior is not None else ("None." if rng.random() < 0.5 else "Chest radiograph ___.")
     text = (f"EXAMINATION:  {exam}\n\nINDICATION:  ___ year old {man} with {rng.choice(ind)}  // "
             f"{rng.choice(('eval for acute process', 'interval change?', 'please assess'))}\n\n"
             f"TECHNIQUE:  {TECHNIQUE[exam]}\n\nCOMPARISON:  {comparison}\n\nFINDINGS: \n\n"
             + " \n".join(findings) + "\n\nIMPRESSION: \n\n"
             + "\n".join(f"{i + 1}. {s}" if len(impression) > 1 else s for i, s in enumerate(impression)) + "\n")
-    return text, impression
+    return text, impression, key_finding
 
 
 def plan_radiology(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
@@ -145,7 +162,7 @@ def write_radiology(rng: np.random.Generator, root: Path, adm: pd.DataFrame,
     plan = plan_radiology(rng, adm)
     sex = patients.set_index("subject_id")["gender"]
     texts, impressions = [], {}
-    prev_adm, prior = -1, None
+    prev_adm, priors = -1, {}
     z = adm["z_notes"].to_numpy()
     zi = adm["z_imaging"].to_numpy()
     died = adm["label"].to_numpy() == 1
@@ -153,7 +170,7 @@ def write_radiology(rng: np.random.Generator, root: Path, adm: pd.DataFrame,
     report_noise = rng.normal(0, 0.3, len(plan))
     for j, (i, h) in enumerate(zip(plan["adm"].to_numpy(), plan["hours"].to_numpy())):
         if i != prev_adm:
-            prev_adm, prior = i, None
+            prev_adm, priors = i, {}
         level = z[i] + 0.15 * zi[i] + report_noise[j]
         trend = None
         if h > PREDICTION_HOURS:
@@ -165,10 +182,11 @@ def write_radiology(rng: np.random.Generator, root: Path, adm: pd.DataFrame,
         u = rng.random()
         exam = ("CHEST (PORTABLE AP)" if u < 0.45 else "CHEST (PA AND LAT)" if u < 0.75
                 else "CT HEAD W/O CONTRAST" if u < 0.87 else "CT ABD & PELVIS WITH CONTRAST")
-        text, imp = radiology_text(rng, level, exam, sex[adm["subject_id"].iat[i]], prior, trend)
+        family = "CHEST" if exam.startswith("CHEST") else exam  # chest films compare with chest films
+        text, imp, key = radiology_text(rng, level, exam, sex[adm["subject_id"].iat[i]], priors.get(family), trend)
         texts.append(text)
         impressions.setdefault(i, []).append((exam, imp))
-        prior = imp
+        priors[family] = key
     a = adm.iloc[plan["adm"].to_numpy()]
     plan["subject_id"] = a["subject_id"].to_numpy()
     plan["hadm_id"] = np.where(plan["inpatient"], a["hadm_id"].to_numpy(), np.nan)
@@ -210,8 +228,8 @@ def _course(rng, r, died: bool, sex: str) -> str:
         parts.append("Work-up was largely unremarkable and symptoms improved with supportive care.")
     if died:
         parts.append(str(rng.choice((
-            "Despite maximal support the patient continued to decline. After a family meeting, goals of care were "
-            "transitioned to comfort measures only and the patient expired on ___.",
+            ("Despite maximal support the patient continued to decline. After a family meeting, goals of care "
+             "were transitioned to comfort measures only and the patient expired on ___."),
             "The patient developed refractory shock and passed away on ___ with family at bedside.",
             "The patient had a PEA arrest; ACLS was unsuccessful and the patient expired. Family was notified."))))
     else:
