@@ -24,7 +24,7 @@ SOURCE = "notes"
 REQUIRED = ["note_id", "subject_id", "charttime", "text"]
 
 
-def _decode(path: Path) -> str:
+def _raw(path: Path) -> bytes:
     raw = path.read_bytes()
     if path.suffix == ".gz":
         import gzip
@@ -32,7 +32,7 @@ def _decode(path: Path) -> str:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
             raise DataError(f"cannot decompress: {e}", file=path) from None
-    return raw.decode("utf-8", errors="surrogateescape")
+    return raw
 
 
 def _has_surrogates(s: str) -> bool:
@@ -47,7 +47,8 @@ def read_note_file(path: Path, q: Quarantine) -> pd.DataFrame:
     if path.suffix == ".parquet":
         df = pd.read_parquet(path).astype("string")
     else:
-        df = pd.read_csv(io.StringIO(_decode(path)), dtype="string", keep_default_na=False, na_values=[""])
+        df = pd.read_csv(io.BytesIO(_raw(path)), dtype="string", keep_default_na=False, na_values=[""],
+                         encoding="utf-8", encoding_errors="surrogateescape")
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise DataError(f"required column(s) {missing} missing; found {list(df.columns)}", file=path,

@@ -140,7 +140,9 @@ class SentenceEncoder(BaseEstimator):
         return self.model_
 
     def fit(self, texts=None):
-        self.dim_ = int(self._model().get_sentence_embedding_dimension())
+        model = self._model()
+        dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dim_ = int(dim())
         return self
 
     def transform(self, texts: list[str]) -> np.ndarray:
