@@ -37,8 +37,6 @@ def _rows(n=12):
 
 
 def test_non_utf8_and_empty_rows_are_quarantined_and_the_rest_kept(tmp_path):
-    raw = _csv(_rows(10))
-
     rows = _rows(10)
     rows[5][-1] = "   "
     raw2 = _csv(rows).replace(b"grade 3.", b"grade \xff\xfe.", 1)
