@@ -89,11 +89,39 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
                 if "hadm_id" in X.columns else None}
 
     def _tensor_rows(self, tensors: dict | None, key: str, hadm: np.ndarray | None):
+        """(array, row of each hadm in it or NaN, decimation factor) for lazy gathering."""
         if not tensors or key not in tensors or hadm is None:
             return None
         ids, arr = tensors[key]
         pos = pd.Series(np.arange(len(ids)), index=np.asarray(ids))
-        return arr, pos.reindex(hadm).to_numpy()
+        factor = max(1, self.ecg_fs // WAVE_FS) if key == "ecg" else 1
+        return arr, pos.reindex(hadm).to_numpy(), factor
+
+    def _gather(self, src, idx: np.ndarray, key: str) -> np.ndarray:
+        """Rows ``idx`` of a lazy source, decimated (waves), zeros where absent."""
+        arr, rows, factor = src
+        r = rows[idx]
+        ok = ~np.isnan(r)
+        if key == "wave":
+            T = arr.shape[-1] // factor
+            out = np.zeros((len(idx), arr.shape[1], T), np.float32)
+        else:
+            out = np.zeros((len(idx), 1) + tuple(arr.shape[-2:]), np.float32)
+        if ok.any():
+            rr = r[ok].astype(int)
+            srt = np.sort(rr)
+            w = np.asarray(arr[srt], dtype=np.float32)[np.searchsorted(srt, rr)]  # sorted reads from a memmap
+            if key == "wave":
+                w = w[..., :T * factor].reshape(len(rr), arr.shape[1], T, factor).mean(-1)
+            out[ok] = w[:, :out.shape[1]]
+        return out
+
+    def _materialize(self, src, n: int, key: str, chunk: int = 1024):
+        """Gather and decimate all n rows once (training reuses them every epoch)."""
+        if src is None:
+            return None
+        parts = [self._gather(src, np.arange(s, min(n, s + chunk)), key) for s in range(0, n, chunk)]
+        return np.concatenate(parts), np.arange(n, dtype=float), 1
 
     def _batch(self, A: dict, idx: np.ndarray, waves, images, train: bool, rng) -> dict:
         mask = A["mask"][idx].copy()
@@ -104,30 +132,10 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
             mask = mask * ~drop
         b = {"tab": {m: torch.from_numpy(A["tab"][m][idx]) for m in self.modalities_},
              "mask": torch.from_numpy(mask)}
-        for key, src, shape in (("wave", waves, None), ("image", images, None)):
-            if src is None:
-                continue
-            arr, rows = src
-            r = rows[idx]
-            ok = ~np.isnan(r)
-            if key == "wave":
-                factor = max(1, self.ecg_fs // WAVE_FS)
-                T = arr.shape[-1] // factor
-                out = np.zeros((len(idx), arr.shape[1], T), np.float32)
-                if ok.any():
-                    w = np.asarray(arr[np.sort(r[ok].astype(int))])
-                    order = np.argsort(np.argsort(r[ok].astype(int)))
-                    w = w[order][..., :T * factor].reshape(ok.sum(), arr.shape[1], T, factor).mean(-1)
-                    out[ok] = w
-            else:
-                size = self.arch_["image_size"]
-                out = np.zeros((len(idx), 1, size, size), np.float32)
-                if ok.any():
-                    rr = r[ok].astype(int)
-                    srt = np.sort(rr)
-                    w = np.asarray(arr[srt])[np.searchsorted(srt, rr)]
-                    out[ok] = w[:, :1]
-            b[key] = torch.from_numpy(out)
+        if waves is not None:
+            b["wave"] = torch.from_numpy(self._gather(waves, idx, "wave"))
+        if images is not None:
+            b["image"] = torch.from_numpy(self._gather(images, idx, "image"))
         return b
 
     # ------------------------------------------------------------------ fit / predict
@@ -149,14 +157,19 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
                       "image": images is not None,
                       "image_size": int(images[0].shape[-1]) if images is not None else self.image_size}
         self.net_ = FusionNet(**self.arch_)
+        waves = self._materialize(waves, len(y), "wave")
+        images = self._materialize(images, len(y), "image")
         opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         loss_fn = torch.nn.BCEWithLogitsLoss()
         if eval_set is not None:
             Xv, yv = eval_set
-            Av = self._arrays(Xv)
-            wv = self._tensor_rows(tensors, "ecg", Av["hadm_id"]) if waves is not None else None
-            iv = self._tensor_rows(tensors, "imaging", Av["hadm_id"]) if images is not None else None
             yv = np.asarray(yv, dtype=np.float32)
+            Av = self._arrays(Xv)
+            wv = iv = None
+            if waves is not None:
+                wv = self._materialize(self._tensor_rows(tensors, "ecg", Av["hadm_id"]), len(yv), "wave")
+            if images is not None:
+                iv = self._materialize(self._tensor_rows(tensors, "imaging", Av["hadm_id"]), len(yv), "image")
         best, best_state, bad_epochs = np.inf, None, 0
         self.history_ = []
         for epoch in range(self.max_epochs):
