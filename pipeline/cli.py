@@ -32,12 +32,13 @@ def synth(patients: int = typer.Option(500, help="number of patients"),
 @app.command()
 def inspect(data: Path = typer.Option(..., help="data ROOT to look at (read-only)"),
             json_out: Optional[Path] = typer.Option(None, "--json", help="write the details as JSON"),
-            config: Optional[Path] = typer.Option(None, help="config file (JSON or YAML)")):
+            config: Optional[Path] = typer.Option(None, help="config file (JSON or YAML)"),
+            deep: bool = typer.Option(False, help="decode every image (slow) instead of structure checks")):
     """Read-only check of what a data folder holds."""
     from pipeline.jobs.inspect import inspect_data
     try:
         cfg = RunConfig.load(config)
-        code = inspect_data(data, cfg, json_out)
+        code = inspect_data(data, cfg, json_out, deep=deep)
     except DataError as e:
         _fail(e)
     raise typer.Exit(code)

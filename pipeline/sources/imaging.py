@@ -155,12 +155,38 @@ class LoadImageD:
         return d
 
 
-def inspect_images(paths) -> list[dict]:
+def quick_check(path: str | Path) -> None:
+    """Structure checks without decoding pixels: type, size, JPEG/PNG start and end
+    markers (a truncated file lacks its end marker), DICOM pixel data, NIfTI header."""
+    path = Path(path)
+    fmt = image_format(path)
+    _check_file(path, fmt)
+    if fmt in ("jpeg", "png"):
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(max(0, path.stat().st_size - 12))
+            tail = f.read()
+        if fmt == "jpeg" and (not head.startswith(b"\xff\xd8") or b"\xff\xd9" not in tail):
+            raise DataError("JPEG is truncated or corrupt (missing start/end marker)", file=path, field="image")
+        if fmt == "png" and (not head.startswith(b"\x89PNG") or b"IEND" not in tail):
+            raise DataError("PNG is truncated or corrupt (missing signature/IEND)", file=path, field="image")
+    elif fmt == "nifti":
+        import nibabel
+        try:
+            nibabel.load(str(path)).header.get_data_shape()
+        except Exception as e:  # nibabel raises several types for broken headers
+            raise DataError(f"unreadable NIfTI header ({type(e).__name__})", file=path, field="image") from None
+
+
+def inspect_images(paths, deep: bool = False) -> list[dict]:
+    """Per file a verdict; ``deep`` decodes through MONAI, otherwise structure checks only."""
     out = []
     for p in paths:
         try:
-            arr = load_image(p, size=32)
-            out.append({"file": str(p), "verdict": "ok", "reasons": [], "shape": list(arr.shape)})
+            shape = list(load_image(p, size=32).shape) if deep else None
+            if not deep:
+                quick_check(p)
+            out.append({"file": str(p), "verdict": "ok", "reasons": [], "shape": shape})
         except DataError as e:
             out.append({"file": str(p), "verdict": "bad", "reasons": [e.reason], "shape": None})
     return out
