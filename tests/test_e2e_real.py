@@ -1,5 +1,6 @@
 """End to end on the real MIMIC-IV demo: train, score in a fresh process, resume."""
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -127,3 +128,28 @@ def test_other_primary_models_train_score_and_explain(mimic_demo, tmp_path, prim
     assert t["reasons"].str.len().gt(0).all() and t["ehr"].notna().all()
     s = score(tmp_path / "run", mimic_demo, tmp_path / "s.parquet").set_index("hadm_id").loc[t.hadm_id]
     assert np.allclose(s["risk"].to_numpy(), t["risk"].to_numpy(), atol=1e-6)
+
+
+def test_inspect_wfdb_samples_gives_every_record_a_verdict(tmp_path):
+    from conftest import shared
+    root = shared("wfdb-samples")
+    out = tmp_path / "w.json"
+    r = subprocess.run(MMPIPE + ["inspect", "--data", str(root), "--json", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = {Path(x["record"]).name: x for x in json.loads(out.read_text())["ecg"]["records"]}
+    assert set(recs) >= {"1", "2", "100", "s0010_re", "v102s", "test01_00s"}
+    for x in recs.values():
+        assert x["verdict"] in ("ok", "warn", "bad") and isinstance(x["reasons"], list)
+    assert recs["1"]["verdict"] == "ok" and recs["test01_00s"]["verdict"] == "bad"
+
+
+def test_inspect_synthetic_root(synth_root, tmp_path):
+    out = tmp_path / "s.json"
+    r = subprocess.run(MMPIPE + ["inspect", "--data", str(synth_root), "--json", str(out)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    j = json.loads(out.read_text())
+    assert j["sources"]["absent"] == []
+    assert j["ecg"]["records"] and all({"record", "verdict", "reasons"} <= set(x) for x in j["ecg"]["records"])
+    assert j["images"]["verdicts"]["bad"] == 0 and j["notes"]["notes"] > 0
+    assert j["mimic_iv"]["tables"]["chartevents"]["rows"] > 0
