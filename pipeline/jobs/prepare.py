@@ -82,70 +82,56 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
     cohort_hash = output_hash(dirs["cohort"])
 
     features: dict[str, pd.DataFrame | None] = {}
-    modalities = [m for m in cfg.modalities]
-    # EHR
-    codes = fitted.get("ehr_codes")
-    dirs["features_ehr"] = _stage(work, "features_ehr", {"cohort": cohort_hash, "ingest": output_hash(dirs["ingest_ehr"])},
-                                  {"ehr": cfg.ehr.model_dump(mode="json"), "codes": codes},
-                                  lambda tmp, q: featurize_ehr(cohort, dirs["ingest_ehr"], cfg.ehr, tmp, codes=codes))
-    features["ehr"] = pd.read_parquet(dirs["features_ehr"] / "features.parquet")
+    modalities = list(cfg.modalities)
 
-    # ECG
+    def index(name: str, inputs: dict, config: dict, read, filename: str) -> pd.DataFrame:
+        """A source's index/table stage: ``read(quarantine) -> frame`` written to ``filename``."""
+        def body(tmp, q):
+            frame = read(q)
+            write_parquet(frame, tmp / filename)
+            return {"rows": len(frame)}
+        dirs[name] = _stage(work, name, inputs, config, body)
+        return pd.read_parquet(dirs[name] / filename)
+
+    def featurize(modality: str, inputs: dict, config: dict, fn) -> None:
+        name = f"features_{modality}"
+        dirs[name] = _stage(work, name, {"cohort": cohort_hash, **inputs}, config, fn)
+        features[modality] = pd.read_parquet(dirs[name] / "features.parquet")
+
+    codes = fitted.get("ehr_codes")
+    featurize("ehr", {"ingest": output_hash(dirs["ingest_ehr"])},
+              {"ehr": cfg.ehr.model_dump(mode="json"), "codes": codes},
+              lambda tmp, q: featurize_ehr(cohort, dirs["ingest_ehr"], cfg.ehr, tmp, codes=codes))
+
     if "ecg" in modalities and sources.paths["ecg"] is not None:
         from pipeline.sources.ecg import read_record_list
         from pipeline.stages.featurize_ecg import featurize_ecg
         eroot = sources.paths["ecg"]
+        idx = index("index_ecg", {"record_list": tree_hash(eroot, "record_list.csv*")}, {},
+                    lambda q: read_record_list(eroot, q), "ecg_index.parquet")
+        featurize("ecg", {"index": output_hash(dirs["index_ecg"])}, {"ecg": cfg.ecg.model_dump(mode="json")},
+                  lambda tmp, q: featurize_ecg(cohort, idx, cfg.ecg, tmp, q))
 
-        def ecg_index_body(tmp, q):
-            idx = read_record_list(eroot, q)
-            write_parquet(idx, tmp / "ecg_index.parquet")
-            return {"records": len(idx)}
-        dirs["index_ecg"] = _stage(work, "index_ecg", {"record_list": tree_hash(eroot, "record_list.csv*")}, {},
-                                   ecg_index_body)
-        idx = pd.read_parquet(dirs["index_ecg"] / "ecg_index.parquet")
-        dirs["features_ecg"] = _stage(work, "features_ecg", {"cohort": cohort_hash, "index": output_hash(dirs["index_ecg"])},
-                                      {"ecg": cfg.ecg.model_dump(mode="json")},
-                                      lambda tmp, q: featurize_ecg(cohort, idx, cfg.ecg, tmp, q))
-        features["ecg"] = pd.read_parquet(dirs["features_ecg"] / "features.parquet")
-
-    # Notes
     if "notes" in modalities and sources.paths["notes"] is not None:
         from pipeline.sources.notes import read_notes
         from pipeline.stages.featurize_notes import featurize_notes
         nroot = sources.paths["notes"]
-
-        def notes_index_body(tmp, q):
-            notes = read_notes(nroot, q, note_types=cfg.notes.note_types)
-            write_parquet(notes, tmp / "notes.parquet")
-            return {"notes": len(notes)}
-        dirs["index_notes"] = _stage(work, "index_notes", {"notes": tree_hash(nroot / "note")},
-                                     {"note_types": list(cfg.notes.note_types)}, notes_index_body)
-        notes = pd.read_parquet(dirs["index_notes"] / "notes.parquet")
+        notes = index("index_notes", {"notes": tree_hash(nroot / "note")}, {"note_types": list(cfg.notes.note_types)},
+                      lambda q: read_notes(nroot, q, note_types=cfg.notes.note_types), "notes.parquet")
         encoder = fitted.get("notes_encoder")
-        dirs["features_notes"] = _stage(
-            work, "features_notes", {"cohort": cohort_hash, "notes": output_hash(dirs["index_notes"])},
-            {"notes": cfg.notes.model_dump(mode="json"), "encoder": fitted.get("notes_encoder_hash")},
-            lambda tmp, q: featurize_notes(cohort, notes, cfg.notes, tmp, q, encoder=encoder))
-        features["notes"] = pd.read_parquet(dirs["features_notes"] / "features.parquet")
+        featurize("notes", {"notes": output_hash(dirs["index_notes"])},
+                  {"notes": cfg.notes.model_dump(mode="json"), "encoder": fitted.get("notes_encoder_hash")},
+                  lambda tmp, q: featurize_notes(cohort, notes, cfg.notes, tmp, q, encoder=encoder))
 
-    # Imaging
     if "imaging" in modalities and sources.paths["cxr"] is not None:
         from pipeline.sources.imaging import read_cxr_metadata
         from pipeline.stages.featurize_imaging import featurize_imaging
         croot = sources.paths["cxr"]
-
-        def img_index_body(tmp, q):
-            idx = read_cxr_metadata(croot, q)
-            write_parquet(idx, tmp / "imaging_index.parquet")
-            return {"images": len(idx)}
-        dirs["index_imaging"] = _stage(work, "index_imaging", {"metadata": tree_hash(croot, "mimic-cxr-2.0.0-*")}, {},
-                                       img_index_body)
-        iidx = pd.read_parquet(dirs["index_imaging"] / "imaging_index.parquet")
-        dirs["features_imaging"] = _stage(
-            work, "features_imaging", {"cohort": cohort_hash, "index": output_hash(dirs["index_imaging"])},
-            {"imaging": cfg.imaging.model_dump(mode="json")},
-            lambda tmp, q: featurize_imaging(cohort, iidx, cfg.imaging, tmp, q))
-        features["imaging"] = pd.read_parquet(dirs["features_imaging"] / "features.parquet")
+        iidx = index("index_imaging", {"metadata": tree_hash(croot, "mimic-cxr-2.0.0-*")}, {},
+                     lambda q: read_cxr_metadata(croot, q), "imaging_index.parquet")
+        featurize("imaging", {"index": output_hash(dirs["index_imaging"])},
+                  {"imaging": cfg.imaging.model_dump(mode="json")},
+                  lambda tmp, q: featurize_imaging(cohort, iidx, cfg.imaging, tmp, q))
 
     table = align(cohort, features)
     item_times = {m: f[["hadm_id", "item_time"]] for m, f in features.items()
