@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from data_schemas.modalities import QUARANTINE
-from pipeline.artifacts import CODE_VERSION, read_json, write_json, write_parquet
+from pipeline.artifacts import CODE_VERSION, output_hash, read_json, run_stage, write_json, write_parquet
 from pipeline.config import RunConfig
 from pipeline.errors import DataError
 from pipeline.explain.explanation import Explanation, tree_shap
@@ -22,6 +22,8 @@ from pipeline.models.metrics import age_band, availability_pattern, by_group, ev
 from pipeline.sources.discover import discover
 from pipeline.stages import leakage
 from pipeline.stages.align import feature_columns, mask_col, modality_of
+from pipeline.stages.featurize_ehr import pretty_feature
+from pipeline.stages.tensorize import tensorize
 
 
 def model_features(prep: Prepared) -> list[str]:
@@ -135,9 +137,8 @@ def score_rows(rows: pd.DataFrame, model, calibrator: Calibrator, meta: dict, pr
     return out, exp
 
 
-def pretty_namer(prep_or_codes) -> callable:
-    from pipeline.stages.featurize_ehr import pretty_feature
-    labels = prep_or_codes
+def pretty_namer(labels: dict[str, str]):
+    """feature name -> readable label, using the code dictionary (code -> label)."""
     return lambda name: pretty_feature(name, labels)
 
 
@@ -159,8 +160,6 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
     for w in audit["warnings"]:
         log(f"[leakage] WARNING {w['feature']}: AUROC {w['auroc']} alone")
 
-    from pipeline.artifacts import output_hash, run_stage
-    from pipeline.stages.tensorize import tensorize
     tensor_inputs = {k: output_hash(v) for k, v in prep.stage_dirs.items() if k.startswith("features_")}
     tensor_inputs["cohort"] = output_hash(prep.stage_dirs["cohort"])
     prep.stage_dirs["tensorize"] = run_stage(
