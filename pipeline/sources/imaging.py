@@ -1,15 +1,23 @@
-"""MIMIC-CXR-JPG metadata and image loading through MONAI readers.
+"""MIMIC-CXR-JPG metadata and image loading through MONAI dictionary transforms.
 
 ``load_image`` is the array core (path -> float32 [size, size] in [0, 1]); ``LoadImageD``
-is the thin keyed wrapper.  PNG/JPEG go through MONAI's PILReader, DICOM through
-PydicomReader (after pydicom says the file has pixel data), NIfTI through
-NibabelReader.  3-D/4-D volumes give their middle slice (first volume); RGB becomes
-grayscale.  Unreadable files raise ``DataError`` naming the file and what is wrong.
+is the thin keyed wrapper that copies its input dict.  Inside, one MONAI ``Compose`` of
+dictionary transforms per file type does the work: ``LoadImaged`` with an explicit
+reader (PILReader for PNG/JPEG, PydicomReader for DICOM after pydicom says the file has
+pixel data, NibabelReader for NIfTI), ``EnsureChannelFirstd``, the 2-D slice,
+``Resized`` and ``ScaleIntensityd``.
+
+Orientation: PNG/JPEG/DICOM arrays keep the stored row order (row 0 = top of the
+image, MONAI's default would transpose them), so "upper/lower" and "left/right" in
+the imaging features mean what they say.  3-D/4-D volumes give their middle slice
+along the last spatial axis (of the first volume / channel); RGB becomes grayscale.
+Unreadable files raise ``DataError`` naming the file and what is wrong.
 """
 from __future__ import annotations
 
 import logging
 import warnings
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -23,130 +31,212 @@ logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR
 
 SOURCE = "imaging"
 REQUIRED = ["dicom_id", "subject_id", "study_id", "StudyDate", "StudyTime"]
-FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".dcm": "dicom", ".nii": "nifti", ".gz": "nifti"}
+FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".dcm": "dicom", ".nii": "nifti"}
+KEY = "image"
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
-def image_format(path: Path) -> str | None:
+def image_format(path: str | Path) -> str | None:
+    """'png', 'jpeg', 'dicom', 'nifti' or None (unsupported) from the file name."""
     name = str(path).lower()
     if name.endswith(".nii.gz"):
         return "nifti"
-    return FORMATS.get(Path(name).suffix) if not name.endswith(".gz") else None
+    return FORMATS.get(Path(name).suffix)
 
+
+# --- MIMIC-CXR-JPG metadata -------------------------------------------------------------
 
 def metadata_path(cxr_root: Path) -> Path:
     for name in ("mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-metadata.csv"):
         if (Path(cxr_root) / name).exists():
             return Path(cxr_root) / name
-    raise DataError("no mimic-cxr-2.0.0-metadata.csv(.gz) in the CXR folder", file=cxr_root)
+    raise DataError("no mimic-cxr-2.0.0-metadata.csv(.gz) in the CXR folder", file=cxr_root,
+                    hint="point sources.cxr at the MIMIC-CXR-JPG folder that holds files/ and the metadata")
+
+
+def _study_time(date: pd.Series, time: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """StudyDate (YYYYMMDD) + StudyTime (HHMMSS.fff, leading zeros possibly dropped) ->
+    timestamps; also the masks of good dates and good times."""
+    day = pd.to_datetime(date.fillna("").str.split(".").str[0], format="%Y%m%d", errors="coerce")
+    secs = pd.to_numeric(time, errors="coerce")
+    whole = secs.fillna(-1).astype("int64")
+    hh, mm, ss = whole // 10000, whole // 100 % 100, whole % 100
+    t_ok = secs.notna() & (secs >= 0) & (hh < 24) & (mm < 60) & (ss < 60)
+    offset = pd.to_timedelta(hh * 3600 + mm * 60 + ss, unit="s") + pd.to_timedelta(
+        (secs - whole).clip(lower=0).round(6), unit="s")
+    return day + offset.where(t_ok), day.notna(), t_ok
 
 
 def read_cxr_metadata(cxr_root: Path, quarantine: Quarantine) -> pd.DataFrame:
-    cxr_root = Path(cxr_root)
+    """``mimic-cxr-2.0.0-metadata.csv.gz`` -> the IMAGING_INDEX table (absolute .jpg paths).
+
+    A missing required column is a ``DataError``; a row with a bad id, date or time, or a
+    repeated dicom_id, is quarantined (row = line number, the header is line 1)."""
+    cxr_root = Path(cxr_root).absolute()
     path = metadata_path(cxr_root)
     df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""])
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise DataError(f"required column(s) {missing} missing; found {list(df.columns)}", file=path,
-                        field=missing[0])
+                        field=missing[0], hint="expected the MIMIC-CXR-JPG 2.0.0 metadata file")
     sid = pd.to_numeric(df["subject_id"], errors="coerce")
     study = pd.to_numeric(df["study_id"], errors="coerce")
-    date = df["StudyDate"].fillna("").str.split(".").str[0]
-    tm = df["StudyTime"].fillna("0").str.split(".").str[0].str.zfill(6)
-    when = pd.to_datetime(date + tm, format="%Y%m%d%H%M%S", errors="coerce")
+    when, date_ok, time_ok = _study_time(df["StudyDate"], df["StudyTime"])
     bad = pd.Series(False, index=df.index)
-    for col, ok in (("subject_id", sid.notna()), ("study_id", study.notna()), ("dicom_id", df["dicom_id"].notna()),
-                    ("StudyDate", when.notna())):
+    checks = (("subject_id", sid.notna() & (sid > 0)), ("study_id", study.notna()),
+              ("dicom_id", df["dicom_id"].notna()), ("StudyDate", date_ok), ("StudyTime", time_ok))
+    for col, ok in checks:
         for i in np.flatnonzero((~ok & ~bad).to_numpy()):
             quarantine.add(SOURCE, path, int(i) + 2, col, f"missing or unparseable {col}")
         bad |= ~ok
     dup = df["dicom_id"].duplicated() & ~bad
     for i in np.flatnonzero(dup.to_numpy()):
-        quarantine.add(SOURCE, path, int(i) + 2, "dicom_id", "duplicated dicom_id")
+        quarantine.add(SOURCE, path, int(i) + 2, "dicom_id", "duplicated dicom_id (later row dropped)")
     bad |= dup
     df, sid, study, when = df[~bad], sid[~bad], study[~bad], when[~bad]
+    sid_s, study_s = sid.astype("int64").astype(str), study.astype("int64").astype(str)
     files = cxr_root / "files"
     paths = [str(files / f"p{s[:2]}" / f"p{s}" / f"s{st}" / f"{d}.jpg")
-             for s, st, d in zip(sid.astype("int64").astype(str), study.astype("int64").astype(str), df["dicom_id"])]
+             for s, st, d in zip(sid_s, study_s, df["dicom_id"])]
+    view = df["ViewPosition"] if "ViewPosition" in df.columns else pd.Series("", index=df.index)
     out = pd.DataFrame({"subject_id": sid.astype("int64"), "study_id": study.astype("int64"),
                         "dicom_id": df["dicom_id"].astype(object), "image_time": when.astype("datetime64[ns]"),
-                        "view_position": (df["ViewPosition"] if "ViewPosition" in df.columns
-                                          else pd.Series("", index=df.index)).fillna("").astype(object),
+                        "view_position": view.fillna("").str.strip().str.upper().astype(object),
                         "path": paths})
     return IMAGING_INDEX.validate(out.reset_index(drop=True), path)
 
 
 def index_image_folder(folder: Path) -> pd.DataFrame:
+    """Every PNG/JPEG/DICOM/NIfTI file under ``folder``: columns path, format."""
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and image_format(p))
-    return pd.DataFrame({"path": [str(p) for p in files], "format": [image_format(p) for p in files]})
+    return pd.DataFrame({"path": pd.Series([str(p) for p in files], dtype=object),
+                         "format": pd.Series([image_format(p) for p in files], dtype=object)})
 
 
-def _reader(fmt: str):
+# --- loading ------------------------------------------------------------------------------
+
+def _to_grayscale(img, min_side: int | None = None):
+    """PILReader converter: palette/colour/alpha modes -> 8-bit grayscale ('L');
+    grayscale modes (L, I;16, I, F) are kept as they are.  With ``min_side`` a JPEG is
+    decoded at the smallest 1/2, 1/4 or 1/8 scale that keeps both sides >= min_side
+    (PIL's draft mode: a full-size MIMIC-CXR JPEG decodes ~10x faster)."""
+    if min_side and img.format == "JPEG" and img.mode in ("L", "RGB", "YCbCr"):
+        img.draft("L", (min_side, min_side))
+    if img.mode in ("L", "I", "F") or img.mode.startswith("I;"):
+        return img
+    return img.convert("L")
+
+
+def _reader(fmt: str, size: int | None = None):
     from monai.data import NibabelReader, PILReader, PydicomReader
-    return {"png": PILReader, "jpeg": PILReader, "dicom": PydicomReader, "nifti": NibabelReader}[fmt]()
+    if fmt in ("png", "jpeg"):
+        conv = partial(_to_grayscale, min_side=4 * size) if size else _to_grayscale
+        return PILReader(converter=conv, reverse_indexing=False)
+    if fmt == "dicom":
+        return PydicomReader(swap_ij=False)
+    return NibabelReader()
+
+
+def to_slice(arr: np.ndarray) -> np.ndarray:
+    """Array core: a channel-first image (C, H, W) or volume (C, H, W, D) -> [1, H, W]:
+    RGB(A) -> mean of the colour channels, otherwise the first channel / volume;
+    a volume -> its middle slice along the last axis."""
+    a = np.asarray(arr, dtype=np.float32)
+    if a.ndim == 2:
+        return a[None]
+    if a.ndim == 3:
+        return a[:3].mean(axis=0, keepdims=True) if a.shape[0] in (3, 4) else a[:1]
+    if a.ndim == 4:
+        return a[:1, :, :, a.shape[3] // 2]
+    raise DataError(f"expected a 2-D image or a 3-D/4-D volume, found array shape {a.shape}", field="image")
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0) if not np.isfinite(a).all() else a
+
+
+@lru_cache(maxsize=16)
+def _pipeline(fmt: str, size: int):
+    """The MONAI dictionary transforms for one file type and output size."""
+    from monai.transforms import Compose, EnsureChannelFirstd, Lambdad, LoadImaged, Resized, ScaleIntensityd
+    return Compose([
+        LoadImaged(keys=KEY, reader=_reader(fmt, size), image_only=True),
+        EnsureChannelFirstd(keys=KEY),
+        Lambdad(keys=KEY, func=lambda a: _finite(to_slice(a))),
+        Resized(keys=KEY, spatial_size=(size, size), mode="area"),
+        ScaleIntensityd(keys=KEY, minv=0.0, maxv=1.0),
+    ])
 
 
 def _check_file(path: Path, fmt: str | None) -> None:
+    """Cheap checks before decoding: type, presence, size, DICOM pixel data, NIfTI header."""
     if fmt is None:
-        raise DataError(f"unsupported image type '{path.suffix}'", file=path, field="image",
-                        hint="PNG, JPEG, DICOM (.dcm) or NIfTI (.nii, .nii.gz)")
+        raise DataError(f"unsupported image type '{''.join(path.suffixes) or path.name}'", file=path,
+                        field="image", hint="PNG, JPEG, DICOM (.dcm) or NIfTI (.nii, .nii.gz)")
     if not path.exists():
         raise DataError("image file is missing", file=path, field="image")
     if path.stat().st_size == 0:
         raise DataError("image file is empty (0 bytes)", file=path, field="image")
     if fmt == "dicom":
         import pydicom
-        try:
-            ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+        try:  # defer_size: large values (the pixels) are not read, only their tags
+            ds = pydicom.dcmread(str(path), force=True, defer_size="1 KB")
+            has_pixels = any(t in ds for t in _PIXEL_TAGS)
+            dicom_like = "SOPClassUID" in ds or "Modality" in ds or has_pixels
         except Exception as e:  # pydicom raises many types for broken files
-            raise DataError(f"unreadable DICOM: {type(e).__name__}", file=path, field="image") from None
-        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-            # stop_before_pixels hides the tag: look again cheaply at the full file's tags
-            full = pydicom.dcmread(str(path), force=True, defer_size="1 KB")
-            if "PixelData" not in full and "FloatPixelData" not in full and "DoubleFloatPixelData" not in full:
-                raise DataError("DICOM has no pixel data", file=path, field="pixel data",
-                                hint="structured reports and RT plans carry no image")
+            raise DataError(f"unreadable DICOM ({type(e).__name__})", file=path, field="image") from None
+        if not dicom_like:
+            raise DataError("not a DICOM file (no DICOM tags found)", file=path, field="image")
+        if not has_pixels:
+            raise DataError("DICOM has no pixel data", file=path, field="pixel data",
+                            hint=f"Modality {ds.get('Modality', 'unknown')}: structured reports, RT plans and "
+                                 "other non-image objects carry no image")
+    if fmt == "nifti":
+        import nibabel
+        try:
+            nibabel.load(str(path)).header.get_data_shape()
+        except Exception as e:  # nibabel raises several types for broken headers
+            raise DataError(f"unreadable NIfTI header ({type(e).__name__})", file=path, field="image") from None
 
 
-def to_slice(arr: np.ndarray) -> np.ndarray:
-    """Channel-first MONAI array -> one 2-D grayscale slice."""
-    a = np.asarray(arr, dtype=np.float32)
-    if a.ndim == 3:       # C, H, W  (C = 1, 3 or 4)
-        return a[:3].mean(axis=0) if a.shape[0] in (3, 4) else a[0]
-    if a.ndim == 4:       # C, H, W, D: first channel/volume, middle slice
-        return a[0][:, :, a.shape[3] // 2]
-    if a.ndim == 2:
-        return a
-    raise ValueError(f"unexpected image shape {a.shape}")
+def _reader_error(fmt: str, path: Path) -> Exception | None:
+    """The exception our explicit reader raises on ``path`` (None if it reads)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reader = _reader(fmt, 64)
+            reader.get_data(reader.read(str(path)))
+    except Exception as e:  # only to report it
+        return e
+    return None
 
 
 def load_image(path: str | Path, size: int = 64) -> np.ndarray:
     """Array core: one image file -> float32 [size, size] scaled to [0, 1]."""
-    from monai.transforms import EnsureChannelFirst, LoadImage, Resize, ScaleIntensity
     path = Path(path)
     fmt = image_format(path)
     _check_file(path, fmt)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = LoadImage(reader=_reader(fmt), image_only=True)(str(path))
-            img = EnsureChannelFirst()(img)
-            arr = to_slice(np.asarray(img))
-    except DataError:
-        raise
-    except Exception as e:  # MONAI wraps decoder errors in several types
-        raise DataError(f"cannot decode image ({type(e).__name__}: {str(e)[:120]})", file=path,
-                        field="image") from None
-    if not np.isfinite(arr).all():
-        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
-    out = Resize((size, size))(arr[None])
-    out = ScaleIntensity(minv=0.0, maxv=1.0)(out)
+            out = _pipeline(fmt, int(size))({KEY: str(path)})[KEY]
+    except Exception as e:  # MONAI wraps decoder errors (PIL, pydicom, nibabel) in RuntimeError
+        cause = e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, DataError):
+            raise DataError(cause.reason, file=path, field=cause.field) from None
+        if "cannot find a suitable reader" in str(cause):  # MONAI tried its other readers too: ask ours why
+            cause = _reader_error(fmt, path) or cause
+        raise DataError(f"cannot decode image ({type(cause).__name__}: {str(cause)[:120]})", file=path,
+                        field="image", hint="the file is corrupt, truncated or not the type its name says") from None
     return np.asarray(out, dtype=np.float32)[0]
 
 
 class LoadImageD:
-    """Keyed wrapper: copies the dict and puts the loaded array under ``key``."""
+    """Keyed wrapper around ``load_image``: copies the dict, loads the path under ``key``."""
 
-    def __init__(self, key: str = "image", size: int = 64):
+    def __init__(self, key: str = KEY, size: int = 64):
         self.key, self.size = key, size
 
     def __call__(self, data: dict) -> dict:
@@ -155,9 +245,11 @@ class LoadImageD:
         return d
 
 
+# --- inspection ---------------------------------------------------------------------------
+
 def quick_check(path: str | Path) -> None:
-    """Structure checks without decoding pixels: type, size, JPEG/PNG start and end
-    markers (a truncated file lacks its end marker), DICOM pixel data, NIfTI header."""
+    """Structure checks without decoding pixels: type, size, DICOM pixel data, NIfTI
+    header, JPEG/PNG start and end markers (a truncated file lacks its end marker)."""
     path = Path(path)
     fmt = image_format(path)
     _check_file(path, fmt)
@@ -170,23 +262,24 @@ def quick_check(path: str | Path) -> None:
             raise DataError("JPEG is truncated or corrupt (missing start/end marker)", file=path, field="image")
         if fmt == "png" and (not head.startswith(b"\x89PNG") or b"IEND" not in tail):
             raise DataError("PNG is truncated or corrupt (missing signature/IEND)", file=path, field="image")
-    elif fmt == "nifti":
-        import nibabel
-        try:
-            nibabel.load(str(path)).header.get_data_shape()
-        except Exception as e:  # nibabel raises several types for broken headers
-            raise DataError(f"unreadable NIfTI header ({type(e).__name__})", file=path, field="image") from None
 
 
-def inspect_images(paths, deep: bool = False) -> list[dict]:
-    """Per file a verdict; ``deep`` decodes through MONAI, otherwise structure checks only."""
+def inspect_images(paths, deep: bool = False, size: int = 32) -> list[dict]:
+    """Per file {"file", "verdict" ("ok"/"bad"), "reasons", "shape"}; never raises.
+
+    ``deep`` decodes every file through MONAI (shape = the loaded [size, size] array);
+    otherwise structure checks only (shape None)."""
     out = []
     for p in paths:
+        rec = {"file": str(p), "verdict": "ok", "reasons": [], "shape": None}
         try:
-            shape = list(load_image(p, size=32).shape) if deep else None
-            if not deep:
+            if deep:
+                rec["shape"] = list(load_image(p, size=size).shape)
+            else:
                 quick_check(p)
-            out.append({"file": str(p), "verdict": "ok", "reasons": [], "shape": shape})
         except DataError as e:
-            out.append({"file": str(p), "verdict": "bad", "reasons": [e.reason], "shape": None})
+            rec.update(verdict="bad", reasons=[e.reason])
+        except Exception as e:  # a verdict for every file: an unexpected failure is a "bad" with its type
+            rec.update(verdict="bad", reasons=[f"unexpected {type(e).__name__}: {str(e)[:120]}"])
+        out.append(rec)
     return out

@@ -1,15 +1,20 @@
 """MIMIC-IV-Note (note/radiology.csv.gz, note/discharge.csv.gz) into the NOTES table.
 
-Bytes are decoded per file with ``surrogateescape`` so one row that is not valid
-UTF-8 is quarantined (file, row, field "text") without losing the others; empty
-text, an unparseable time and a duplicated note_id are quarantined too.  Note
-text never appears in an error, a quarantine reason or a log line.
+Bytes are decoded with ``surrogateescape``, so a row that is not valid UTF-8 is
+quarantined (file, row, field) without losing the others; empty text, a bad
+subject_id, an unparseable time and a repeated note_id (the later one) are quarantined
+too.  ``row`` is the line number where the record starts in the decompressed CSV
+(the header is line 1; a note's text spans several lines).
+
+Note text never appears in an error, a quarantine reason or a log line.
+
 A note's ``charttime`` is replaced by its ``storetime`` when that is later: a note
 is known to the model only once it was stored (real discharge summaries carry a
 date-only charttime).
 """
 from __future__ import annotations
 
+import gzip
 import io
 from pathlib import Path
 
@@ -26,16 +31,18 @@ REQUIRED = ["note_id", "subject_id", "charttime", "text"]
 
 def _raw(path: Path) -> bytes:
     raw = path.read_bytes()
-    if path.suffix == ".gz":
-        import gzip
+    if path.name.endswith(".gz"):
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
-            raise DataError(f"cannot decompress: {e}", file=path) from None
+            raise DataError(f"cannot decompress ({type(e).__name__})", file=path,
+                            hint="the .gz file is truncated or not gzip") from None
     return raw
 
 
-def _has_surrogates(s: str) -> bool:
+def _has_surrogates(s) -> bool:
+    if not isinstance(s, str):
+        return False
     try:
         s.encode("utf-8")
         return False
@@ -43,65 +50,91 @@ def _has_surrogates(s: str) -> bool:
         return True
 
 
-def read_note_file(path: Path, q: Quarantine) -> pd.DataFrame:
+def _read_table(path: Path) -> pd.DataFrame:
     if path.suffix == ".parquet":
-        df = pd.read_parquet(path).astype("string")
-    else:
-        df = pd.read_csv(io.BytesIO(_raw(path)), dtype="string", keep_default_na=False, na_values=[""],
-                         encoding="utf-8", encoding_errors="surrogateescape")
+        return pd.read_parquet(path).astype("string")
+    try:
+        return pd.read_csv(io.BytesIO(_raw(path)), dtype="string", keep_default_na=False, na_values=[""],
+                           encoding="utf-8", encoding_errors="surrogateescape")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        # pandas' messages name line numbers and field counts, never cell contents
+        raise DataError(f"cannot parse the CSV ({type(e).__name__}: {str(e).splitlines()[-1][:160]})",
+                        file=path) from None
+
+
+def _record_lines(df: pd.DataFrame) -> np.ndarray:
+    """Line number (header = 1) on which each record starts, counting newlines inside fields."""
+    nl = np.zeros(len(df), dtype=np.int64)
+    for c in df.columns:
+        nl += df[c].fillna("").str.count("\n").to_numpy(dtype=np.int64)
+    return 2 + np.concatenate([[0], np.cumsum(1 + nl)[:-1]]).astype(np.int64) if len(df) else nl
+
+
+def read_note_file(path: Path, q: Quarantine) -> pd.DataFrame:
+    """One note file -> NOTES rows plus ``_file``/``_line`` (where each row came from)."""
+    path = Path(path)
+    df = _read_table(path)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise DataError(f"required column(s) {missing} missing; found {list(df.columns)}", file=path,
-                        field=missing[0])
-    bad = pd.Series(False, index=df.index)
+                        field=missing[0], hint="expected MIMIC-IV-Note columns note_id, subject_id, hadm_id, "
+                                               "note_type, note_seq, charttime, storetime, text")
+    lines = _record_lines(df) if path.suffix != ".parquet" else np.arange(len(df)) + 1
+    bad = np.zeros(len(df), dtype=bool)
+
+    def flag(mask, field: str, reason: str) -> None:
+        nonlocal bad
+        mask = np.asarray(mask, dtype=bool) & ~bad
+        for i in np.flatnonzero(mask):
+            q.add(SOURCE, path, int(lines[i]), field, reason)
+        bad |= mask
+
+    for col in ["text"] + [c for c in df.columns if c != "text"]:
+        flag(np.fromiter(map(_has_surrogates, df[col].to_numpy(dtype=object)), dtype=bool, count=len(df)), col,
+             f"{col} is not valid UTF-8")
     text = df["text"].fillna("")
-    for i in np.flatnonzero(text.map(_has_surrogates).to_numpy()):
-        q.add(SOURCE, path, int(i) + 2, "text", "text is not valid UTF-8")
-        bad.iloc[i] = True
-    empty = text.str.strip().eq("") & ~bad
-    for i in np.flatnonzero(empty.to_numpy()):
-        q.add(SOURCE, path, int(i) + 2, "text", "empty note")
-    bad |= empty
+    flag(text.str.strip().eq("").to_numpy(), "text", "empty note")
     sid = pd.to_numeric(df["subject_id"], errors="coerce")
-    for i in np.flatnonzero((sid.isna() & ~bad).to_numpy()):
-        q.add(SOURCE, path, int(i) + 2, "subject_id", "missing or unparseable subject_id")
-    bad |= sid.isna()
+    flag(sid.isna().to_numpy(), "subject_id", "missing or unparseable subject_id")
+    flag(df["note_id"].fillna("").str.strip().eq("").to_numpy(), "note_id", "missing note_id")
     ct = pd.to_datetime(df["charttime"], errors="coerce", format="mixed")
-    for i in np.flatnonzero((ct.isna() & ~bad).to_numpy()):
-        q.add(SOURCE, path, int(i) + 2, "charttime", "missing or unparseable charttime")
-    bad |= ct.isna()
+    flag(ct.isna().to_numpy(), "charttime", "missing or unparseable charttime")
     if "storetime" in df.columns:
         st = pd.to_datetime(df["storetime"], errors="coerce", format="mixed")
         ct = ct.where(st.isna() | (st <= ct), st)
-    dup = df["note_id"].duplicated() & ~bad
-    for i in np.flatnonzero(dup.to_numpy()):
-        q.add(SOURCE, path, int(i) + 2, "note_id", "duplicated note_id")
-    bad |= dup
+    seen = df["note_id"].where(~bad)  # a bad row does not claim its note_id
+    flag((seen.duplicated() & seen.notna()).to_numpy(), "note_id", "duplicated note_id (later row dropped)")
     keep = ~bad
     note_type = df["note_type"] if "note_type" in df.columns else pd.Series(path.name.split(".")[0], index=df.index)
     hadm = pd.to_numeric(df["hadm_id"], errors="coerce") if "hadm_id" in df.columns else np.nan
     out = pd.DataFrame({"note_id": df["note_id"].astype(object), "subject_id": sid, "hadm_id": hadm,
-                        "note_type": note_type.astype(object), "charttime": ct, "text": text.astype(object)})[keep]
+                        "note_type": note_type.astype(object), "charttime": ct, "text": text.astype(object),
+                        "_file": str(path), "_line": lines})[keep]
     out["subject_id"] = out["subject_id"].astype("int64")
     out["hadm_id"] = out["hadm_id"].astype("float64")
     out["charttime"] = out["charttime"].astype("datetime64[ns]")
     return out
 
 
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame({"note_id": pd.Series(dtype=object), "subject_id": pd.Series(dtype="int64"),
+                         "hadm_id": pd.Series(dtype="float64"), "note_type": pd.Series(dtype=object),
+                         "charttime": pd.Series(dtype="datetime64[ns]"), "text": pd.Series(dtype=object),
+                         "_file": pd.Series(dtype=object), "_line": pd.Series(dtype="int64")})
+
+
 def read_notes(note_root: Path, quarantine: Quarantine,
                note_types: tuple[str, ...] = ("radiology", "discharge")) -> pd.DataFrame:
-    """All note files of ``note_root/note/`` that are present; either may be absent."""
+    """The note files of ``note_root/note/`` that are present (either may be absent) ->
+    one NOTES table; a note_id already read from an earlier file is quarantined."""
     frames = []
     for name in note_types:
         path = find_table(Path(note_root) / "note", name)
         if path is not None:
             frames.append(read_note_file(path, quarantine))
-    if not frames:
-        frames = [pd.DataFrame({"note_id": pd.Series(dtype=object), "subject_id": pd.Series(dtype="int64"),
-                                "hadm_id": pd.Series(dtype="float64"), "note_type": pd.Series(dtype=object),
-                                "charttime": pd.Series(dtype="datetime64[ns]"), "text": pd.Series(dtype=object)})]
-    notes = pd.concat(frames, ignore_index=True)
+    notes = pd.concat(frames, ignore_index=True) if frames else _empty()
     dup = notes["note_id"].duplicated()
-    for _ in range(int(dup.sum())):
-        quarantine.add(SOURCE, "note/", None, "note_id", "a note_id appears in two note files")
-    return NOTES.validate(notes[~dup].reset_index(drop=True))
+    for f, line in zip(notes.loc[dup, "_file"], notes.loc[dup, "_line"]):
+        quarantine.add(SOURCE, f, int(line), "note_id", "note_id already read from another note file")
+    notes = notes[~dup].drop(columns=["_file", "_line"]).reset_index(drop=True)
+    return NOTES.validate(notes, Path(note_root) / "note")

