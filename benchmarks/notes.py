@@ -34,7 +34,13 @@ def main() -> None:
     from pipeline.config import NotesConfig
     from pipeline.errors import Quarantine
     from pipeline.sources.notes import read_notes
-    from pipeline.stages.featurize_notes import SentenceEncoder, TfidfSVDEncoder, chunks, clean, featurize_notes
+    from pipeline.stages.featurize_notes import (
+        SentenceEncoder,
+        TfidfSVDEncoder,
+        chunks,
+        clean,
+        featurize_notes,
+    )
     from pipeline.synthetic import generate_cohort
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,6 +92,8 @@ def main() -> None:
     t = time.time()
     st = SentenceEncoder(cache_dir=str(work / "cache")).fit()
     load_s = time.time() - t
+    texts = [c for txt in cleaned for c in chunks(txt, st.chunk_words)]
+    cw = sum(len(x.split()) for x in texts)
     t = time.time()
     st.transform(texts)
     enc_s = time.time() - t

@@ -19,7 +19,7 @@ import pandas as pd
 
 from data_schemas.base import Schema
 
-CODE_VERSION = "0.1.0"
+CODE_VERSION = "0.1.1"
 
 
 def file_hash(path: Path, full: bool | None = None) -> str:

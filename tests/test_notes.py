@@ -32,8 +32,8 @@ def _write(root, radiology: bytes | None, discharge: bytes | None = None):
 def _rows(n=12):
     """One radiology report per subject i (3 lines of text each)."""
     return [[f"{i}-RR-1", i, 100 + i, "RR", 1, "2150-01-01 10:00:00", "2150-01-01 11:00:00",
-             f"EXAMINATION: CHEST\nFINDINGS: patchy opacity number {i % 3} in the lung. heart size normal.\n"
-             f"IMPRESSION: possible pneumonia grade {i % 4}."] for i in range(n)]
+             (f"EXAMINATION: CHEST\nFINDINGS: patchy opacity number {i % 3} in the lung. heart size normal.\n"
+              f"IMPRESSION: possible pneumonia grade {i % 4}.")] for i in range(n)]
 
 
 def _cohort(n):
@@ -156,7 +156,7 @@ def test_sectioning_chunking_and_copy_forward_dedup():
     ds = ("Name:  ___  Unit No:   ___\nAdmission Date:  ___\nChief Complaint:\ndyspnea\n"
           "Brief Hospital Course:\nTreated for ___ pneumonia.\nFollowup Instructions:\n___\n")
     assert clean(ds, "DS") == "dyspnea\nTreated for pneumonia."
-    a, b = dedupe_sentences(["Heart normal. New effusion.", "Heart normal. Worse effusion."])
+    _, b = dedupe_sentences(["Heart normal. New effusion.", "Heart normal. Worse effusion."])
     assert b == "Worse effusion."
     assert [len(c.split()) for c in chunks(" ".join(["w"] * 600))] == [256, 256, 88] and chunks("  ") == []
 

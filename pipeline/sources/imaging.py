@@ -158,7 +158,14 @@ def _finite(a: np.ndarray) -> np.ndarray:
 @lru_cache(maxsize=16)
 def _pipeline(fmt: str, size: int):
     """The MONAI dictionary transforms for one file type and output size."""
-    from monai.transforms import Compose, EnsureChannelFirstd, Lambdad, LoadImaged, Resized, ScaleIntensityd
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        Lambdad,
+        LoadImaged,
+        Resized,
+        ScaleIntensityd,
+    )
     return Compose([
         LoadImaged(keys=KEY, reader=_reader(fmt, size), image_only=True),
         EnsureChannelFirstd(keys=KEY),
@@ -212,7 +219,9 @@ def _reader_error(fmt: str, path: Path) -> Exception | None:
 
 
 def load_image(path: str | Path, size: int = 64) -> np.ndarray:
-    """Array core: one image file -> float32 [size, size] scaled to [0, 1]."""
+    """Array core: one image file -> float32 [size, size] scaled to [0, 1] (min 0, max 1;
+    a constant image gives zeros; non-finite pixels count as 0).  Raises ``DataError``
+    naming the file for a missing, empty, unsupported, pixel-less or undecodable file."""
     path = Path(path)
     fmt = image_format(path)
     _check_file(path, fmt)

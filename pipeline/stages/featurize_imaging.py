@@ -142,7 +142,7 @@ def featurize_imaging(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ImagingCon
     imgs = (np.stack([arrays[h][None] for h in hadms]).astype(np.float32) if hadms
             else np.zeros((0, 1, cfg.size, cfg.size), np.float32))
     np.save(out_dir / "images.npy", imgs)
-    return {"candidates": int(len(cand)), "images_tried": n_tried, "rows": len(hadms),
+    return {"candidates": len(cand), "images_tried": n_tried, "rows": len(hadms),
             "quarantined_images": n_bad,
             "non_frontal_used": int(sum(not chosen[h]["frontal"] for h in hadms))}
 

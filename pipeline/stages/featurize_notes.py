@@ -36,11 +36,12 @@ from pipeline.errors import DataError, Quarantine
 
 CHUNK_WORDS = 256
 # 'FINDINGS:' (upper case, text may follow) or 'Brief Hospital Course:' alone on its line
-_SECTION = re.compile(r"^[ \t]*(?:([A-Z][A-Z /&()-]{2,40})|([A-Z][A-Za-z /&()-]{2,40})(?=:[ \t]*$)):", re.M)
+_SECTION = re.compile(r"^[ \t]*(?:([A-Z][A-Z /&()-]{2,40})|([A-Z][A-Za-z /&()-]{2,40})(?=:[ \t]*$)):", re.MULTILINE)
 _KEEP_RADIOLOGY = ("FINDINGS", "IMPRESSION")
 _DROP_DISCHARGE = ("DISCHARGE INSTRUCTIONS", "FOLLOWUP INSTRUCTIONS", "MEDICATIONS ON ADMISSION", "ATTENDING",
                    "SERVICE", "ALLERGIES")
-_BOILERPLATE = re.compile(r"^\s*(name|unit no|admission date|discharge date|date of birth|sex|attending)\s*:", re.I)
+_BOILERPLATE = re.compile(r"^\s*(name|unit no|admission date|discharge date|date of birth|sex|attending)\s*:",
+                          re.IGNORECASE)
 _PLACEHOLDER = re.compile(r"_{2,}")  # de-identification blanks carry no meaning
 
 
@@ -110,6 +111,7 @@ class TfidfSVDEncoder(BaseEstimator):
     def fit(self, texts: list[str], y=None):
         from sklearn.decomposition import TruncatedSVD
         from sklearn.feature_extraction.text import TfidfVectorizer
+        from threadpoolctl import threadpool_limits
         vec = TfidfVectorizer(max_features=self.max_features, min_df=min(self.min_df, max(len(texts), 1)),
                               **self._options())
         try:
@@ -118,7 +120,9 @@ class TfidfSVDEncoder(BaseEstimator):
             raise DataError(f"cannot fit TF-IDF on {len(texts)} note chunk(s): {e}", field="notes",
                             hint="use more notes (a larger cohort or longer lookback) or drop the notes modality")
         k = max(1, min(self.svd_dims, X.shape[1] - 1, X.shape[0] - 1))
-        with np.errstate(divide="ignore", invalid="ignore"):  # explained_variance_ratio_ of tiny corpora
+        # one BLAS thread: the randomized SVD's QR steps are small, and threads that compete
+        # with other processes for the cores made it 25x slower (1.4 s against 0.06 s for 500 notes)
+        with threadpool_limits(limits=1, user_api="blas"), np.errstate(divide="ignore", invalid="ignore"):
             svd = TruncatedSVD(n_components=k, random_state=self.seed).fit(X)
         self.vocabulary_ = {str(t): int(i) for t, i in vec.vocabulary_.items()}
         self.idf_ = vec.idf_.astype(np.float64)
@@ -145,7 +149,7 @@ class TfidfSVDEncoder(BaseEstimator):
                     "dim": self.dim_}, folder / "encoder.json")
 
     @classmethod
-    def load(cls, folder: Path) -> "TfidfSVDEncoder":
+    def load(cls, folder: Path) -> TfidfSVDEncoder:
         folder = Path(folder)
         meta = read_json(folder / "encoder.json")
         enc = cls(**meta["params"])
@@ -253,7 +257,7 @@ class SentenceEncoder(BaseEstimator):
         write_json({"kind": "sentence", "params": params, "dim": self.dim_}, Path(folder) / "encoder.json")
 
     @classmethod
-    def load(cls, folder: Path) -> "SentenceEncoder":
+    def load(cls, folder: Path) -> SentenceEncoder:
         meta = read_json(Path(folder) / "encoder.json")
         enc = cls(**meta["params"])
         enc.dim_ = int(meta["dim"])
@@ -353,8 +357,8 @@ def featurize_notes(cohort: pd.DataFrame, notes: pd.DataFrame, cfg: NotesConfig,
     feats["notes__n_notes"] = [float(per_adm[h]["n_notes"]) for h in hadms]
     feats["notes__n_words"] = [float(per_adm[h]["n_words"]) for h in hadms]
     write_parquet(feats, out_dir / "features.parquet")
-    out = {"notes_considered": int(len(sel)), "notes_embedded": len(note_owner), "chunks": len(texts),
-           "rows": int(len(feats)), "encoder": type(encoder).__name__, "encoder_fitted_here": fitted_here}
+    out = {"notes_considered": len(sel), "notes_embedded": len(note_owner), "chunks": len(texts),
+           "rows": len(feats), "encoder": type(encoder).__name__, "encoder_fitted_here": fitted_here}
     if isinstance(encoder, SentenceEncoder):
         out.update(cache_hits=getattr(encoder, "cache_hits_", 0), cache_misses=getattr(encoder, "cache_misses_", 0))
     return out
