@@ -8,7 +8,8 @@ from pipeline.config import ImagingConfig
 from pipeline.errors import DataError, Quarantine
 from pipeline.sources.imaging import (LoadImageD, index_image_folder, inspect_images, load_image,
                                       read_cxr_metadata)
-from pipeline.stages.featurize_imaging import build_image_encoder, featurize_imaging, image_features
+from pipeline.models.fusion_net import image_encoder
+from pipeline.stages.featurize_imaging import featurize_imaging, image_features
 
 REAL = ["cxr/00000001_000.png", "cxr/00027426_000.png", "dicom/CT_small.dcm", "dicom/MR_small.dcm",
         "dicom/dicomdirtests_77654033_CR1_6154.dcm", "nifti/anatomical.nii", "nifti/standard.nii.gz",
@@ -179,7 +180,7 @@ def test_features_track_findings():
 
 def test_image_encoder_is_small_monai_cnn():
     torch = pytest.importorskip("torch")
-    net = build_image_encoder(size=64, out_dim=32)
+    net = image_encoder(32, 64)
     assert type(net).__module__.startswith("monai.networks.nets")
     assert sum(p.numel() for p in net.parameters()) < 300_000
     assert net(torch.zeros(4, 1, 64, 64)).shape == (4, 32)

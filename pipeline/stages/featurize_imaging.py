@@ -9,7 +9,7 @@ the next candidate used.  Outputs, in the same row order:
   interpretable intensity statistics that track CXR findings (opacities and effusions
   brighten the lung fields and bases, cardiomegaly widens the bright central shadow);
 - ``images.npy``: float32 [n, 1, size, size] for the fused net's MONAI encoder
-  (``build_image_encoder``).
+  (``pipeline.models.fusion_net.image_encoder``).
 
 Admissions without a usable image are absent (the modality is missing, not zero).
 """
@@ -145,12 +145,3 @@ def featurize_imaging(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ImagingCon
     return {"candidates": len(cand), "images_tried": n_tried, "rows": len(hadms),
             "quarantined_images": n_bad,
             "non_frontal_used": int(sum(not chosen[h]["frontal"] for h in hadms))}
-
-
-def build_image_encoder(size: int = 64, out_dim: int = 64, channels: tuple[int, ...] = (8, 16, 32)):
-    """A small MONAI CNN for [batch, 1, size, size] images -> [batch, out_dim] (no final
-    activation): ``monai.networks.nets.Classifier`` with three stride-2 conv blocks.
-    About 0.14 M parameters at 64x64; one epoch over 5k images takes ~20 s on 2 CPU cores."""
-    from monai.networks.nets import Classifier
-    return Classifier(in_shape=(1, size, size), classes=out_dim, channels=tuple(channels),
-                      strides=(2,) * len(channels), num_res_units=0, last_act=None)
