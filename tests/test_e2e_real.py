@@ -76,12 +76,16 @@ def test_cli_lists_the_contract_commands():
         assert c in r.stdout
 
 
-def test_inspect_real_demo_json(mimic_demo, tmp_path):
-    out = tmp_path / "i.json"
-    r = subprocess.run(MMPIPE + ["inspect", "--data", str(mimic_demo), "--json", str(out)], capture_output=True,
-                       text=True)
+def _inspect_json(root, tmp_path) -> dict:
+    """Run `mmpipe inspect --json` in a subprocess; it must exit 0; return the JSON."""
+    out = tmp_path / "inspect.json"
+    r = subprocess.run(MMPIPE + ["inspect", "--data", str(root), "--json", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    j = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_inspect_real_demo_json(mimic_demo, tmp_path):
+    j = _inspect_json(mimic_demo, tmp_path)
     assert j["mimic_iv"]["tables"]["admissions"]["rows"] == 275
     assert "chartevents" in j["mimic_iv"]["absent"]
 
@@ -132,11 +136,7 @@ def test_other_primary_models_train_score_and_explain(mimic_demo, tmp_path, prim
 
 def test_inspect_wfdb_samples_gives_every_record_a_verdict(tmp_path):
     from conftest import shared
-    root = shared("wfdb-samples")
-    out = tmp_path / "w.json"
-    r = subprocess.run(MMPIPE + ["inspect", "--data", str(root), "--json", str(out)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    recs = {Path(x["record"]).name: x for x in json.loads(out.read_text())["ecg"]["records"]}
+    recs = {Path(x["record"]).name: x for x in _inspect_json(shared("wfdb-samples"), tmp_path)["ecg"]["records"]}
     assert set(recs) >= {"1", "2", "100", "s0010_re", "v102s", "test01_00s"}
     for x in recs.values():
         assert x["verdict"] in ("ok", "warn", "bad") and isinstance(x["reasons"], list)
@@ -144,11 +144,7 @@ def test_inspect_wfdb_samples_gives_every_record_a_verdict(tmp_path):
 
 
 def test_inspect_synthetic_root(synth_root, tmp_path):
-    out = tmp_path / "s.json"
-    r = subprocess.run(MMPIPE + ["inspect", "--data", str(synth_root), "--json", str(out)], capture_output=True,
-                       text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    j = json.loads(out.read_text())
+    j = _inspect_json(synth_root, tmp_path)
     assert j["sources"]["absent"] == []
     assert j["ecg"]["records"] and all({"record", "verdict", "reasons"} <= set(x) for x in j["ecg"]["records"])
     assert j["images"]["verdicts"]["bad"] == 0 and j["notes"]["notes"] > 0

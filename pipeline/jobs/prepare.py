@@ -46,7 +46,7 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
     """``mode`` 'train' fits what needs fitting (EHR code list, notes encoder) on the
     train split; 'score' uses ``fitted`` (from the model folder) and scores every row."""
     from pipeline.sources.mimic_iv import ingest_mimic_iv
-    from pipeline.stages.cohort import build_cohort
+    from pipeline.stages.cohort import build_cohort, score_cohort
     from pipeline.stages.featurize_ehr import featurize_ehr
 
     fitted = fitted or {}
@@ -73,7 +73,7 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
         cohort, counts = build_cohort(pd.read_parquet(d / "patients.parquet"), pd.read_parquet(d / "admissions.parquet"),
                                       pd.read_parquet(icu) if icu.exists() else None, cfg.task)
         if mode == "score":
-            cohort = cohort.assign(split="score")
+            cohort = score_cohort(cohort)
         write_parquet(cohort, tmp / "cohort.parquet", COHORT)
         return {"counts": counts}
     dirs["cohort"] = _stage(work, "cohort", {"ingest_ehr": output_hash(dirs["ingest_ehr"])},

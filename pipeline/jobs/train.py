@@ -22,7 +22,7 @@ from pipeline.models.metrics import age_band, availability_pattern, by_group, ev
 from pipeline.sources.discover import discover
 from pipeline.stages import leakage
 from pipeline.stages.align import feature_columns, mask_col, modality_of
-from pipeline.stages.featurize_ehr import pretty_feature
+from pipeline.stages.featurize_ehr import feature_labels, load_codes, pretty_feature
 from pipeline.stages.tensorize import tensorize
 
 
@@ -182,14 +182,15 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
     model, cal = models[primary], calibrators[primary]
     mdir = out / "model"
     codes_table = pd.read_parquet(prep.stage_dirs["ingest_ehr"] / "codes.parquet")
-    labels = dict(zip(codes_table["code"], codes_table["label"]))
+    labels = feature_labels(codes_table)
+    ehr_codes = load_codes(prep.stage_dirs["features_ehr"])
     meta = {
         "code_version": CODE_VERSION, "primary": primary, "kind": type(model).__name__,
         "features": list(model.feature_names_in_), "modalities": prep.modalities,
         "band_thresholds": list(cfg.model.band_thresholds), "top_k_reasons": cfg.model.top_k_reasons,
         "calibrator": cal.to_json(), "config": cfg.model_dump(mode="json"),
-        "ehr_codes": read_json(prep.stage_dirs["features_ehr"] / "codes.json")["codes"],
-        "code_labels": {c: labels[c] for c in read_json(prep.stage_dirs["features_ehr"] / "codes.json")["codes"]
+        "ehr_codes": ehr_codes,
+        "code_labels": {c: labels[c] for c in ehr_codes
                         if c in labels},
         "trained_on": sources.to_json(),
     }

@@ -18,7 +18,6 @@ from pipeline.config import SourcePaths
 from pipeline.errors import DataError
 
 SOURCES = ("mimic_iv", "eicu", "ecg", "notes", "cxr")
-MODALITY_OF = {"mimic_iv": "ehr", "eicu": "ehr", "ecg": "ecg", "notes": "notes", "cxr": "imaging"}
 TABLE_EXTS = (".csv.gz", ".csv", ".parquet")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
 _SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules"}
