@@ -78,6 +78,11 @@ class ModelConfig(_Strict):
     top_k_reasons: int = 3
     band_thresholds: tuple[float, float] = (0.10, 0.30)  # low < t0 <= medium < t1 <= high
     single_modality_baselines: bool = True
+    # Per modality: none (LightGBM routes NaN itself; the net fills medians) | mean | median |
+    # iterative (scikit-learn IterativeImputer across modalities).  Masks are always kept.
+    imputation: dict[Literal["ehr", "ecg", "notes", "imaging"], Literal["none", "mean", "median", "iterative"]] = \
+        Field(default_factory=dict)
+    imputation_indicators: bool = True  # add <feature>__isna for every filled feature
     seed: int = 0
 
 

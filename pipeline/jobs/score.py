@@ -28,21 +28,14 @@ class Scorer:
     """A loaded model folder: ``score_table(rows) -> score rows``."""
 
     def __init__(self, run: Path):
-        from pipeline.models.fusion import FusionNetClassifier
-        from pipeline.models.gbm import GBMClassifier, LateFusionGBM
+        from pipeline.models import load_model
         self.run = Path(run)
         mdir = self.run / "model"
         if not (mdir / "model.json").exists():
             raise DataError("not a model folder: model/model.json is missing", file=mdir,
                             hint="pass the RUN folder written by `mmpipe train`")
         self.meta = read_json(mdir / "model.json")
-        kind = self.meta["kind"]
-        loaders = {"GBMClassifier": GBMClassifier.load, "LateFusionGBM": LateFusionGBM.load,
-                   "FusionNetClassifier": FusionNetClassifier.load}
-        if kind not in loaders:
-            raise DataError(f"model kind {kind!r} cannot be scored by this version", file=mdir / "model.json",
-                            field="kind")
-        self.model = loaders[kind](mdir / "primary")
+        self.model = load_model(mdir / "primary")
         self.calibrator = Calibrator.from_json(self.meta["calibrator"])
         bg = mdir / "background.parquet"
         self.background = pd.read_parquet(bg) if bg.exists() else None

@@ -36,6 +36,16 @@ def _gbm(cfg: RunConfig) -> dict:
     return dict(n_estimators=m.gbm_estimators, learning_rate=m.gbm_learning_rate, num_leaves=m.gbm_num_leaves)
 
 
+def imputed(est, cfg: RunConfig):
+    """``est`` behind the configured per-modality imputer (itself when nothing is imputed)."""
+    if all(s == "none" for s in cfg.model.imputation.values()):
+        return est
+    from pipeline.models.impute import ImputedClassifier, ModalityImputer
+    imp = ModalityImputer(dict(cfg.model.imputation), indicators=cfg.model.imputation_indicators,
+                          random_state=cfg.model.seed)
+    return ImputedClassifier(imp, est)
+
+
 def fit_models(prep: Prepared, cfg: RunConfig, feats: list[str]) -> dict:
     t = prep.table
     tr, va = t[t.split == "train"], t[t.split == "valid"]
@@ -44,16 +54,17 @@ def fit_models(prep: Prepared, cfg: RunConfig, feats: list[str]) -> dict:
     for name in cfg.model.fusion_models:
         log(f"[train] fitting {name}")
         if name == "gbm_early":
-            models[name] = GBMClassifier(random_state=cfg.model.seed, **_gbm(cfg)).fit(tr[feats], tr["label"], ev)
+            models[name] = imputed(GBMClassifier(random_state=cfg.model.seed, **_gbm(cfg)), cfg).fit(
+                tr[feats], tr["label"], ev)
         elif name == "gbm_late":
-            models[name] = LateFusionGBM(gbm_params=_gbm(cfg), random_state=cfg.model.seed).fit(
+            models[name] = imputed(LateFusionGBM(gbm_params=_gbm(cfg), random_state=cfg.model.seed), cfg).fit(
                 tr[feats], tr["label"], ev)
         elif name.startswith("fusion_"):
             from pipeline.models.fusion import FusionNetClassifier
             tensors = load_tensors(prep.stage_dirs)
             cols = ["hadm_id"] + feats
             t0 = time.time()
-            models[name] = FusionNetClassifier.from_config(name, cfg, prep).fit(
+            models[name] = imputed(FusionNetClassifier.from_config(name, cfg, prep), cfg).fit(
                 tr[cols], tr["label"], eval_set=(va[cols], va["label"]), tensors=tensors).with_tensors(tensors)
             log(f"[train] {name} trained in {time.time() - t0:.0f}s ({len(models[name].history_)} epochs)")
         else:
@@ -62,7 +73,7 @@ def fit_models(prep: Prepared, cfg: RunConfig, feats: list[str]) -> dict:
         for m in prep.modalities:
             cols = [c for c in feats if modality_of(c) == m]
             log(f"[train] fitting single-modality baseline gbm_only_{m}")
-            models[f"gbm_only_{m}"] = GBMClassifier(random_state=cfg.model.seed, **_gbm(cfg)).fit(
+            models[f"gbm_only_{m}"] = imputed(GBMClassifier(random_state=cfg.model.seed, **_gbm(cfg)), cfg).fit(
                 tr[cols], tr["label"], (va[cols], va["label"].to_numpy()))
     return models
 
@@ -75,7 +86,12 @@ def band(risk: np.ndarray, thresholds) -> np.ndarray:
 def feature_shap(model, X: pd.DataFrame, background: pd.DataFrame | None = None) -> Explanation:
     """Per-feature SHAP values (log-odds) for any of the project's models."""
     from pipeline.models.fusion import FusionNetClassifier
+    from pipeline.models.impute import ImputedClassifier
     hadm = X["hadm_id"].to_numpy() if "hadm_id" in X.columns else np.arange(len(X))
+    if isinstance(model, ImputedClassifier):
+        bg = model._t(background) if background is not None else None
+        exp = feature_shap(model.model_, model._t(X), bg)
+        return model.fold_explanation(exp, X)
     if isinstance(model, GBMClassifier):
         vals, base = tree_shap(model, X)
         names = list(model.feature_names_in_)

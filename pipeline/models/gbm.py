@@ -2,7 +2,8 @@
 
 - ``GBMClassifier``: early fusion, one LightGBM over every modality's features and masks.
 - ``LateFusionGBM``: one LightGBM per modality plus a logistic stacker over their
-  logits and the masks (an absent modality's logit is replaced by 0 and its mask says so).
+  out-of-fold logits and the masks (an absent modality's logit is replaced by 0 and its
+  mask says so; the stacker is also fitted on copies with one modality hidden).
 Both save to a folder as LightGBM text models and JSON, with content hashes that
 ``load`` checks.
 """
@@ -118,8 +119,10 @@ def _safe(name: str) -> str:
 class LateFusionGBM(ClassifierMixin, BaseEstimator):
     """One GBM per modality, stacked by logistic regression over logits and masks."""
 
-    def __init__(self, gbm_params: dict | None = None, random_state=0):
+    def __init__(self, gbm_params: dict | None = None, n_folds=5, hide_augment=True, random_state=0):
         self.gbm_params = gbm_params
+        self.n_folds = n_folds
+        self.hide_augment = hide_augment
         self.random_state = random_state
 
     def _groups(self, columns) -> dict[str, list[str]]:
@@ -132,9 +135,11 @@ class LateFusionGBM(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: pd.DataFrame, y, eval_set=None):
         from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold
         y = np.asarray(y)
         self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
         self.models_ = {}
+        oof = {}
         for m, cols in self._groups(X.columns).items():
             rows = X[mask_col(m)].to_numpy() == 1 if mask_col(m) in X.columns else np.ones(len(X), bool)
             if rows.sum() < 20 or len(np.unique(y[rows])) < 2:
@@ -143,19 +148,52 @@ class LateFusionGBM(ClassifierMixin, BaseEstimator):
             if eval_set is not None:
                 vr = eval_set[0][mask_col(m)].to_numpy() == 1 if mask_col(m) in eval_set[0] else slice(None)
                 es = (eval_set[0].loc[vr, cols], np.asarray(eval_set[1])[vr])
-            self.models_[m] = GBMClassifier(random_state=self.random_state, **(self.gbm_params or {})).fit(
-                X.loc[rows, cols], y[rows], eval_set=es)
-        self.stacker_ = LogisticRegression(C=1.0, max_iter=1000).fit(self._stack(X), y)
+            params = {"random_state": self.random_state, **(self.gbm_params or {})}
+            model = GBMClassifier(**params).fit(X.loc[rows, cols], y[rows], eval_set=es)
+            self.models_[m] = model
+            # Out-of-fold logits for the stacker (in-sample logits are overconfident), each
+            # fold with the number of rounds early stopping chose for the full model.
+            Xm, ym = X.loc[rows, cols], y[rows]
+            logit = np.zeros(len(Xm))
+            n_folds = int(min(self.n_folds, np.bincount(ym).min()))
+            if n_folds >= 2:
+                params["n_estimators"] = max(1, model.booster_.best_iteration or model.booster_.current_iteration())
+                folds = StratifiedKFold(n_folds, shuffle=True, random_state=self.random_state)
+                for fit_idx, out_idx in folds.split(Xm, ym):
+                    fold = GBMClassifier(**params).fit(Xm.iloc[fit_idx], ym[fit_idx])
+                    logit[out_idx] = fold.decision_function(Xm.iloc[out_idx])
+            else:
+                logit = model.decision_function(Xm)
+            oof[m] = np.zeros(len(X))
+            oof[m][rows] = logit
+        # The stacker also sees copies of the rows with one present modality hidden, so an
+        # absent modality gets a learned offset rather than whatever the intercept implies.
+        masks = {m: (X[mask_col(m)].to_numpy(dtype=float) if mask_col(m) in X.columns else np.ones(len(X)))
+                 for m in self.models_}
+        blocks, targets = [self._columns(oof, masks)], [y]
+        for m in self.models_:
+            keep = masks[m] == 1
+            if keep.sum() == 0 or not self.hide_augment:
+                continue
+            hidden = {k: (np.where(keep, 0.0, v) if k == m else v)[keep] for k, v in masks.items()}
+            blocks.append(self._columns({k: v[keep] for k, v in oof.items()}, hidden))
+            targets.append(y[keep])
+        self.stacker_ = LogisticRegression(C=1.0, max_iter=1000).fit(np.vstack(blocks), np.concatenate(targets))
         self.classes_ = np.array([0, 1])
         return self
 
-    def _stack(self, X: pd.DataFrame) -> np.ndarray:
+    @staticmethod
+    def _columns(logits: dict, masks: dict) -> np.ndarray:
         cols = []
-        for m, model in self.models_.items():
-            mask = X[mask_col(m)].to_numpy(dtype=float) if mask_col(m) in X.columns else np.ones(len(X))
-            logit = model.decision_function(X) * mask
-            cols += [logit, mask]
-        return np.column_stack(cols) if cols else np.zeros((len(X), 1))
+        for m in logits:
+            cols += [logits[m] * masks[m], masks[m]]
+        return np.column_stack(cols) if cols else np.zeros((len(next(iter(masks.values()), [])), 1))
+
+    def _stack(self, X: pd.DataFrame) -> np.ndarray:
+        masks = {m: (X[mask_col(m)].to_numpy(dtype=float) if mask_col(m) in X.columns else np.ones(len(X)))
+                 for m in self.models_}
+        logits = {m: model.decision_function(X) for m, model in self.models_.items()}
+        return self._columns(logits, masks) if self.models_ else np.zeros((len(X), 1))
 
     def decision_function(self, X):
         return self.stacker_.decision_function(self._stack(X))
@@ -173,13 +211,15 @@ class LateFusionGBM(ClassifierMixin, BaseEstimator):
         write_json({"kind": "LateFusionGBM", "modalities": list(self.models_),
                     "features": list(self.feature_names_in_),
                     "stacker": {"coef": self.stacker_.coef_.tolist(), "intercept": self.stacker_.intercept_.tolist()},
+                    "n_folds": self.n_folds, "hide_augment": self.hide_augment,
                     "random_state": self.random_state}, folder / "model.json")
 
     @classmethod
     def load(cls, folder: Path) -> "LateFusionGBM":
         from sklearn.linear_model import LogisticRegression
         meta = read_json(Path(folder) / "model.json")
-        est = cls(random_state=meta["random_state"])
+        est = cls(n_folds=meta.get("n_folds", 5), hide_augment=meta.get("hide_augment", True),
+                  random_state=meta["random_state"])
         est.models_ = {m: GBMClassifier.load(Path(folder) / m) for m in meta["modalities"]}
         est.feature_names_in_ = np.asarray(meta["features"], dtype=object)
         st = LogisticRegression()
