@@ -18,8 +18,25 @@ from typing import Callable
 import pandas as pd
 
 from data_schemas.base import Schema
+from pipeline.errors import DataError
 
-CODE_VERSION = "0.1.1"
+_PKG = Path(__file__).resolve().parent
+
+
+def _code_hash() -> str:
+    """Hash of the source of everything a stage's output depends on (sources/, stages/,
+    data_schemas/, config, errors, this module): editing any of it reruns the stages."""
+    h = hashlib.sha256()
+    files = [*sorted((_PKG / "sources").glob("*.py")), *sorted((_PKG / "stages").glob("*.py")),
+             *sorted((_PKG.parent / "data_schemas").glob("*.py")),
+             _PKG / "config.py", _PKG / "errors.py", Path(__file__).resolve()]
+    for f in files:
+        if f.exists():
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+CODE_VERSION = f"0.2.0+{_code_hash()}"
 
 
 def file_hash(path: Path, full: bool | None = None) -> str:
@@ -64,6 +81,57 @@ def write_parquet(df: pd.DataFrame, path: Path, schema: Schema | None = None) ->
     df.to_parquet(tmp, index=False)
     os.replace(tmp, path)
     return path
+
+
+class ParquetShardWriter:
+    """Append DataFrames (same columns) to one parquet file, written atomically on close.
+
+    ``with ParquetShardWriter(path, schema) as w: w.write(part)``; every part is validated
+    against ``schema`` and cast to the first part's Arrow schema (a later part whose
+    columns differ is an error, not a silently different file).  Each part becomes its
+    own row group(s), so readers can fetch a shard's rows without reading the rest."""
+
+    def __init__(self, path: Path, schema: Schema | None = None, row_group_size: int = 5000):
+        self.path, self.schema, self.row_group_size = Path(path), schema, row_group_size
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self.writer = None
+        self.rows = 0
+
+    def write(self, df: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        if self.schema is not None:
+            self.schema.validate(df, self.path)
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+        else:
+            if list(df.columns) != self.writer.schema.names:
+                raise DataError("a shard's columns differ from the first shard's", file=self.path,
+                                field=str(sorted(set(df.columns) ^ set(self.writer.schema.names))[:3]))
+            table = pa.Table.from_pandas(df, schema=self.writer.schema, preserve_index=False)
+        self.writer.write_table(table, row_group_size=self.row_group_size)
+        self.rows += len(df)
+
+    def close(self, empty: pd.DataFrame | None = None) -> Path:
+        if self.writer is None:  # nothing written: an empty file with the given columns
+            write_parquet(empty if empty is not None else pd.DataFrame(), self.path, self.schema)
+            return self.path
+        self.writer.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def __enter__(self) -> "ParquetShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            if self.writer is not None:
+                self.writer.close()
+            self.tmp.unlink(missing_ok=True)
 
 
 def read_parquet(path: Path, schema: Schema | None = None, columns: list[str] | None = None) -> pd.DataFrame:

@@ -63,7 +63,8 @@ def train(data: Path = typer.Option(..., help="data ROOT"), out: Path = typer.Op
 
 @app.command()
 def score(model: Path = typer.Option(..., help="run folder written by `mmpipe train`"),
-          input: Path = typer.Option(..., help="data ROOT to score"),
+          input: Path = typer.Option(..., help="data ROOT to score (raw layouts), or a patient-tensor folder "
+                                                "(index.json + shards)"),
           output: Path = typer.Option(..., help="output .parquet file"),
           engine: str = typer.Option("local", help="local | dask"),
           scheduler: Optional[str] = typer.Option(None, help="dask scheduler address, or 'local'"),
@@ -71,7 +72,8 @@ def score(model: Path = typer.Option(..., help="run folder written by `mmpipe tr
     """Score every admission of a data folder with a trained model."""
     from pipeline.jobs.score import score as run_score
     try:
-        run_score(model, input, output, engine=engine, scheduler=scheduler, shard_size=shard_size)
+        run_score(model, input, output, engine=engine, scheduler=scheduler, shard_size=shard_size,
+                  return_frame=False)
     except DataError as e:
         _fail(e)
 

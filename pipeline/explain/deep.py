@@ -4,7 +4,8 @@ The net's inputs are the standardised tabular features of each modality, the
 modality masks, and (when used) the ECG waveform and the image.  Tabular SHAP
 values map one-to-one onto the model's features; a waveform's or an image's
 values are summed into one pseudo-feature (``ecg__waveform``, ``imaging__image``).
-The result is the same ``Explanation`` object the GBM path produces.
+The result is the same ``Explanation`` object the GBM path produces.  Each patient's
+sampling is seeded by its hadm_id, so its reasons are the same whatever shard it is in.
 """
 from __future__ import annotations
 
@@ -57,8 +58,13 @@ def fusion_shap(model, X: pd.DataFrame, background: pd.DataFrame, tensors=None, 
     bg, _, _ = _inputs(model, background, tensors)
     flat = _Flat(model.net_, model.modalities_, wave, image).eval()
     explainer = shap.GradientExplainer(flat, bg)
-    vals = explainer.shap_values(xs, nsamples=nsamples, rseed=seed)
-    vals = [np.asarray(v).reshape(v.shape[:len(x.shape)]) for v, x in zip(vals, xs)]
+    # One call per patient, seeded by its id: its explanation does not depend on which
+    # other patients share its batch or shard.
+    ids = X["hadm_id"].to_numpy() if "hadm_id" in X.columns else np.arange(len(X))
+    rows = [explainer.shap_values([x[i:i + 1] for x in xs], nsamples=nsamples,
+                                  rseed=int((seed * 1_000_003 + int(ids[i])) % 2**31)) for i in range(len(X))]
+    vals = [np.concatenate([np.asarray(r[j]).reshape(r[j].shape[:len(x.shape)]) for r in rows]) if len(rows)
+            else np.zeros(tuple(x.shape)) for j, x in enumerate(xs)]
     names, cols, data = [], [], []
     k = len(model.modalities_)
     for i, m in enumerate(model.modalities_):

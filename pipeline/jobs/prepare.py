@@ -42,9 +42,11 @@ def _stage(work: Path, name: str, inputs: dict, config: dict, body) -> Path:
 
 
 def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
-            fitted: dict | None = None) -> Prepared:
+            fitted: dict | None = None, align_table: bool = True) -> Prepared:
     """``mode`` 'train' fits what needs fitting (EHR code list, notes encoder) on the
-    train split; 'score' uses ``fitted`` (from the model folder) and scores every row."""
+    train split; 'score' uses ``fitted`` (from the model folder) and scores every row.
+    ``align_table=False`` runs every stage but leaves the features on disk (``table`` is
+    None): a scoring job then reads them one shard at a time with ``aligned_shards``."""
     from pipeline.sources.mimic_iv import ingest_mimic_iv
     from pipeline.stages.cohort import build_cohort, score_cohort
     from pipeline.stages.featurize_ehr import featurize_ehr
@@ -96,7 +98,7 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
     def featurize(modality: str, inputs: dict, config: dict, fn) -> None:
         name = f"features_{modality}"
         dirs[name] = _stage(work, name, {"cohort": cohort_hash, **inputs}, config, fn)
-        features[modality] = pd.read_parquet(dirs[name] / "features.parquet")
+        features[modality] = pd.read_parquet(dirs[name] / "features.parquet") if align_table else None
 
     codes = fitted.get("ehr_codes")
     featurize("ehr", {"ingest": output_hash(dirs["ingest_ehr"])},
@@ -133,12 +135,40 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
                   {"imaging": cfg.imaging.model_dump(mode="json")},
                   lambda tmp, q: featurize_imaging(cohort, iidx, cfg.imaging, tmp, q))
 
+    present = [m for m in modalities if f"features_{m}" in dirs]
+    if not align_table:
+        return Prepared(table=None, cohort=cohort, item_times={}, stage_dirs=dirs, modalities=present,
+                        info={"sources": sources.to_json()})
     table = align(cohort, features)
     item_times = {m: f[["hadm_id", "item_time"]] for m, f in features.items()
                   if f is not None and "item_time" in f.columns}
-    present = [m for m in modalities if features.get(m) is not None]
     return Prepared(table=table, cohort=cohort, item_times=item_times, stage_dirs=dirs, modalities=present,
                     info={"sources": sources.to_json()})
+
+
+def aligned_shards(cohort: pd.DataFrame, stage_dirs: dict[str, Path], shard_rows: int):
+    """The aligned table, ``shard_rows`` admissions at a time (in hadm_id order), each
+    modality's feature rows read from its stage output for just those admissions."""
+    ordered = cohort.sort_values("hadm_id", kind="stable")
+    for start in range(0, len(ordered), shard_rows):
+        part = ordered.iloc[start:start + shard_rows]
+        yield align(part, feature_rows(stage_dirs, part["hadm_id"].to_numpy()))
+
+
+def feature_rows(stage_dirs: dict[str, Path], hadm_ids) -> dict[str, pd.DataFrame]:
+    """modality -> its feature rows for ``hadm_ids`` (parquet row groups outside the id
+    range are skipped by their statistics)."""
+    import pyarrow.dataset as ds
+    ids = pd.unique(pd.Series(hadm_ids, dtype="int64"))
+    out = {}
+    for name, d in stage_dirs.items():
+        if name.startswith("features_") and (d / "features.parquet").exists():
+            dset = ds.dataset(d / "features.parquet", format="parquet")
+            lo, hi = (int(ids.min()), int(ids.max())) if len(ids) else (0, -1)
+            expr = (ds.field("hadm_id") >= lo) & (ds.field("hadm_id") <= hi)
+            frame = dset.to_table(filter=expr).to_pandas()
+            out[name.removeprefix("features_")] = frame[frame["hadm_id"].isin(ids)].reset_index(drop=True)
+    return out
 
 
 def load_tensors(stage_dirs: dict[str, Path]) -> dict:

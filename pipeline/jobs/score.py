@@ -2,9 +2,10 @@
 
 The model folder carries everything needed (configuration, feature list, EHR
 codes, fitted notes encoder, calibrator, booster with its hash), so a fresh
-process with no other state scores new patients.  Rows are scored in shards;
-``engine='dask'`` maps the same per-shard function over a Dask cluster
-(``scheduler`` = address, or 'local' for a local cluster).
+process with no other state scores new patients.  The input is raw layouts (the
+model's ETL runs on them) or a folder of prepared patient tensors.  Rows are read,
+aligned, scored and written one shard at a time; ``engine='dask'`` maps the same
+per-shard function over a Dask cluster (``scheduler`` = address, or 'local').
 """
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import numpy as np
 import pandas as pd
 
 from data_schemas.modalities import QUARANTINE, SCORES
-from pipeline.artifacts import read_json, write_parquet
+from pipeline.artifacts import ParquetShardWriter, read_json, write_parquet
 from pipeline.config import RunConfig
-from pipeline.errors import DataError
-from pipeline.jobs.prepare import collect_quarantine, log, prepare
+from pipeline.errors import DataError, Quarantine
+from pipeline.jobs.prepare import aligned_shards, collect_quarantine, load_tensors, log, prepare
 from pipeline.models.calibration import Calibrator
 from pipeline.sources.discover import discover
 from pipeline.stages.align import modality_of
+from pipeline.stages.tensorize import TensorWriter, iter_shards, shard_table, shard_tensors
 
 
 class Scorer:
@@ -58,6 +60,14 @@ class Scorer:
             out["notes_encoder_hash"] = tree_hash(folder)
         return out
 
+    def conform(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Masks for modalities the input lacks, then the feature check."""
+        for m in self.meta["modalities"]:
+            if f"mask__{m}" not in table.columns:
+                table[f"mask__{m}"] = 0
+        self.check_features(table)
+        return table
+
     def check_features(self, table: pd.DataFrame) -> None:
         """Refuse input whose feature set does not match the model's."""
         needed = self.meta["features"]
@@ -73,58 +83,110 @@ class Scorer:
         for f in missing:
             table[f] = np.nan
 
-    def score_table(self, rows: pd.DataFrame, explain_rows: bool = True) -> pd.DataFrame:
+    def score_table(self, rows: pd.DataFrame, explain_rows: bool = True, tensors: dict | None = None
+                    ) -> pd.DataFrame:
+        """Score rows; ``tensors`` (the rows' own waveforms/images) replace the attached ones."""
         from pipeline.jobs.train import pretty_namer, score_rows
+        if tensors is not None and hasattr(self.model, "with_tensors"):
+            self.model.with_tensors(tensors)
         out, _ = score_rows(rows, self.model, self.calibrator, self.meta,
                             pretty_namer(self.meta.get("code_labels", {})), explain_rows=explain_rows,
                             background=self.background)
         return out
 
 
-def _shards(table: pd.DataFrame, size: int):
-    for start in range(0, len(table), size):
-        yield table.iloc[start:start + size]
-
-
 def score(model: Path, input_root: Path, output: Path, engine: str = "local", scheduler: str | None = None,
-          shard_size: int = 5000) -> pd.DataFrame:
+          shard_size: int = 5000, return_frame: bool = True) -> pd.DataFrame | int:
+    """Score every admission under ``input_root`` (raw layouts, or a patient-tensor folder
+    holding index.json) into ``output``; returns the scores read back from ``output``
+    (or, with ``return_frame=False``, just the number of rows written).
+
+    Raw input runs the model's ETL stages (cached under ``.<stem>_work/``), then reads,
+    aligns and scores ``shard_size`` admissions at a time, appending each shard to the
+    output; the shard's tensors are written to ``.<stem>_work/tensors`` as it goes.  Memory
+    is bounded by a shard, not by the cohort."""
+    from tqdm import tqdm
     t0 = time.time()
-    output = Path(output)
+    output, input_root = Path(output), Path(input_root)
     if output.suffix != ".parquet":
         raise DataError("the output must be a .parquet file", file=output, field="--output")
     scorer = Scorer(model)
-    sources = discover(input_root, None)
-    log(sources.describe())
     work = output.parent / f".{output.stem}_work"
-    prep = prepare(sources, scorer.cfg, work, mode="score", fitted=scorer.fitted())
-    table = prep.table
-    for m in scorer.meta["modalities"]:
-        if f"mask__{m}" not in table.columns:
-            table[f"mask__{m}"] = 0
-    scorer.check_features(table)
-    tensor_dirs = {k: str(v) for k, v in prep.stage_dirs.items() if k in ("features_ecg", "features_imaging")}
-    scorer.attach_tensors(tensor_dirs)
-    n_shards = max(1, -(-len(table) // shard_size))
-    log(f"[score] {len(table)} admissions in {n_shards} shard(s), engine={engine}")
+    if (input_root / "index.json").exists():
+        log(f"[score] reading prepared patient tensors from {input_root}")
+        shards, n_rows, q = _tensor_shards(input_root, scorer), _tensor_rows(input_root), Quarantine().to_frame()
+        tensors_in_shards = True
+    else:
+        sources = discover(input_root, None)
+        log(sources.describe())
+        prep = prepare(sources, scorer.cfg, work, mode="score", fitted=scorer.fitted(), align_table=False)
+        scorer.attach_tensors({k: str(v) for k, v in prep.stage_dirs.items()
+                               if k in ("features_ecg", "features_imaging")})
+        writer = TensorWriter(work / "tensors", scorer.meta["modalities"], load_tensors(prep.stage_dirs))
+        shards = _written(aligned_shards(prep.cohort, prep.stage_dirs, shard_size), writer)
+        n_rows, q = len(prep.cohort), collect_quarantine(prep.stage_dirs)
+        tensors_in_shards = False
+    n_shards = max(1, -(-n_rows // shard_size))
+    log(f"[score] {n_rows} admissions in {n_shards} shard(s) of up to {shard_size}, engine={engine}")
     if engine == "local":
-        from tqdm import tqdm
-        parts = [scorer.score_table(s) for s in tqdm(_shards(table, shard_size), total=n_shards, unit="shard")]
+        parts = (scorer.score_table(scorer.conform(t), tensors=tt if tensors_in_shards else None)
+                 for t, tt in shards)
     elif engine == "dask":
-        parts = _score_dask(scorer, table, shard_size, scheduler)
+        parts = _score_dask(scorer, shards, scheduler, tensors_in_shards)
     else:
         raise DataError(f"unknown engine {engine!r}", field="--engine", hint="local or dask")
-    scores = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(SCORES.required))
-    write_parquet(scores, output, SCORES)
-    q = collect_quarantine(prep.stage_dirs)
+    with ParquetShardWriter(output, SCORES) as out:
+        for part in tqdm(parts, total=n_shards, unit="shard"):
+            out.write(part)
+        if out.writer is None:
+            out.close(empty=pd.DataFrame({c: pd.Series(dtype=_EMPTY[c]) for c in SCORE_COLUMNS}))
     qpath = output.with_name(f"{output.stem}_quarantine.parquet")
     write_parquet(q, qpath, QUARANTINE)
-    rate = len(scores) / max(time.time() - t0, 1e-9)
-    log(f"[score] wrote {output} ({len(scores)} rows, {rate:.0f}/s overall); quarantine {qpath} ({len(q)} rows)")
-    return scores
+    rate = out.rows / max(time.time() - t0, 1e-9)
+    log(f"[score] wrote {output} ({out.rows} rows, {rate:.0f}/s overall); quarantine {qpath} ({len(q)} rows)")
+    return pd.read_parquet(output) if return_frame else out.rows
 
 
-def _score_dask(scorer: Scorer, table: pd.DataFrame, shard_size: int, scheduler: str | None) -> list[pd.DataFrame]:
-    import dask
+SCORE_COLUMNS = ["subject_id", "hadm_id", "prediction_time", "risk", "band", "reasons",
+                 "ehr", "ecg", "notes", "imaging"]
+_EMPTY = {"subject_id": "int64", "hadm_id": "int64", "prediction_time": "datetime64[ns]", "risk": "float64",
+          "band": "object", "reasons": "object", "ehr": "float64", "ecg": "float64", "notes": "float64",
+          "imaging": "float64"}
+
+
+def _written(shards, writer: TensorWriter):
+    """Pass aligned shards through, writing each to the tensor folder; close it at the end."""
+    for table in shards:
+        writer.write(table)
+        yield table, None
+    writer.close()
+
+
+def _tensor_rows(folder: Path) -> int:
+    return int(sum(s["rows"] for s in read_json(folder / "index.json")["shards"]))
+
+
+def _tensor_shards(folder: Path, scorer: Scorer):
+    """Aligned rows (and raw tensors) of each shard of a patient-tensor folder, after
+    checking that its modalities and feature names are the model's."""
+    index = read_json(folder / "index.json")
+    for m in scorer.meta["modalities"]:
+        if m not in index["modalities"]:
+            continue  # an absent modality: masks 0 (added by conform)
+        want = [f for f in scorer.meta["features"] if modality_of(f) == m and not f.startswith("mask__")]
+        have = index["feature_names"].get(m, [])
+        if want and set(want) - set(have):
+            miss = sorted(set(want) - set(have))
+            raise DataError(f"the tensors' {m} features do not match the model's: {len(miss)} missing, "
+                            f"e.g. {miss[:3]}", file=folder / "index.json", field=f"feature_names.{m}",
+                            hint="prepare the tensors with the model's configuration (e.g. `mmpipe score` on the "
+                                 "raw data writes them under .<output stem>_work/tensors)")
+    for arrays in iter_shards(folder):
+        yield shard_table(arrays, index), shard_tensors(arrays)
+
+
+def _score_dask(scorer: Scorer, shards, scheduler: str | None, tensors_in_shards: bool):
+    """The same per-shard function on a Dask cluster; results come back in shard order."""
     from dask.distributed import Client, LocalCluster
     if scheduler in (None, "local"):
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
@@ -132,18 +194,23 @@ def _score_dask(scorer: Scorer, table: pd.DataFrame, shard_size: int, scheduler:
     else:
         cluster, client = None, Client(scheduler)
     try:
-        run = str(scorer.run)
-        tasks = [dask.delayed(_score_shard_remote)(run, shard, scorer.tensor_dirs)
-                 for shard in _shards(table, shard_size)]
-        return list(dask.compute(*tasks))
+        run, tdirs = str(scorer.run), getattr(scorer, "tensor_dirs", {})
+        pending = []
+        for table, tt in shards:  # keep at most 2 shards per worker in flight
+            pending.append(client.submit(_score_shard_remote, run, table, tdirs, tt if tensors_in_shards else None,
+                                         pure=False))
+            if len(pending) >= 4:
+                yield pending.pop(0).result()
+        for f in pending:
+            yield f.result()
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
 
 
-def _score_shard_remote(run: str, shard: pd.DataFrame, tensor_dirs: dict[str, str]) -> pd.DataFrame:
+def _score_shard_remote(run: str, table: pd.DataFrame, tensor_dirs: dict[str, str], tensors=None) -> pd.DataFrame:
     """Runs on a Dask worker: load the model folder there and score one shard."""
     scorer = Scorer(Path(run))
     scorer.attach_tensors(tensor_dirs)
-    return scorer.score_table(shard)
+    return scorer.score_table(scorer.conform(table), tensors=tensors)

@@ -7,7 +7,8 @@ demographics.  Values outside documented physiological ranges are treated as
 recording errors and dropped before aggregation.  The codes kept are the most
 frequent among TRAIN admissions; the list is written beside the features so a
 scoring job uses exactly the same columns.  The work is one DuckDB query over
-the events parquet (memory bounded by DuckDB, not by the table).
+the events parquet per shard of admissions, appended to the output file, so memory
+is bounded by DuckDB and by one shard, not by the cohort.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.artifacts import read_json, write_json, write_parquet
+from pipeline.artifacts import ParquetShardWriter, read_json, write_json
 from pipeline.config import EHRConfig
 from pipeline.sources.mimic_iv import connect
 
@@ -65,18 +66,35 @@ def _feature_name(code: str, agg: str) -> str:
 
 
 def featurize_ehr(cohort: pd.DataFrame, stage_in: Path, cfg: EHRConfig, out_dir: Path,
-                  codes: list[str] | None = None) -> dict:
-    """Write out_dir/features.parquet (hadm_id, item_time, ehr__*) and out_dir/codes.json."""
+                  codes: list[str] | None = None, shard_rows: int = 20_000) -> dict:
+    """Write out_dir/features.parquet (hadm_id, item_time, ehr__*) and out_dir/codes.json.
+
+    Admissions are featurised ``shard_rows`` at a time (sorted by hadm_id) and appended to
+    the parquet file, so memory is bounded by one shard's wide table, not by the cohort."""
     events_path = Path(stage_in) / "events.parquet"
     con = connect(temp_dir=out_dir)
     if codes is None:
         codes = choose_codes(events_path, cohort, cfg, con)
     write_json({"codes": codes, "aggregations": list(cfg.aggregations)}, out_dir / "codes.json")
-    base = cohort[["subject_id", "hadm_id", "prediction_time"]].copy()
-    con.register("cohort", base)
     con.register("kept", pd.DataFrame({"code": codes or ["<none>"]}))
     ranges = pd.DataFrame([(k, lo, hi) for k, (lo, hi) in PLAUSIBLE.items()], columns=["code", "lo", "hi"])
     con.register("ranges", ranges)
+    ordered = cohort.sort_values("hadm_id", kind="stable")
+    n_with = 0
+    with ParquetShardWriter(out_dir / "features.parquet") as out:
+        for start in range(0, max(len(ordered), 1), shard_rows):
+            feats = _featurize_shard(con, ordered.iloc[start:start + shard_rows], events_path, cfg, codes)
+            counts = [c for c in feats.columns if c.endswith("__count")]
+            n_with += int(feats[counts].sum(axis=1).gt(0).sum()) if counts else 0
+            out.write(feats)
+    con.close()
+    return {"codes": len(codes), "rows": int(cohort["hadm_id"].nunique()), "rows_with_events": n_with,
+            "shards": -(-len(ordered) // shard_rows)}
+
+
+def _featurize_shard(con, shard: pd.DataFrame, events_path: Path, cfg: EHRConfig, codes: list[str]) -> pd.DataFrame:
+    base = shard[["subject_id", "hadm_id", "prediction_time"]].copy()
+    con.register("cohort", base)
     agg = con.execute(f"""
         WITH w AS (
           SELECT c.hadm_id, e.code, e.time, e.value, c.prediction_time
@@ -93,7 +111,7 @@ def featurize_ehr(cohort: pd.DataFrame, stage_in: Path, cfg: EHRConfig, out_dir:
                (epoch(max(prediction_time)) - epoch(max(time))) / 3600.0 AS hours_since_last,
                max(time) AS item_time
         FROM w GROUP BY hadm_id, code""").df()
-    con.close()
+    con.unregister("cohort")
     keep_aggs = [a for a in AGGS if a in cfg.aggregations]
     wide = agg.pivot(index="hadm_id", columns="code", values=keep_aggs) if len(agg) else None
     feats = base[["hadm_id"]].drop_duplicates().set_index("hadm_id")
@@ -108,16 +126,14 @@ def featurize_ehr(cohort: pd.DataFrame, stage_in: Path, cfg: EHRConfig, out_dir:
     feats = feats.reindex(columns=["item_time"] + cols)
     count_cols = [c for c in cols if c.endswith("__count")]
     feats[count_cols] = feats[count_cols].fillna(0.0)
-    demo = cohort.set_index("hadm_id")
+    demo = shard.drop_duplicates("hadm_id").set_index("hadm_id")
     feats = pd.concat([feats, pd.DataFrame({
         "ehr__age": demo["age"].astype(float),
         "ehr__gender_male": (demo["gender"].astype(str).str.upper() == "M").astype(float)})], axis=1)
     feats = feats.reset_index()
     feats["item_time"] = pd.to_datetime(feats["item_time"]).astype("datetime64[ns]")
     feats[cols] = feats[cols].astype("float64")
-    write_parquet(feats, out_dir / "features.parquet")
-    n_with = int(feats[[c for c in cols if c.endswith("__count")]].sum(axis=1).gt(0).sum()) if cols else 0
-    return {"codes": len(codes), "rows": len(feats), "rows_with_events": n_with}
+    return feats
 
 
 def load_codes(stage_dir: Path) -> list[str]:
