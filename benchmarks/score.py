@@ -42,6 +42,25 @@ print(json.dumps({"rows": done, "seconds": dt}))
 """
 
 
+E2E = r"""
+import json, resource, sys, time
+from pathlib import Path
+from pipeline.jobs.score import score
+t0 = time.time()
+n = score(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), shard_size=int(sys.argv[4]), return_frame=False)
+print(json.dumps({"rows": n, "seconds": time.time() - t0,
+                  "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+
+def e2e(run: Path, data: Path, out: Path, shard: int) -> dict:
+    r = subprocess.run([sys.executable, "-c", E2E, str(run), str(data), str(out), str(shard)],
+                       capture_output=True, text=True, cwd=REPO)
+    if r.returncode:
+        raise SystemExit(r.stderr[-3000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def child(run: Path, n: int, shard: int, explain: bool, table: Path) -> dict:
     r = subprocess.run([sys.executable, "-c", CHILD, str(run), str(n), str(shard), "1" if explain else "0", str(table)],
                        capture_output=True, text=True, cwd=REPO)
@@ -58,6 +77,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--shard", type=int, default=5000)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--e2e-replicate", default="", help="e.g. 10,100: end-to-end score jobs on the demo x K")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from pipeline.config import RunConfig
@@ -80,6 +100,15 @@ def main() -> None:
           f"(ETL included, {len(scores) / e2e:.0f}/s)")
     print(f"model: {json.loads((run / 'model' / 'model.json').read_text())['kind']}, "
           f"{len(json.loads((run / 'model' / 'model.json').read_text())['features'])} features\n")
+    for k in [int(x) for x in args.e2e_replicate.split(",") if x]:
+        rep = work / f"demo_x{k}"
+        if not (rep / "hosp" / "patients.csv.gz").exists():
+            subprocess.run([sys.executable, str(REPO.parent / "shared" / "tools" / "replicate_mimic.py"),
+                            str(args.data), str(rep), str(k)], check=True, capture_output=True)
+        r = e2e(run, rep, work / f"scores_x{k}.parquet", args.shard)
+        print(f"end-to-end `score` on the demo x{k}: {r['rows']:,} admissions in {r['seconds']:.1f} s "
+              f"({r['rows'] / r['seconds']:,.0f}/s, ETL and SHAP reasons included), peak RSS {r['peak_rss_gib']:.2f} GiB "
+              f"(shard {args.shard})", flush=True)
     for n in [int(x) for x in args.sizes.split(",") if x]:
         for explain in (False, True):
             r = child(run, n, args.shard, explain, table)

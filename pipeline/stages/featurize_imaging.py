@@ -15,11 +15,13 @@ Admissions without a usable image are absent (the modality is missing, not zero)
 """
 from __future__ import annotations
 
+import os
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from numpy.lib.format import open_memmap
 
 from pipeline.artifacts import write_parquet
 from pipeline.config import ImagingConfig
@@ -107,8 +109,13 @@ def featurize_imaging(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ImagingCon
     out_dir = Path(out_dir)
     cand = select_images(cohort, index, cfg)
     pending = [(int(h), g.reset_index(drop=True)) for h, g in cand.groupby("hadm_id", sort=True)]
+    # Decoded images go straight to a memory-mapped scratch file (one slot per admission),
+    # so memory holds one round of results, not the cohort's images.
+    scratch = out_dir / f".images_scratch{os.getpid()}.npy"
+    slots = open_memmap(scratch, mode="w+", dtype=np.float32, shape=(max(len(pending), 1), 1, cfg.size, cfg.size))
+    slot_of = {h: i for i, (h, _) in enumerate(pending)}
     chosen: dict[int, pd.Series] = {}
-    arrays: dict[int, np.ndarray] = {}
+    stats: dict[int, dict] = {}
     n_bad, n_tried, k = 0, 0, 0
     pool = get_context("fork").Pool(n_jobs) if n_jobs > 1 and len(pending) > 20 else None
     try:
@@ -119,7 +126,8 @@ def featurize_imaging(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ImagingCon
             for (h, g), (arr, err) in zip(pending, outs):
                 row = g.loc[k]
                 if err is None:
-                    chosen[h], arrays[h] = row, arr
+                    chosen[h], stats[h] = row, image_features(arr)
+                    slots[slot_of[h], 0] = arr
                     continue
                 n_bad += 1
                 quarantine.add(SOURCE, row["path"], f"dicom_id={row['dicom_id']}", err[0], err[1])
@@ -130,18 +138,24 @@ def featurize_imaging(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ImagingCon
         if pool is not None:
             pool.close()
             pool.join()
-    hadms = sorted(arrays)
+    hadms = sorted(chosen)
     feats = pd.DataFrame({"hadm_id": np.asarray(hadms, dtype="int64"),
                           "item_time": pd.Series([chosen[h]["image_time"] for h in hadms],
                                                  dtype="datetime64[ns]")})
     if hadms:
-        stats = pd.DataFrame([image_features(arrays[h]) for h in hadms]).add_prefix("imaging__")
-        stats["imaging__frontal"] = [float(chosen[h]["frontal"]) for h in hadms]
-        feats = pd.concat([feats, stats], axis=1)
+        table = pd.DataFrame([stats[h] for h in hadms]).add_prefix("imaging__")
+        table["imaging__frontal"] = [float(chosen[h]["frontal"]) for h in hadms]
+        feats = pd.concat([feats, table], axis=1)
     write_parquet(feats, out_dir / "features.parquet")
-    imgs = (np.stack([arrays[h][None] for h in hadms]).astype(np.float32) if hadms
-            else np.zeros((0, 1, cfg.size, cfg.size), np.float32))
-    np.save(out_dir / "images.npy", imgs)
+    tmp = out_dir / f".images.npy.tmp{os.getpid()}.npy"
+    imgs = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(hadms), 1, cfg.size, cfg.size))
+    order = np.asarray([slot_of[h] for h in hadms], dtype=np.int64)
+    for start in range(0, len(order), 1024):
+        imgs[start:start + 1024] = slots[order[start:start + 1024]]
+    imgs.flush()
+    del imgs, slots
+    os.replace(tmp, out_dir / "images.npy")
+    scratch.unlink(missing_ok=True)
     return {"candidates": len(cand), "images_tried": n_tried, "rows": len(hadms),
             "quarantined_images": n_bad,
             "non_frontal_used": int(sum(not chosen[h]["frontal"] for h in hadms))}
