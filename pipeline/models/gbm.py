@@ -35,8 +35,8 @@ def _check_hash(path: Path, expected: str) -> str:
 
 
 class GBMClassifier(ClassifierMixin, BaseEstimator):
-    def __init__(self, n_estimators=300, learning_rate=0.05, num_leaves=15, min_child_samples=10,
-                 subsample=0.8, colsample_bytree=0.8, reg_lambda=1.0, early_stopping_rounds=30,
+    def __init__(self, n_estimators=1000, learning_rate=0.03, num_leaves=7, min_child_samples=20,
+                 subsample=0.8, colsample_bytree=0.3, reg_lambda=1.0, early_stopping_rounds=100,
                  random_state=0, n_jobs=2):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate

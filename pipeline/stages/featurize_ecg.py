@@ -14,7 +14,9 @@ normal-to-normal: RR within 20 % of the median), rr_cv (rr_std / rr_mean) and
 pnn50 (fraction of successive RR differences > 50 ms) for rhythm irregularity,
 pr, qrs, qt, qtc (ms; Bazett on the median RR), st (mean over leads of the level
 at J + 60 ms against the PR segment, mV), st_max, st_min, qrs_amp (mean QRS
-peak-to-peak over leads, mV), n_leads.
+peak-to-peak over leads, mV), t_amp and t_min (mean and lowest signed T-wave amplitude
+over leads at the T peak, mV), t_inverted (share of leads with T below -0.05 mV),
+ectopic_frac (share of beats whose QRS correlates < 0.8 with the median QRS), n_leads.
 
 How: QRS complexes by neurokit2 (``ecg_findpeaks``, its default method) on the
 spatial velocity of all usable leads (robust to a lead whose QRS is smaller than
@@ -55,7 +57,7 @@ from pipeline.sources.ecg import LEAD_INDEX, SOURCE, STANDARD_LEADS, load_ecg
 
 PREFIX = "ecg__"
 FEATURE_NAMES = ("hr", "rr_mean", "rr_std", "sdnn", "rmssd", "rr_cv", "pnn50", "pr", "qrs", "qt", "qtc",
-                 "st", "st_max", "st_min", "qrs_amp")
+                 "st", "st_max", "st_min", "qrs_amp", "t_amp", "t_min", "t_inverted", "ectopic_frac")
 P_LEADS = ("II", "I", "V1", "aVF", "III", "V2", "aVL", "aVR", "V3", "V4", "V5", "V6")   # P wave: first usable
 RR_RANGE_MS = (240.0, 2500.0)      # successive R peaks outside this (25-250 bpm) are artefacts, not beats
 NN_TOLERANCE = 0.2                 # an RR within 20 % of the median RR counts as normal-to-normal
@@ -64,6 +66,8 @@ DELINEATION_LOWPASS_HZ = 40.0
 QRS_SLOPE_FRACTION = 0.02          # QRS onset/offset: spatial velocity under this fraction of its QRS peak
 P_MIN_MV = 0.02                    # a smaller deflection before the QRS is not called a P wave
 T_MIN_MV = 0.03                    # a T wave (RMS over leads) smaller than this is not delineated
+T_INVERTED_MV = -0.05              # a lead whose T wave peaks below this is counted as inverted
+ECTOPIC_CORR = 0.8                 # a beat whose QRS correlates less with the median beat is ectopic
 WAVE_SCALE_FLOOR_MV = 0.05
 
 
@@ -209,7 +213,29 @@ def _delineate(tpl: np.ndarray, r: int, fs: int, rr_ms: float, p_lead: int) -> d
     if "t_end" in pts:
         out["qt"] = (pts["t_end"] - on) / ms
         out["qtc"] = out["qt"] / np.sqrt(rr_ms / 1000.0)
+    if "t_peak" in pts:
+        t_amp = tpl[:, pts["t_peak"]] - iso                          # signed T amplitude per lead
+        out["t_amp"], out["t_min"] = float(t_amp.mean()), float(t_amp.min())
+        out["t_inverted"] = float((t_amp < T_INVERTED_MV).mean())
     return out
+
+
+def _ectopic_fraction(signal: np.ndarray, leads: np.ndarray, peaks: np.ndarray, fs: int) -> float:
+    """Share of beats whose QRS (R - 100 ms .. R + 150 ms, all usable leads) correlates less
+    than ECTOPIC_CORR with the median QRS: premature ventricular and other aberrant beats."""
+    lo, hi = int(0.1 * fs), int(0.15 * fs)
+    beats = peaks[(peaks - lo >= 0) & (peaks + hi < signal.shape[1])]
+    if len(beats) < 3:
+        return float("nan")
+    idx = beats[None, :] + np.arange(-lo, hi)[:, None]               # [samples, beats]
+    x = np.asarray(signal[leads], np.float64)[:, idx]                 # [leads, samples, beats]
+    x = x - x.mean(axis=1, keepdims=True)
+    flat = x.transpose(2, 0, 1).reshape(len(beats), -1)               # [beats, leads*samples]
+    ref = np.median(flat, axis=0)
+    num = flat @ ref
+    den = np.linalg.norm(flat, axis=1) * np.linalg.norm(ref)
+    corr = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    return float((corr < ECTOPIC_CORR).mean())
 
 
 def _median_beats(signal: np.ndarray, leads: np.ndarray, peaks: np.ndarray, fs: int,
@@ -239,6 +265,7 @@ def ecg_features(signal: np.ndarray, fs: int, lead_mask) -> dict[str, float]:
         return out
     rr = np.diff(peaks) * (1000.0 / fs)
     out.update(_rhythm(rr))
+    out["ectopic_frac"] = _ectopic_fraction(signal, leads, peaks, fs)
     ok = (rr >= RR_RANGE_MS[0]) & (rr <= RR_RANGE_MS[1])
     if ok.sum() < 2:
         return out
