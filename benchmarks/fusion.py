@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--models", default="gbm_early,gbm_late,fusion_early,fusion_late,fusion_hybrid,fusion_attention")
+    ap.add_argument("--config", default="{}", help='extra configuration as JSON, e.g. \'{"imaging": {"encoder": "cnn"}}\'')
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fusion_bench_"))
     data = work / "data"
@@ -44,8 +45,11 @@ def main() -> None:
         t = time.time()
         generate_cohort(data, n_patients=args.patients, seed=args.seed, progress=False)
         print(f"generated {args.patients} patients in {time.time() - t:.0f} s", flush=True)
-    cfg = RunConfig.model_validate({"model": {"fusion_models": args.models.split(","),
-                                              "single_modality_baselines": True}})
+    import json
+    extra = json.loads(args.config)
+    cfg = RunConfig.model_validate({**extra, "model": {**extra.get("model", {}), "fusion_models": args.models.split(","),
+                                                       "single_modality_baselines": True}})
+    print(f"configuration: {json.dumps(extra) if extra else 'defaults'}", flush=True)
     prep = prepare(discover(data), cfg, work / "run", mode="train")
     feats = model_features(prep)
     t0 = time.time()

@@ -65,6 +65,7 @@ class NotesConfig(_Strict):
 class ImagingConfig(_Strict):
     size: int = 64
     lookback_hours: float = 24.0 * 30
+    # stats: intensity statistics only; cnn: also a cross-fitted MONAI CNN's logit (imaging__cnn_risk)
     encoder: Literal["stats", "cnn"] = "stats"
 
 

@@ -43,7 +43,7 @@ def _stage(work: Path, name: str, inputs: dict, config: dict, body) -> Path:
 
 def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
             fitted: dict | None = None, align_table: bool = True) -> Prepared:
-    """``mode`` 'train' fits what needs fitting (EHR code list, notes encoder) on the
+    """``mode`` 'train' fits what needs fitting (EHR code list, notes encoder, image CNN) on the
     train split; 'score' uses ``fitted`` (from the model folder) and scores every row.
     ``align_table=False`` runs every stage but leaves the features on disk (``table`` is
     None): a scoring job then reads them one shard at a time with ``aligned_shards``."""
@@ -132,8 +132,9 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
         iidx = index("index_imaging", {"metadata": tree_hash(croot, "mimic-cxr-2.0.0-*")}, {},
                      lambda q: read_cxr_metadata(croot, q), "imaging_index.parquet")
         featurize("imaging", {"index": output_hash(dirs["index_imaging"])},
-                  {"imaging": cfg.imaging.model_dump(mode="json")},
-                  lambda tmp, q: featurize_imaging(cohort, iidx, cfg.imaging, tmp, q))
+                  {"imaging": cfg.imaging.model_dump(mode="json"), "encoder": fitted.get("imaging_encoder_hash")},
+                  lambda tmp, q: featurize_imaging(cohort, iidx, cfg.imaging, tmp, q,
+                                                   encoder=fitted.get("imaging_encoder")))
 
     present = [m for m in modalities if f"features_{m}" in dirs]
     if not align_table:

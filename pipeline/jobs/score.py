@@ -51,13 +51,15 @@ class Scorer:
         self.tensor_dirs = tensor_dirs
 
     def fitted(self) -> dict:
+        """What the ETL must not refit when scoring: the EHR code list and the saved encoders."""
+        from pipeline.artifacts import tree_hash
+        from pipeline.stages.featurize_notes import load_encoder
+        from pipeline.stages.image_cnn import ImageCNNEncoder
         out = {"ehr_codes": self.meta["ehr_codes"]}
-        if self.meta.get("notes_encoder"):
-            from pipeline.stages.featurize_notes import load_encoder
-            folder = self.run / "model" / self.meta["notes_encoder"]
-            out["notes_encoder"] = load_encoder(folder)
-            from pipeline.artifacts import tree_hash
-            out["notes_encoder_hash"] = tree_hash(folder)
+        for key, load in (("notes_encoder", load_encoder), ("imaging_encoder", ImageCNNEncoder.load)):
+            if self.meta.get(key):
+                folder = self.run / "model" / self.meta[key]
+                out[key], out[f"{key}_hash"] = load(folder), tree_hash(folder)
         return out
 
     def conform(self, table: pd.DataFrame) -> pd.DataFrame:

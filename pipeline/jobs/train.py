@@ -215,11 +215,12 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
     train_rows = t[t.split == "train"]
     write_parquet(train_rows[list(model.feature_names_in_)].sample(min(100, len(train_rows)), random_state=0),
                   mdir / "background.parquet")
-    notes_enc = prep.stage_dirs.get("features_notes")
-    if notes_enc is not None and (notes_enc / "encoder").exists():
-        import shutil
-        shutil.copytree(notes_enc / "encoder", mdir / "notes_encoder", dirs_exist_ok=True)
-        meta["notes_encoder"] = "notes_encoder"
+    for key, stage in (("notes_encoder", "features_notes"), ("imaging_encoder", "features_imaging")):
+        fitted = prep.stage_dirs.get(stage)
+        if fitted is not None and (fitted / "encoder").exists():  # fitted on train; scoring reuses it
+            import shutil
+            shutil.copytree(fitted / "encoder", mdir / key, dirs_exist_ok=True)
+            meta[key] = key
     write_json(meta, mdir / "model.json")
 
     scores, exp = score_rows(te, model, cal, meta, pretty_namer(labels),

@@ -104,8 +104,10 @@ def _load_all(tasks: list[tuple[str, int]], pool) -> list:
 
 
 def featurize_imaging(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ImagingConfig, out_dir: Path,
-                      quarantine: Quarantine, n_jobs: int = 2) -> dict:
-    """Write ``features.parquet`` and ``images.npy`` into ``out_dir``; return counts."""
+                      quarantine: Quarantine, n_jobs: int = 2, encoder=None) -> dict:
+    """Write ``features.parquet`` and ``images.npy`` into ``out_dir``; return counts.
+    With ``cfg.encoder == 'cnn'`` also ``imaging__cnn_risk`` from the image CNN
+    (``encoder``: a fitted one when scoring; None fits one here and saves ``encoder/``)."""
     out_dir = Path(out_dir)
     cand = select_images(cohort, index, cfg)
     pending = [(int(h), g.reset_index(drop=True)) for h, g in cand.groupby("hadm_id", sort=True)]
@@ -146,7 +148,6 @@ def featurize_imaging(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ImagingCon
         table = pd.DataFrame([stats[h] for h in hadms]).add_prefix("imaging__")
         table["imaging__frontal"] = [float(chosen[h]["frontal"]) for h in hadms]
         feats = pd.concat([feats, table], axis=1)
-    write_parquet(feats, out_dir / "features.parquet")
     tmp = out_dir / f".images.npy.tmp{os.getpid()}.npy"
     imgs = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(hadms), 1, cfg.size, cfg.size))
     order = np.asarray([slot_of[h] for h in hadms], dtype=np.int64)
@@ -156,6 +157,13 @@ def featurize_imaging(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ImagingCon
     del imgs, slots
     os.replace(tmp, out_dir / "images.npy")
     scratch.unlink(missing_ok=True)
+    cnn_fitted = False
+    if cfg.encoder == "cnn" and hadms:
+        from pipeline.stages.image_cnn import cnn_feature
+        risk, cnn_fitted = cnn_feature(cohort, np.asarray(hadms), np.load(out_dir / "images.npy", mmap_mode="r"),
+                                       cfg, encoder, out_dir)
+        feats["imaging__cnn_risk"] = risk.astype("float64")
+    write_parquet(feats, out_dir / "features.parquet")
     return {"candidates": len(cand), "images_tried": n_tried, "rows": len(hadms),
             "quarantined_images": n_bad,
-            "non_frontal_used": int(sum(not chosen[h]["frontal"] for h in hadms))}
+            "non_frontal_used": int(sum(not chosen[h]["frontal"] for h in hadms)), "cnn_fitted_here": cnn_fitted}
