@@ -53,7 +53,7 @@ print(json.dumps({"rows": n, "seconds": time.time() - t0,
 """
 
 
-def e2e(run: Path, data: Path, out: Path, shard: int) -> dict:
+def e2e_job(run: Path, data: Path, out: Path, shard: int) -> dict:
     r = subprocess.run([sys.executable, "-c", E2E, str(run), str(data), str(out), str(shard)],
                        capture_output=True, text=True, cwd=REPO)
     if r.returncode:
@@ -105,7 +105,7 @@ def main() -> None:
         if not (rep / "hosp" / "patients.csv.gz").exists():
             subprocess.run([sys.executable, str(REPO.parent / "shared" / "tools" / "replicate_mimic.py"),
                             str(args.data), str(rep), str(k)], check=True, capture_output=True)
-        r = e2e(run, rep, work / f"scores_x{k}.parquet", args.shard)
+        r = e2e_job(run, rep, work / f"scores_x{k}.parquet", args.shard)
         print(f"end-to-end `score` on the demo x{k}: {r['rows']:,} admissions in {r['seconds']:.1f} s "
               f"({r['rows'] / r['seconds']:,.0f}/s, ETL and SHAP reasons included), peak RSS {r['peak_rss_gib']:.2f} GiB "
               f"(shard {args.shard})", flush=True)

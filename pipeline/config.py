@@ -60,6 +60,8 @@ class NotesConfig(_Strict):
     lookback_hours: float = 24.0 * 30
     note_types: tuple[str, ...] = ("radiology", "discharge")
     batch_size: int = 32
+    # also notes__text_risk: a cross-fitted logistic regression over each admission's TF-IDF
+    text_risk: bool = False
 
 
 class ImagingConfig(_Strict):

@@ -230,3 +230,36 @@ def test_minilm_offline_embeddings_and_cache(tmp_path, capsys, caplog, monkeypat
     assert (tmp_path / "notes_cache").is_dir()
     captured = capsys.readouterr()
     assert all("secret patient text" not in s for s in (captured.out, captured.err, caplog.text))
+
+
+def test_text_risk_is_cross_fitted_saved_with_the_encoder_and_reused(synth_root, tmp_path):
+    """notes.text_risk: out-of-fold on train admissions, refit never when scoring."""
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.config import RunConfig
+    from pipeline.jobs.score import score
+    from pipeline.jobs.train import train
+    from pipeline.stages.featurize_notes import TextRiskModel, load_encoder
+    cfg = RunConfig.model_validate({"notes": {"text_risk": True}, "model": {
+        "gbm_estimators": 60, "fusion_models": ["gbm_early"], "single_modality_baselines": False}})
+    train(synth_root, tmp_path / "run", cfg, report=False)
+    feats = pd.read_parquet(tmp_path / "run" / "stages" / "features_notes" / "features.parquet")
+    assert feats["notes__text_risk"].notna().all() and feats["notes__text_risk"].std() > 0
+    enc = load_encoder(tmp_path / "run" / "model" / "notes_encoder")
+    assert isinstance(enc.text_risk_, TextRiskModel) and enc.text_risk_.coef_.shape[0] >= 2
+    t = pd.read_parquet(tmp_path / "run" / "test_scores.parquet")
+    s = score(tmp_path / "run", synth_root, tmp_path / "s.parquet").set_index("hadm_id").loc[t.hadm_id]
+    assert np.allclose(s["risk"].to_numpy(), t["risk"].to_numpy(), atol=1e-6)
+    sf = pd.read_parquet(tmp_path / ".s_work" / "stages" / "features_notes" / "features.parquet").set_index("hadm_id")
+    common = sorted(set(t.hadm_id) & set(sf.index) & set(feats.hadm_id))
+    assert common and np.allclose(sf.loc[common, "notes__text_risk"],
+                                  feats.set_index("hadm_id").loc[common, "notes__text_risk"])
+    # the model itself: learns a wording signal out of fold
+    rng = np.random.default_rng(0)
+    y = (rng.random(300) < 0.3).astype(int)
+    docs = [("worsening consolidation effusion " if v else "clear lungs no acute process ") + f"word{rng.integers(50)}"
+            for v in y]
+    m = TextRiskModel(min_df=1)
+    assert roc_auc_score(y, m.fit_oof(docs, y)) > 0.95
+    with pytest.raises(DataError, match="too few train admissions"):
+        TextRiskModel().fit_oof(docs[:5], np.r_[1, 0, 0, 0, 0])

@@ -264,10 +264,78 @@ class SentenceEncoder(BaseEstimator):
         return enc
 
 
+class TextRiskModel(BaseEstimator):
+    """``notes.text_risk``: a logistic regression over an admission's TF-IDF (words and
+    bigrams, full vocabulary) predicting the task label, cross-fitted on TRAIN admissions
+    (each gets the logit of the fold model that did not see it; every other admission the
+    mean of the fold models).  The logit is the feature ``notes__text_risk``."""
+
+    def __init__(self, folds: int = 5, C: float = 1.0, max_features: int = 50000, min_df: int = 2, seed: int = 0):
+        self.folds = folds
+        self.C = C
+        self.max_features = max_features
+        self.min_df = min_df
+        self.seed = seed
+
+    def _vectorizer(self, **kw):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True, dtype=np.float64, **kw)
+
+    def fit_oof(self, docs: list[str], y) -> np.ndarray:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold
+        y = np.asarray(y).astype(int)
+        k = int(min(self.folds, np.bincount(y, minlength=2).min()))
+        if k < 2:
+            raise DataError(f"too few train admissions with notes of each class for notes.text_risk "
+                            f"({np.bincount(y, minlength=2).tolist()})", field="notes.text_risk",
+                            hint="turn notes.text_risk off for a cohort this small")
+        vec = self._vectorizer(max_features=self.max_features, min_df=min(self.min_df, len(docs)))
+        X = vec.fit_transform(docs)
+        self.vocabulary_ = {str(t): int(i) for t, i in vec.vocabulary_.items()}
+        self.idf_ = vec.idf_.astype(np.float64)
+        oof = np.zeros(len(y))
+        coefs, intercepts = [], []
+        for fit_idx, out_idx in StratifiedKFold(k, shuffle=True, random_state=self.seed).split(X, y):
+            lr = LogisticRegression(C=self.C, max_iter=2000).fit(X[fit_idx], y[fit_idx])
+            oof[out_idx] = lr.decision_function(X[out_idx])
+            coefs.append(lr.coef_[0])
+            intercepts.append(float(lr.intercept_[0]))
+        self.coef_, self.intercept_ = np.vstack(coefs), np.asarray(intercepts)
+        return oof
+
+    def transform(self, docs: list[str]) -> np.ndarray:
+        vec = self._vectorizer(vocabulary=self.vocabulary_)
+        vec.idf_ = self.idf_
+        X = vec.transform(list(docs))
+        return np.asarray(X @ self.coef_.T).mean(axis=1) + self.intercept_.mean()
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "idf.npy", self.idf_)
+        np.save(folder / "coef.npy", self.coef_)
+        write_json({"kind": "text_risk", "params": self.get_params(), "vocabulary": self.vocabulary_,
+                    "intercept": self.intercept_.tolist()}, folder / "model.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> "TextRiskModel":
+        folder = Path(folder)
+        meta = read_json(folder / "model.json")
+        m = cls(**meta["params"])
+        m.vocabulary_, m.intercept_ = meta["vocabulary"], np.asarray(meta["intercept"])
+        m.idf_ = np.load(folder / "idf.npy", allow_pickle=False)
+        m.coef_ = np.load(folder / "coef.npy", allow_pickle=False)
+        return m
+
+
 def load_encoder(folder: Path):
-    """The encoder saved in ``folder`` (either kind)."""
+    """The encoder saved in ``folder`` (either kind), with its text-risk model when one was fitted."""
     kind = read_json(Path(folder) / "encoder.json")["kind"]
-    return {"tfidf_svd": TfidfSVDEncoder, "sentence": SentenceEncoder}[kind].load(folder)
+    enc = {"tfidf_svd": TfidfSVDEncoder, "sentence": SentenceEncoder}[kind].load(folder)
+    if (Path(folder) / "text_risk" / "model.json").exists():
+        enc.text_risk_ = TextRiskModel.load(Path(folder) / "text_risk")
+    return enc
 
 
 # --- the stage --------------------------------------------------------------------------------
@@ -302,6 +370,26 @@ def _fit(encoder, texts: list[str], owners: list[int], cohort: pd.DataFrame):
     return encoder.fit(train_texts)
 
 
+def _text_risk(encoder, fitted_here: bool, docs: list[str], hadms: np.ndarray, cohort: pd.DataFrame,
+               out_dir: Path) -> np.ndarray:
+    """``notes__text_risk`` per admission: cross-fitted here on the train split (and saved
+    beside the encoder), or computed by the model the given encoder carries."""
+    if not fitted_here:
+        if getattr(encoder, "text_risk_", None) is None:
+            raise DataError("notes.text_risk is on but the saved notes encoder has no text-risk model",
+                            field="notes.text_risk", hint="score with the configuration the model was trained with")
+        return encoder.text_risk_.transform(docs) if docs else np.zeros(0)
+    c = cohort.drop_duplicates("hadm_id").set_index("hadm_id").reindex(hadms)
+    train = (c["split"] == "train").to_numpy()
+    model = TextRiskModel()
+    out = np.zeros(len(hadms))
+    out[train] = model.fit_oof([d for d, t in zip(docs, train) if t], c["label"].to_numpy()[train])
+    if (~train).any():
+        out[~train] = model.transform([d for d, t in zip(docs, train) if not t])
+    model.save(out_dir / "encoder" / "text_risk")
+    return out
+
+
 def featurize_notes(cohort: pd.DataFrame, notes: pd.DataFrame, cfg: NotesConfig, out_dir: Path,
                     quarantine: Quarantine, encoder=None) -> dict:
     """Write ``features.parquet`` (and, when the encoder is fitted here, ``encoder/``)
@@ -326,8 +414,11 @@ def featurize_notes(cohort: pd.DataFrame, notes: pd.DataFrame, cfg: NotesConfig,
     note_of: list[int] = []     # running number of the note each chunk comes from
     note_owner: list[int] = []  # hadm_id of each embedded note
     per_adm: dict[int, dict] = {}
+    docs: dict[int, str] = {}   # an admission's cleaned text, for notes.text_risk
     for hadm, g in sel.groupby("hadm_id", sort=True):
         cleaned = dedupe_sentences([clean(t, nt) for t, nt in zip(g["text"], g["note_type"])])
+        if cfg.text_risk:
+            docs[int(hadm)] = "\n".join(cleaned)
         words, used, last = 0, 0, None
         for t, when in zip(cleaned, g["charttime"]):
             cs = chunks(t, size)
@@ -356,6 +447,8 @@ def featurize_notes(cohort: pd.DataFrame, notes: pd.DataFrame, cfg: NotesConfig,
     feats = pd.concat([feats, pooled.reindex(hadms).reset_index(drop=True).astype("float64")], axis=1)
     feats["notes__n_notes"] = [float(per_adm[h]["n_notes"]) for h in hadms]
     feats["notes__n_words"] = [float(per_adm[h]["n_words"]) for h in hadms]
+    if cfg.text_risk:
+        feats["notes__text_risk"] = _text_risk(encoder, fitted_here, [docs[h] for h in hadms], hadms, cohort, out_dir)
     write_parquet(feats, out_dir / "features.parquet")
     out = {"notes_considered": len(sel), "notes_embedded": len(note_owner), "chunks": len(texts),
            "rows": len(feats), "encoder": type(encoder).__name__, "encoder_fitted_here": fitted_here}
