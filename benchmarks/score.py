@@ -54,6 +54,8 @@ print(json.dumps({"rows": n, "seconds": time.time() - t0,
 
 
 def e2e_job(run: Path, data: Path, out: Path, shard: int) -> dict:
+    import shutil
+    shutil.rmtree(out.parent / f".{out.stem}_work", ignore_errors=True)  # no cached stages: the whole ETL runs
     r = subprocess.run([sys.executable, "-c", E2E, str(run), str(data), str(out), str(shard)],
                        capture_output=True, text=True, cwd=REPO)
     if r.returncode:

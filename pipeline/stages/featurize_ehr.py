@@ -66,7 +66,7 @@ def _feature_name(code: str, agg: str) -> str:
 
 
 def featurize_ehr(cohort: pd.DataFrame, stage_in: Path, cfg: EHRConfig, out_dir: Path,
-                  codes: list[str] | None = None, shard_rows: int = 20_000) -> dict:
+                  codes: list[str] | None = None, shard_rows: int = 5_000) -> dict:
     """Write out_dir/features.parquet (hadm_id, item_time, ehr__*) and out_dir/codes.json.
 
     Admissions are featurised ``shard_rows`` at a time (sorted by hadm_id) and appended to
