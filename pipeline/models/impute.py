@@ -95,7 +95,8 @@ class ModalityImputer(TransformerMixin, BaseEstimator):
         steps = [{"feature": int(t.feat_idx), "neighbors": t.neighbor_feat_idx.astype(int).tolist(),
                   "coef": t.estimator.coef_.tolist(), "intercept": float(t.estimator.intercept_)}
                  for t in imp.imputation_sequence_]
-        return {"columns": cols, "targets": targets, "initial": np.nan_to_num(imp.initial_imputer_.statistics_).tolist(),
+        initial = np.nan_to_num(imp.initial_imputer_.statistics_).tolist()
+        return {"columns": cols, "targets": targets, "initial": initial,
                 "min": np.broadcast_to(imp._min_value, len(cols)).tolist(),
                 "max": np.broadcast_to(imp._max_value, len(cols)).tolist(), "steps": steps}
 

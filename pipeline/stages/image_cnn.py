@@ -80,7 +80,8 @@ class ImageCNNEncoder(BaseEstimator):
         y = np.asarray(y).astype(int)
         k = int(min(self.folds, np.bincount(y, minlength=2).min()))
         if k < 2:
-            raise DataError(f"too few train images of each class to cross-fit the image CNN ({np.bincount(y).tolist()})",
+            raise DataError(f"too few train images of each class to cross-fit the image CNN "
+                            f"({np.bincount(y, minlength=2).tolist()})",
                             field="imaging.encoder", hint="use imaging.encoder: stats on a cohort this small")
         torch.set_num_threads(self.n_threads)
         oof = np.zeros(len(y), np.float32)
