@@ -84,6 +84,7 @@ def test_imputed_classifier_round_trip_and_folded_explanation(tmp_path, inner):
     assert np.allclose(back.decision_function(X), m.decision_function(X))
     exp = feature_shap(back, X)
     assert exp.feature_names == list(X.columns)                      # indicators folded into their features
+    assert len(exp.feature_modality) == len(X.columns) and exp.feature_modality[2] == "ecg"
     assert np.allclose(exp.values.sum(1) + exp.base_values, m.decision_function(X), atol=1e-6)
     assert np.isnan(exp.data[X.ecg__b.isna().to_numpy(), 2]).all()   # shown as recorded (missing), not imputed
     # modality Shapley through the imputer: an absent modality still contributes exactly 0
@@ -128,6 +129,12 @@ def test_train_with_imputation_config_then_score_in_a_new_job(synth_root, tmp_pa
     t = pd.read_parquet(tmp_path / "run" / "test_scores.parquet")
     assert t["reasons"].str.len().gt(0).all()
     assert "__isna" not in " ".join(t["reasons"])        # reasons name recorded features, not indicators
+    from pipeline.explain.explanation import Explanation
+    exp = Explanation.load(tmp_path / "run" / "explanation")
+    assert not any(f.endswith("__isna") for f in exp.feature_names)
+    assert len(exp.feature_modality) == len(exp.feature_names) == exp.values.shape[1]
+    if primary.startswith("fusion"):                     # the net's waveform/image attributions are kept
+        assert "ecg__waveform" in exp.feature_names and np.abs(exp.values).sum() > 0
     s = score(tmp_path / "run", synth_root, tmp_path / "s.parquet").set_index("hadm_id").loc[t.hadm_id]
     assert np.allclose(s["risk"].to_numpy(), t["risk"].to_numpy(), atol=1e-6)
     mods = ["ehr", "ecg", "notes", "imaging"]

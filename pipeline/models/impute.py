@@ -189,16 +189,22 @@ class ImputedClassifier(ClassifierMixin, BaseEstimator):
 
     def fold_explanation(self, exp, X: pd.DataFrame):
         """An explanation of the inner model (imputed features + indicators) restated over the
-        raw features: indicator values added to their feature, data = the recorded values."""
+        raw features: indicator values added to their feature, data = the recorded values.
+        Inner pseudo-features that are not table columns (the fused net's ``ecg__waveform``,
+        ``imaging__image``) are kept as they are, so the values still add up."""
         names = [c for c in self.feature_names_in_ if c != "hadm_id"]
-        pos = {c: i for i, c in enumerate(names)}
-        vals = np.zeros((exp.values.shape[0], len(names)))
+        extra = [f for f in exp.feature_names if f not in names and not f.endswith(ISNA)]
+        pos = {c: i for i, c in enumerate(names + extra)}
+        vals = np.zeros((exp.values.shape[0], len(pos)))
+        data = np.full((exp.values.shape[0], len(pos)), np.nan)
+        data[:, :len(names)] = X[names].to_numpy(dtype=float)
         for j, f in enumerate(exp.feature_names):
             base = f[:-len(ISNA)] if f.endswith(ISNA) else f
-            if base in pos:
-                vals[:, pos[base]] += exp.values[:, j]
-        exp.values, exp.feature_names = vals, names
-        exp.data = X[names].to_numpy(dtype=float)
+            vals[:, pos[base]] += exp.values[:, j]
+            if f in extra:
+                data[:, pos[f]] = exp.data[:, j]
+        exp.values, exp.feature_names, exp.data = vals, names + extra, data
+        exp.feature_modality = [modality_of(f) or "other" for f in exp.feature_names]
         return exp
 
     def save(self, folder: Path) -> None:
