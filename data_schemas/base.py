@@ -51,6 +51,11 @@ class Schema:
     def required(self) -> list[str]:
         return [c.name for c in self.columns if c.required]
 
+    def empty(self) -> pd.DataFrame:
+        """A frame with no rows and every column of this schema, each of its kind's dtype."""
+        dtypes = {"int": "int64", "float": "float64", "str": "object", "datetime": "datetime64[ns]", "bool": "bool"}
+        return pd.DataFrame({c.name: pd.Series(dtype=dtypes[c.kind]) for c in self.columns})
+
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
 

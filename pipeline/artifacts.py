@@ -96,6 +96,7 @@ class ParquetShardWriter:
         self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         self.writer = None
         self.rows = 0
+        self.closed = False
 
     def write(self, df: pd.DataFrame) -> None:
         import pyarrow as pa
@@ -114,9 +115,14 @@ class ParquetShardWriter:
         self.writer.write_table(table, row_group_size=self.row_group_size)
         self.rows += len(df)
 
-    def close(self, empty: pd.DataFrame | None = None) -> Path:
-        if self.writer is None:  # nothing written: an empty file with the given columns
-            write_parquet(empty if empty is not None else pd.DataFrame(), self.path, self.schema)
+    def close(self) -> Path:
+        """Finish the file (once).  With no part written: an empty file with the schema's
+        columns (or no columns when there is no schema)."""
+        if self.closed:
+            return self.path
+        self.closed = True
+        if self.writer is None:
+            write_parquet(self.schema.empty() if self.schema is not None else pd.DataFrame(), self.path, self.schema)
             return self.path
         self.writer.close()
         os.replace(self.tmp, self.path)

@@ -90,3 +90,14 @@ def test_shard_writer_refuses_a_changed_schema_and_leaves_nothing(tmp_path):
         w.write(pd.DataFrame({"a": [1], "b": [2.0]}))
         w.write(pd.DataFrame({"a": [3], "b": [np.nan]}))
     assert pd.read_parquet(path)["a"].tolist() == [1, 3]
+
+
+def test_shard_writer_with_no_part_writes_the_schema_columns(tmp_path):
+    """A scoring job with nothing to score still writes a valid, empty score file."""
+    from data_schemas.modalities import SCORES
+    path = tmp_path / "s.parquet"
+    with ParquetShardWriter(path, SCORES):
+        pass
+    back = pd.read_parquet(path)
+    assert len(back) == 0 and set(SCORES.required) <= set(back.columns)
+    SCORES.validate(back, path)

@@ -140,20 +140,11 @@ def score(model: Path, input_root: Path, output: Path, engine: str = "local", sc
     with ParquetShardWriter(output, SCORES) as out:
         for part in tqdm(parts, total=n_shards, unit="shard"):
             out.write(part)
-        if out.writer is None:
-            out.close(empty=pd.DataFrame({c: pd.Series(dtype=_EMPTY[c]) for c in SCORE_COLUMNS}))
     qpath = output.with_name(f"{output.stem}_quarantine.parquet")
     write_parquet(q, qpath, QUARANTINE)
     rate = out.rows / max(time.time() - t0, 1e-9)
     log(f"[score] wrote {output} ({out.rows} rows, {rate:.0f}/s overall); quarantine {qpath} ({len(q)} rows)")
     return pd.read_parquet(output) if return_frame else out.rows
-
-
-SCORE_COLUMNS = ["subject_id", "hadm_id", "prediction_time", "risk", "band", "reasons",
-                 "ehr", "ecg", "notes", "imaging"]
-_EMPTY = {"subject_id": "int64", "hadm_id": "int64", "prediction_time": "datetime64[ns]", "risk": "float64",
-          "band": "object", "reasons": "object", "ehr": "float64", "ecg": "float64", "notes": "float64",
-          "imaging": "float64"}
 
 
 def _written(shards, writer: TensorWriter):
