@@ -116,7 +116,7 @@ def score(model: Path, input_root: Path, output: Path, engine: str = "local", sc
     work = output.parent / f".{output.stem}_work"
     if (input_root / "index.json").exists():
         log(f"[score] reading prepared patient tensors from {input_root}")
-        shards, n_rows, q = _tensor_shards(input_root, scorer), _tensor_rows(input_root), Quarantine().to_frame()
+        (shards, n_rows), q = _tensor_input(input_root, scorer), Quarantine().to_frame()
         tensors_in_shards = True
     else:
         sources = discover(input_root, None)
@@ -155,13 +155,10 @@ def _written(shards, writer: TensorWriter):
     writer.close()
 
 
-def _tensor_rows(folder: Path) -> int:
-    return int(sum(s["rows"] for s in read_json(folder / "index.json")["shards"]))
-
-
-def _tensor_shards(folder: Path, scorer: Scorer):
-    """Aligned rows (and raw tensors) of each shard of a patient-tensor folder, after
-    checking that its modalities and feature names are the model's."""
+def _tensor_input(folder: Path, scorer: Scorer):
+    """(aligned rows and raw tensors of each shard, row count) of a patient-tensor folder.
+    Its modalities and feature names are checked against the model's first, so a
+    mismatch is refused before anything is scored or written."""
     index = read_json(folder / "index.json")
     for m in scorer.meta["modalities"]:
         if m not in index["modalities"]:
@@ -174,8 +171,8 @@ def _tensor_shards(folder: Path, scorer: Scorer):
                             f"e.g. {miss[:3]}", file=folder / "index.json", field=f"feature_names.{m}",
                             hint="prepare the tensors with the model's configuration (e.g. `mmpipe score` on the "
                                  "raw data writes them under .<output stem>_work/tensors)")
-    for arrays in iter_shards(folder):
-        yield shard_table(arrays, index), shard_tensors(arrays)
+    shards = ((shard_table(arrays, index), shard_tensors(arrays)) for arrays in iter_shards(folder))
+    return shards, int(sum(s["rows"] for s in index["shards"]))
 
 
 def _score_dask(scorer: Scorer, shards, scheduler: str | None, tensors_in_shards: bool):

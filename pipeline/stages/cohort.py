@@ -15,6 +15,8 @@ subject has any positive label, seeded, and stored in the cohort table.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -112,3 +114,21 @@ def assign_splits(cohort: pd.DataFrame, task: TaskConfig) -> pd.Series:
 def score_cohort(cohort: pd.DataFrame) -> pd.DataFrame:
     """For a scoring job every row is scored."""
     return cohort.assign(split="score")
+
+
+def cross_fit_feature(model, items, hadms, cohort: pd.DataFrame, folder: Path) -> np.ndarray:
+    """A supervised feature for the admissions ``hadms`` (``items``: their images array or
+    texts list, same order), fitted on the TRAIN split only: ``model.fit_oof`` gives the
+    train admissions out-of-fold values, ``model.transform`` the others; the fitted model
+    is saved to ``folder`` (and reused, never refitted, when scoring)."""
+    c = cohort.drop_duplicates("hadm_id").set_index("hadm_id").reindex(hadms)
+    train = (c["split"] == "train").to_numpy()
+
+    def take(rows: np.ndarray):
+        return np.asarray(items[rows]) if isinstance(items, np.ndarray) else [x for x, k in zip(items, rows) if k]
+    out = np.zeros(len(hadms))
+    out[train] = model.fit_oof(take(train), c["label"].to_numpy()[train])
+    if (~train).any():
+        out[~train] = model.transform(take(~train))
+    model.save(Path(folder))
+    return out

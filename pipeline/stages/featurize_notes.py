@@ -33,6 +33,7 @@ from sklearn.base import BaseEstimator
 from pipeline.artifacts import read_json, write_json, write_parquet
 from pipeline.config import NotesConfig
 from pipeline.errors import DataError, Quarantine
+from pipeline.stages.cohort import cross_fit_feature
 
 CHUNK_WORDS = 256
 # 'FINDINGS:' (upper case, text may follow) or 'Brief Hospital Course:' alone on its line
@@ -379,15 +380,7 @@ def _text_risk(encoder, fitted_here: bool, docs: list[str], hadms: np.ndarray, c
             raise DataError("notes.text_risk is on but the saved notes encoder has no text-risk model",
                             field="notes.text_risk", hint="score with the configuration the model was trained with")
         return encoder.text_risk_.transform(docs) if docs else np.zeros(0)
-    c = cohort.drop_duplicates("hadm_id").set_index("hadm_id").reindex(hadms)
-    train = (c["split"] == "train").to_numpy()
-    model = TextRiskModel()
-    out = np.zeros(len(hadms))
-    out[train] = model.fit_oof([d for d, t in zip(docs, train) if t], c["label"].to_numpy()[train])
-    if (~train).any():
-        out[~train] = model.transform([d for d, t in zip(docs, train) if not t])
-    model.save(out_dir / "encoder" / "text_risk")
-    return out
+    return cross_fit_feature(TextRiskModel(), docs, hadms, cohort, out_dir / "encoder" / "text_risk")
 
 
 def featurize_notes(cohort: pd.DataFrame, notes: pd.DataFrame, cfg: NotesConfig, out_dir: Path,

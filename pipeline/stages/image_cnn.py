@@ -20,6 +20,7 @@ from sklearn.base import BaseEstimator
 
 from pipeline.artifacts import read_json, write_json
 from pipeline.errors import DataError
+from pipeline.stages.cohort import cross_fit_feature
 
 
 class ImageCNNEncoder(BaseEstimator):
@@ -134,12 +135,5 @@ def cnn_feature(cohort, hadms: np.ndarray, images: np.ndarray, cfg, encoder: Ima
     ``encoder`` is None, else computed with the given fitted encoder."""
     if encoder is not None:
         return encoder.transform(images), False
-    c = cohort.drop_duplicates("hadm_id").set_index("hadm_id").reindex(hadms)
-    train = (c["split"] == "train").to_numpy()
     enc = ImageCNNEncoder(size=cfg.size, random_state=0)
-    out = np.zeros(len(hadms), np.float32)
-    out[train] = enc.fit_oof(np.asarray(images[train]), c["label"].to_numpy()[train])
-    if (~train).any():
-        out[~train] = enc.transform(np.asarray(images[~train]))
-    enc.save(Path(out_dir) / "encoder")
-    return out, True
+    return cross_fit_feature(enc, images, hadms, cohort, Path(out_dir) / "encoder"), True
