@@ -318,3 +318,57 @@ def test_report_wording_shows_the_notes_component():
 def test_auroc_is_none_for_one_class():
     assert auroc(np.zeros(5), np.arange(5)) is None
     assert auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+
+
+# ------------------------------------------------------------------ the Bayes posterior
+
+@pytest.fixture(scope="module")
+def posterior():
+    """p_bayes for 12,000 simulated patients (no files), with the eligible cohort."""
+    from pipeline.synthetic import bayes, ecg, imaging, notes
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(11).spawn(4)]
+    patients, adm = latent.simulate(rngs[0], 12_000)
+    rr = notes.report_levels(rngs[2], notes.plan_radiology(rngs[2], adm), adm)
+    rr["before_prediction"] = rr["hours"] <= latent.PREDICTION_HOURS
+    records = {"ecg": ecg.plan_ecgs(rngs[1], adm), "notes": rr, "imaging": imaging.plan_studies(rngs[3], adm)}
+    p = bayes.posterior_risk(adm, patients, records)
+    return adm.assign(p_bayes=p)[adm["eligible"].to_numpy()], records
+
+
+def test_bayes_posterior_is_calibrated_and_below_the_latent_risk(posterior):
+    from sklearn.linear_model import LogisticRegression
+    cohort, records = posterior
+    y, p = cohort["label"].to_numpy(), cohort["p_bayes"].to_numpy()
+    assert y.sum() > 1500
+    # A posterior is calibrated: in-the-large, and logit(y) ~ a + b * logit(p) has a = 0, b = 1
+    # (the selection correction and the record loadings all enter these).
+    assert abs(p.mean() - y.mean()) < 3 * np.sqrt(y.mean() * (1 - y.mean()) / len(y))
+    fit = LogisticRegression(C=1e6).fit(np.log(p / (1 - p))[:, None], y)
+    assert abs(fit.coef_[0, 0] - 1) < 0.08 and abs(fit.intercept_[0]) < 0.12, (fit.coef_, fit.intercept_)
+    # No file shows absent modalities or the noise between a latent and its records: the
+    # posterior ranks below the latent risk, and above the EHR-only part of it.
+    bayes_auc = auroc(y, p)
+    assert auroc(y, cohort["ehr_part"]) + 0.05 < bayes_auc < auroc(y, cohort["logit"]) - 0.02
+    # Every record before the prediction time carries its loading; the later ones cannot be used.
+    for m, r in records.items():
+        pre = r["before_prediction"].to_numpy(bool)
+        assert r.loc[pre, "load"].notna().all() and r.loc[~pre, "load"].isna().all(), m
+
+
+def test_bayes_posterior_uses_the_records():
+    """An admission's p_bayes moves with its records: a severe ECG raises it, and more records
+    of the same severity narrow the posterior toward it."""
+    from pipeline.synthetic import bayes
+    patients = pd.DataFrame({"subject_id": [1], **{f"trait_{m}": [0.0] for m in latent.MODALITIES}})
+    adm = pd.DataFrame({"subject_id": [1] * 4, "age": 60.0, "z_ehr": 0.0, "acuity": 0.0,
+                        "admittime": pd.Timestamp("2150-01-01") + pd.to_timedelta(np.arange(4) * 30, unit="D")})
+    ecg = pd.DataFrame({"adm": [1, 2, 3, 3, 3], "severity": [-1.0, 2.0, 2.0, 2.0, 2.0], "load": 1.0,
+                        "noise_sd": 0.25, "before_prediction": True})
+    empty = pd.DataFrame({"adm": [], "severity": [], "load": [], "cross_load": [], "noise_sd": [],
+                          "before_prediction": []})
+    p = bayes.posterior_risk(adm.iloc[[0]].reset_index(drop=True), patients, {"ecg": ecg.iloc[:0], "notes": empty,
+                                                                              "imaging": empty})
+    q = bayes.posterior_risk(adm, patients, {"ecg": ecg, "notes": empty, "imaging": empty})
+    assert q[1] < p[0] < q[2] < q[3]
+    with pytest.raises(ValueError, match="without a loading"):
+        bayes.posterior_risk(adm, patients, {"ecg": ecg.assign(load=np.nan), "notes": empty, "imaging": empty})

@@ -7,7 +7,8 @@ Layout under ``out``::
     mimic-iv-ecg/record_list.csv, mimic-iv-ecg/files/pNNNN/pSUBJECT/sSTUDY/STUDY.{hea,dat}
     mimic-iv-note/note/{radiology,discharge}.csv.gz
     mimic-cxr-jpg/mimic-cxr-2.0.0-{metadata,chexpert}.csv.gz, mimic-cxr-jpg/files/pNN/pSUBJECT/sSTUDY/DICOM.jpg
-    ground_truth.csv.gz      the hidden per-admission risk (benchmarks only; the pipeline never reads it)
+    ground_truth.csv.gz      the hidden per-admission risk and the Bayes posterior (benchmarks only;
+                             the pipeline never reads it)
 
 Every random draw comes from one ``np.random.SeedSequence(seed)``, split into one
 stream per part, and every record carries its own seed, so the output is the same
@@ -25,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.synthetic import ecg, ehr, imaging, latent, notes
+from pipeline.synthetic import bayes, ecg, ehr, imaging, latent, notes
 from pipeline.synthetic._io import write_csv
 
-GROUND_TRUTH_COLUMNS = ["subject_id", "hadm_id", "logit", "p_true", "ehr_part", "ecg_part", "notes_part",
+GROUND_TRUTH_COLUMNS = ["subject_id", "hadm_id", "logit", "p_true", "p_bayes", "ehr_part", "ecg_part", "notes_part",
                         "imaging_part"]
 CHUNK = 100            # records per worker task
 MIN_PARALLEL = 400     # fewer records than this are written in-process
@@ -122,6 +123,7 @@ def generate_cohort(out: Path, n_patients: int = 500, seed: int = 0, progress: b
                                        "CXR images", progress)
     _log(progress, t0, f"{counts['cxr_images']} CXR images written")
 
+    adm["p_bayes"] = bayes.posterior_risk(adm, patients, {"ecg": plan, "notes": rr_plan, "imaging": studies})
     write_csv(adm.sort_values("hadm_id"), out / "ground_truth.csv.gz", GROUND_TRUTH_COLUMNS)
     present = {"ecg": _present(adm, plan), "notes": _present(adm, rr_plan.assign(hadm_id=adm["hadm_id"].to_numpy()[
         rr_plan["adm"].to_numpy()])), "imaging": _present(adm, studies)}
@@ -152,8 +154,11 @@ def _risk_summary(adm: pd.DataFrame, present: dict[str, np.ndarray]) -> dict:
         "excluded_minor": int((adm["age"] < 18).sum()),
         "excluded_died_before_prediction": int(((adm["age"] >= 18) & (adm["label"] == 1)
                                                 & (adm["los_hours"] <= latent.PREDICTION_HOURS)).sum()),
-        "bayes_auroc": r(auroc(y, adm["logit"].to_numpy()[elig])),
-        "bayes_auroc_all_admissions": r(auroc(adm["label"], adm["logit"])),
+        # The Bayes-optimal AUROC of what the files show before the prediction time (an upper
+        # bound: see synthetic.bayes), and that of the full latent risk, which no file shows.
+        "bayes_auroc": r(auroc(y, adm["p_bayes"].to_numpy()[elig])),
+        "latent_risk_auroc": r(auroc(y, adm["logit"].to_numpy()[elig])),
+        "latent_risk_auroc_all_admissions": r(auroc(adm["label"], adm["logit"])),
         "present_before_prediction": {m: round(float(p[elig].mean()), 3) for m, p in present.items()},
         # The best AUROC from each modality's own component where it is observed, and from all observed parts.
         "oracle_auroc": {**{m: r(auroc(y, s)) for m, s in seen.items()},

@@ -196,11 +196,11 @@ def plan_ecgs(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
         for _ in range(n_pre[i]):
             if rng.random() < 0.7:
                 h = min(rng.uniform(-4, PREDICTION_HOURS - 4), los[i] - 0.2)
-                c = z[i] + rng.normal(0, 0.25)
+                load, sd = 1.0, 0.25
             else:  # an outpatient or ED visit in the month before
                 h = -24 * rng.uniform(1, 25)
-                c = 0.8 * z[i] + rng.normal(0, 0.35)
-            rows.append((i, h, c))
+                load, sd = 0.8, 0.35
+            rows.append((i, h, load * z[i] + rng.normal(0, sd), load, sd))
         for _ in range(min(n_post[i], 3 - n_pre[i])):
             if los[i] > PREDICTION_HOURS + 1 and (died[i] or rng.random() < 0.7):
                 h = rng.uniform(PREDICTION_HOURS + 0.5, los[i])
@@ -211,8 +211,10 @@ def plan_ecgs(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
                 c = 0.7 * z[i] + rng.normal(0, 0.35)
             else:
                 continue
-            rows.append((i, h, c))
-    plan = pd.DataFrame(rows, columns=["adm", "hours", "severity"])
+            rows.append((i, h, c, np.nan, np.nan))
+    # load, noise_sd: severity = load * z_ecg + N(0, noise_sd) for records before the prediction
+    # time (the Bayes posterior in synthetic.bayes reads them); NaN for the outcome-dependent later ones.
+    plan = pd.DataFrame(rows, columns=["adm", "hours", "severity", "load", "noise_sd"])
     a = adm.iloc[plan["adm"].to_numpy()]
     plan["subject_id"] = a["subject_id"].to_numpy()
     plan["hadm_id"] = a["hadm_id"].to_numpy()

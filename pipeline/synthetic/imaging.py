@@ -169,15 +169,16 @@ def plan_studies(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
         for _ in range(n_pre[i]):
             if rng.random() < 0.85:
                 h = min(rng.uniform(-4, PREDICTION_HOURS - 1), los[i] - 0.3)
-                rows.append((i, h, z[i] + rng.normal(0, 0.3)))
+                rows.append((i, h, z[i] + rng.normal(0, 0.3), 1.0, 0.3))
             else:
-                rows.append((i, -24 * rng.uniform(1, 20), 0.7 * z[i] + rng.normal(0, 0.4)))
+                rows.append((i, -24 * rng.uniform(1, 20), 0.7 * z[i] + rng.normal(0, 0.4), 0.7, 0.4))
         for _ in range(n_post[i]):
             h = rng.uniform(PREDICTION_HOURS + 0.5, los[i])
             ramp = (h - PREDICTION_HOURS) / max(los[i] - PREDICTION_HOURS, 12)
             g = z[i] + (2.0 * ramp if died[i] else -0.4 * max(z[i], 0) * ramp) + rng.normal(0, 0.3)
-            rows.append((i, h, g))
-    st = pd.DataFrame(rows, columns=["adm", "hours", "severity"])
+            rows.append((i, h, g, np.nan, np.nan))
+    # severity = load * z_imaging + N(0, noise_sd) before the prediction time; NaN after (outcome-dependent)
+    st = pd.DataFrame(rows, columns=["adm", "hours", "severity", "load", "noise_sd"])
     a = adm.iloc[st["adm"].to_numpy()]
     st["subject_id"] = a["subject_id"].to_numpy()
     st["hadm_id"] = a["hadm_id"].to_numpy()

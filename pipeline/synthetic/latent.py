@@ -33,6 +33,7 @@ W_EHR, W_AGE, W_ACUITY = 1.75, 0.55, 0.45
 W_ECG, W_NOTES, W_IMG = 2.10, 2.00, 2.25
 MINOR_FRACTION = 0.03
 EARLY_DEATH_FRACTION = 0.08   # of in-hospital deaths, before the prediction time
+LOS_MEDIAN_HOURS, LOS_ACUITY, LOS_SD = 80.0, 0.25, 0.6   # a survivor's stay: lognormal, longer with acuity
 
 ANCHOR_GROUPS = ("2008 - 2010", "2011 - 2013", "2014 - 2016", "2017 - 2019", "2020 - 2022")
 RACES = (("WHITE", 0.62), ("BLACK/AFRICAN AMERICAN", 0.13), ("HISPANIC/LATINO - PUERTO RICAN", 0.03),
@@ -117,7 +118,7 @@ def simulate_admissions(rng: np.random.Generator, patients: pd.DataFrame) -> pd.
         adm[f"z_{m}"] = RHO * pat[f"trait_{m}"].to_numpy() + np.sqrt(1 - RHO**2) * noise[:, 1 + j]
 
     # Times: the patient's admissions are sequential, each starting 2+ days after the previous discharge.
-    hours_los = np.exp(rng.normal(np.log(80) + 0.25 * adm["acuity"], 0.6)).clip(3, 60 * 24)
+    hours_los = np.exp(rng.normal(np.log(LOS_MEDIAN_HOURS) + LOS_ACUITY * adm["acuity"], LOS_SD)).clip(3, 60 * 24)
     start_min = rng.integers(0, 365 * 24 * 60, size=n)
     gaps = (2 + rng.exponential(150, size=n)) * 24 * 60  # minutes
     admittime = np.empty(n, dtype="datetime64[m]")

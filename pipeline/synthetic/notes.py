@@ -22,6 +22,7 @@ from pipeline.synthetic.latent import PREDICTION_HOURS
 
 NOTE_COLUMNS = ["note_id", "subject_id", "hadm_id", "note_type", "note_seq", "charttime", "storetime", "text"]
 TIER_CUTS = (-0.3, 0.6, 1.4)
+REPORT_NOISE_SD = 0.3
 
 CHEST = {
     "indication": (
@@ -156,29 +157,39 @@ def plan_radiology(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
     return plan.sort_values(["adm", "hours"]).reset_index(drop=True)
 
 
+def report_levels(rng: np.random.Generator, plan: pd.DataFrame, adm: pd.DataFrame) -> pd.DataFrame:
+    """Each report's severity level (``severity``).  Before the prediction time it is
+    ``load * z_notes + cross_load * z_imaging + N(0, noise_sd)`` (columns read by
+    synthetic.bayes); later reports drift toward the outcome (loads NaN there)."""
+    z, zi = adm["z_notes"].to_numpy(), adm["z_imaging"].to_numpy()
+    died = adm["label"].to_numpy() == 1
+    los = adm["los_hours"].to_numpy()
+    report_noise = rng.normal(0, REPORT_NOISE_SD, len(plan))
+    out = np.full((len(plan), 3), np.nan)
+    for j, (i, h) in enumerate(zip(plan["adm"].to_numpy(), plan["hours"].to_numpy())):
+        if h > PREDICTION_HOURS:
+            level = z[i] + 0.15 * zi[i] + report_noise[j]
+            ramp = (h - PREDICTION_HOURS) / max(los[i] - PREDICTION_HOURS, 12)
+            out[j, 0] = level + (2.2 * ramp if died[i] else -0.5 * max(level, 0) * ramp)
+        elif h < 0:
+            out[j] = (0.7 * z[i] + report_noise[j], 0.7, 0.0)
+        else:
+            out[j] = (z[i] + 0.15 * zi[i] + report_noise[j], 1.0, 0.15)
+    return plan.assign(severity=out[:, 0], load=out[:, 1], cross_load=out[:, 2], noise_sd=REPORT_NOISE_SD)
+
+
 def write_radiology(rng: np.random.Generator, root: Path, adm: pd.DataFrame,
                     patients: pd.DataFrame) -> tuple[int, pd.DataFrame, dict]:
     """Write note/radiology.csv.gz; return (rows, the plan with times, impressions per admission)."""
     plan = plan_radiology(rng, adm)
     sex = patients.set_index("subject_id")["gender"]
+    plan = report_levels(rng, plan, adm)
     texts, impressions = [], {}
     prev_adm, priors = -1, {}
-    z = adm["z_notes"].to_numpy()
-    zi = adm["z_imaging"].to_numpy()
-    died = adm["label"].to_numpy() == 1
-    los = adm["los_hours"].to_numpy()
-    report_noise = rng.normal(0, 0.3, len(plan))
-    for j, (i, h) in enumerate(zip(plan["adm"].to_numpy(), plan["hours"].to_numpy())):
+    for i, h, level in zip(plan["adm"].to_numpy(), plan["hours"].to_numpy(), plan["severity"].to_numpy()):
         if i != prev_adm:
             prev_adm, priors = i, {}
-        level = z[i] + 0.15 * zi[i] + report_noise[j]
-        trend = None
-        if h > PREDICTION_HOURS:
-            ramp = (h - PREDICTION_HOURS) / max(los[i] - PREDICTION_HOURS, 12)
-            level += 2.2 * ramp if died[i] else -0.5 * max(level, 0) * ramp
-            trend = bool(died[i])
-        elif h < 0:
-            level = 0.7 * z[i] + report_noise[j]
+        trend = bool(adm["label"].iat[i] == 1) if h > PREDICTION_HOURS else None
         u = rng.random()
         exam = ("CHEST (PORTABLE AP)" if u < 0.45 else "CHEST (PA AND LAT)" if u < 0.75
                 else "CT HEAD W/O CONTRAST" if u < 0.87 else "CT ABD & PELVIS WITH CONTRAST")
