@@ -45,7 +45,6 @@ def posterior_risk(adm: pd.DataFrame, patients: pd.DataFrame, records: dict[str,
     (row position in ``adm``), ``severity``, ``load``, ``noise_sd``, ``before_prediction``
     and for notes ``cross_load`` (its loading on ``z_imaging``).
     """
-    n = len(adm)
     # A patient's first admission: nothing before its prediction time shows the traits, so the
     # prior is the latents' marginal N(0, I).  A later one: the earlier stays' files show them in
     # part; the bound is given them exactly, z ~ N(RHO * trait, (1 - RHO^2) I).
