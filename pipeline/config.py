@@ -77,7 +77,9 @@ class ModelConfig(_Strict):
     gbm_estimators: int = 1000
     gbm_learning_rate: float = 0.03
     gbm_num_leaves: int = 7
-    fusion_models: tuple[str, ...] = ("gbm_early", "gbm_late", "fusion_attention")
+    # gbm_early | gbm_late | linear_early | linear_late | fusion_early | fusion_late |
+    # fusion_hybrid | fusion_attention, all on the same splits
+    fusion_models: tuple[str, ...] = ("gbm_early", "gbm_late", "linear_early", "fusion_attention")
     primary: str = "gbm_early"
     calibration: Literal["isotonic", "platt"] = "isotonic"
     top_k_reasons: int = 3

@@ -121,7 +121,7 @@ def test_train_and_score_on_the_real_eicu_demo_subset(tmp_path):
     assert len(s) == metrics["cohort"]["cohort"] and s["risk"].between(0, 1).all()
 
 
-@pytest.mark.parametrize("primary", ["gbm_late", "fusion_attention"])
+@pytest.mark.parametrize("primary", ["gbm_late", "linear_early", "linear_late", "fusion_attention"])
 def test_other_primary_models_train_score_and_explain(mimic_demo, tmp_path, primary):
     from pipeline.jobs.score import score
     cfg = RunConfig.model_validate({"model": {"gbm_estimators": 60, "fusion_models": ["gbm_early", primary],

@@ -18,6 +18,7 @@ from pipeline.explain.modality import modality_shapley
 from pipeline.jobs.prepare import Prepared, collect_quarantine, load_tensors, log, prepare
 from pipeline.models.calibration import Calibrator
 from pipeline.models.gbm import GBMClassifier, LateFusionGBM
+from pipeline.models.linear import LinearClassifier
 from pipeline.models.metrics import age_band, availability_pattern, by_group, evaluate
 from pipeline.sources.discover import discover
 from pipeline.stages import leakage
@@ -59,6 +60,11 @@ def fit_models(prep: Prepared, cfg: RunConfig, feats: list[str]) -> dict:
         elif name == "gbm_late":
             models[name] = imputed(LateFusionGBM(gbm_params=_gbm(cfg), random_state=cfg.model.seed), cfg).fit(
                 tr[feats], tr["label"], ev)
+        elif name == "linear_early":
+            models[name] = imputed(LinearClassifier(random_state=cfg.model.seed), cfg).fit(tr[feats], tr["label"], ev)
+        elif name == "linear_late":
+            models[name] = imputed(LateFusionGBM(head="linear", random_state=cfg.model.seed), cfg).fit(
+                tr[feats], tr["label"], ev)
         elif name.startswith("fusion_"):
             from pipeline.models.fusion import FusionNetClassifier
             tensors = load_tensors(prep.stage_dirs)
@@ -92,8 +98,8 @@ def feature_shap(model, X: pd.DataFrame, background: pd.DataFrame | None = None)
         bg = model._t(background) if background is not None else None
         exp = feature_shap(model.model_, model._t(X), bg)
         return model.fold_explanation(exp, X)
-    if isinstance(model, GBMClassifier):
-        vals, base = tree_shap(model, X)
+    if isinstance(model, (GBMClassifier, LinearClassifier)):
+        vals, base = _shap(model, X)
         names = list(model.feature_names_in_)
         return Explanation(values=vals, base_values=base, data=X[names].to_numpy(dtype=float),
                            feature_names=names, hadm_id=hadm)
@@ -106,7 +112,7 @@ def feature_shap(model, X: pd.DataFrame, background: pd.DataFrame | None = None)
         base = np.full(len(X), float(model.stacker_.intercept_[0]))
         for i, (m, sub) in enumerate(model.models_.items()):
             mask = X[mask_col(m)].to_numpy(dtype=float) if mask_col(m) in X.columns else np.ones(len(X))
-            v, b = tree_shap(sub, X)
+            v, b = _shap(sub, X)
             for j, f in enumerate(sub.feature_names_in_):
                 vals[:, names.index(f)] += coef[2 * i] * mask * v[:, j]
             base += coef[2 * i] * mask * b
@@ -119,6 +125,11 @@ def feature_shap(model, X: pd.DataFrame, background: pd.DataFrame | None = None)
         bg = bg.sample(min(100, len(bg)), random_state=0)
         return fusion_shap(model, X, bg)
     raise TypeError(f"no SHAP path for {type(model).__name__}")
+
+
+def _shap(model, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Exact SHAP values and base values of a LightGBM or linear model (log-odds)."""
+    return model.shap_values(X) if isinstance(model, LinearClassifier) else tree_shap(model, X)
 
 
 def explain(model, X: pd.DataFrame, hadm: np.ndarray, modalities: list[str],

@@ -11,8 +11,10 @@ def load_model(folder: Path):
     from pipeline.models.fusion import FusionNetClassifier
     from pipeline.models.gbm import GBMClassifier, LateFusionGBM
     from pipeline.models.impute import ImputedClassifier
+    from pipeline.models.linear import LinearClassifier
     folder = Path(folder)
-    loaders = {c.__name__: c.load for c in (GBMClassifier, LateFusionGBM, FusionNetClassifier, ImputedClassifier)}
+    loaders = {c.__name__: c.load for c in (GBMClassifier, LateFusionGBM, LinearClassifier, FusionNetClassifier,
+                                              ImputedClassifier)}
     if not (folder / "model.json").exists():
         raise DataError("model folder lacks model.json", file=folder)
     kind = read_json(folder / "model.json").get("kind")

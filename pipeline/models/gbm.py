@@ -1,9 +1,10 @@
 """LightGBM estimators with the scikit-learn contract, saved without pickle.
 
 - ``GBMClassifier``: early fusion, one LightGBM over every modality's features and masks.
-- ``LateFusionGBM``: one LightGBM per modality plus a logistic stacker over their
-  out-of-fold logits and the masks (an absent modality's logit is replaced by 0 and its
-  mask says so; the stacker is also fitted on copies with one modality hidden).
+- ``LateFusionGBM``: one model per modality (LightGBM, or with ``head="linear"`` the
+  penalised logistic ``LinearClassifier``) plus a logistic stacker over their out-of-fold
+  logits and the masks (an absent modality's logit is replaced by 0 and its mask says so;
+  the stacker is also fitted on copies with one modality hidden).
 Both save to a folder as LightGBM text models and JSON, with content hashes that
 ``load`` checks.
 """
@@ -117,13 +118,29 @@ def _safe(name: str) -> str:
 
 
 class LateFusionGBM(ClassifierMixin, BaseEstimator):
-    """One GBM per modality, stacked by logistic regression over logits and masks."""
+    """One model per modality (``head``: gbm or linear), stacked by logistic regression over
+    out-of-fold logits and masks."""
 
-    def __init__(self, gbm_params: dict | None = None, n_folds=5, hide_augment=True, random_state=0):
+    def __init__(self, gbm_params: dict | None = None, n_folds=5, hide_augment=True, head="gbm", random_state=0):
         self.gbm_params = gbm_params
         self.n_folds = n_folds
         self.hide_augment = hide_augment
+        self.head = head
         self.random_state = random_state
+
+    def _new_head(self, **overrides):
+        if self.head == "linear":
+            from pipeline.models.linear import LinearClassifier
+            return LinearClassifier(**{"random_state": self.random_state, **overrides})
+        if self.head != "gbm":
+            raise DataError(f"unknown late-fusion head {self.head!r} (gbm or linear)", field="head")
+        return GBMClassifier(**{"random_state": self.random_state, **(self.gbm_params or {}), **overrides})
+
+    def _fold_settings(self, model) -> dict:
+        """What the per-fold refits reuse from the full model: its rounds or its penalty."""
+        if self.head == "linear":
+            return {"C": model.C_}
+        return {"n_estimators": max(1, model.booster_.best_iteration or model.booster_.current_iteration())}
 
     def _groups(self, columns) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}
@@ -148,19 +165,18 @@ class LateFusionGBM(ClassifierMixin, BaseEstimator):
             if eval_set is not None:
                 vr = eval_set[0][mask_col(m)].to_numpy() == 1 if mask_col(m) in eval_set[0] else slice(None)
                 es = (eval_set[0].loc[vr, cols], np.asarray(eval_set[1])[vr])
-            params = {"random_state": self.random_state, **(self.gbm_params or {})}
-            model = GBMClassifier(**params).fit(X.loc[rows, cols], y[rows], eval_set=es)
+            model = self._new_head().fit(X.loc[rows, cols], y[rows], eval_set=es)
             self.models_[m] = model
             # Out-of-fold logits for the stacker (in-sample logits are overconfident), each
-            # fold with the number of rounds early stopping chose for the full model.
+            # fold with the rounds (or penalty) the validation set chose for the full model.
             Xm, ym = X.loc[rows, cols], y[rows]
             logit = np.zeros(len(Xm))
             n_folds = int(min(self.n_folds, np.bincount(ym).min()))
             if n_folds >= 2:
-                params["n_estimators"] = max(1, model.booster_.best_iteration or model.booster_.current_iteration())
+                settings = self._fold_settings(model)
                 folds = StratifiedKFold(n_folds, shuffle=True, random_state=self.random_state)
                 for fit_idx, out_idx in folds.split(Xm, ym):
-                    fold = GBMClassifier(**params).fit(Xm.iloc[fit_idx], ym[fit_idx])
+                    fold = self._new_head(**settings).fit(Xm.iloc[fit_idx], ym[fit_idx])
                     logit[out_idx] = fold.decision_function(Xm.iloc[out_idx])
             else:
                 logit = model.decision_function(Xm)
@@ -211,7 +227,7 @@ class LateFusionGBM(ClassifierMixin, BaseEstimator):
         write_json({"kind": "LateFusionGBM", "modalities": list(self.models_),
                     "features": list(self.feature_names_in_),
                     "stacker": {"coef": self.stacker_.coef_.tolist(), "intercept": self.stacker_.intercept_.tolist()},
-                    "n_folds": self.n_folds, "hide_augment": self.hide_augment,
+                    "n_folds": self.n_folds, "hide_augment": self.hide_augment, "head": self.head,
                     "random_state": self.random_state}, folder / "model.json")
 
     @classmethod
@@ -219,8 +235,12 @@ class LateFusionGBM(ClassifierMixin, BaseEstimator):
         from sklearn.linear_model import LogisticRegression
         meta = read_json(Path(folder) / "model.json")
         est = cls(n_folds=meta.get("n_folds", 5), hide_augment=meta.get("hide_augment", True),
-                  random_state=meta["random_state"])
-        est.models_ = {m: GBMClassifier.load(Path(folder) / m) for m in meta["modalities"]}
+                  head=meta.get("head", "gbm"), random_state=meta["random_state"])
+        if est.head == "linear":
+            from pipeline.models.linear import LinearClassifier as head_cls
+        else:
+            head_cls = GBMClassifier
+        est.models_ = {m: head_cls.load(Path(folder) / m) for m in meta["modalities"]}
         est.feature_names_in_ = np.asarray(meta["features"], dtype=object)
         st = LogisticRegression()
         st.coef_ = np.asarray(meta["stacker"]["coef"])
