@@ -328,9 +328,8 @@ def posterior():
     from pipeline.synthetic import bayes, ecg, imaging, notes
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(11).spawn(4)]
     patients, adm = latent.simulate(rngs[0], 12_000)
-    rr = notes.report_levels(rngs[2], notes.plan_radiology(rngs[2], adm), adm)
-    rr["before_prediction"] = rr["hours"] <= latent.PREDICTION_HOURS
-    records = {"ecg": ecg.plan_ecgs(rngs[1], adm), "notes": rr, "imaging": imaging.plan_studies(rngs[3], adm)}
+    reports, _ = notes.radiology_reports(rngs[2], adm, patients)
+    records = {"ecg": ecg.plan_ecgs(rngs[1], adm), "notes": reports, "imaging": imaging.plan_studies(rngs[3], adm)}
     p = bayes.posterior_risk(adm, patients, records)
     return adm.assign(p_bayes=p)[adm["eligible"].to_numpy()], records
 
@@ -356,19 +355,24 @@ def test_bayes_posterior_is_calibrated_and_below_the_latent_risk(posterior):
 
 
 def test_bayes_posterior_uses_the_records():
-    """An admission's p_bayes moves with its records: a severe ECG raises it, and more records
-    of the same severity narrow the posterior toward it."""
+    """An admission's p_bayes moves with its records' rendered parameters: a normal ECG lowers
+    it, a severe one raises it, two severe ones raise it more; a loading is required."""
     from pipeline.synthetic import bayes
     patients = pd.DataFrame({"subject_id": [1], **{f"trait_{m}": [0.0] for m in latent.MODALITIES}})
     adm = pd.DataFrame({"subject_id": [1] * 4, "age": 60.0, "z_ehr": 0.0, "acuity": 0.0,
                         "admittime": pd.Timestamp("2150-01-01") + pd.to_timedelta(np.arange(4) * 30, unit="D")})
-    ecg = pd.DataFrame({"adm": [1, 2, 3, 3, 3], "severity": [-1.0, 2.0, 2.0, 2.0, 2.0], "load": 1.0,
-                        "noise_sd": 0.25, "before_prediction": True})
-    empty = pd.DataFrame({"adm": [], "severity": [], "load": [], "cross_load": [], "noise_sd": [],
-                          "before_prediction": []})
-    p = bayes.posterior_risk(adm.iloc[[0]].reset_index(drop=True), patients, {"ecg": ecg.iloc[:0], "notes": empty,
-                                                                              "imaging": empty})
-    q = bayes.posterior_risk(adm, patients, {"ecg": ecg, "notes": empty, "imaging": empty})
-    assert q[1] < p[0] < q[2] < q[3]
+    normal = dict(hr=68.0, af=False, qtc=0.40, qrs_w=1.0, st_amp=0.0, t_inv=0.0, n_pvc=0)
+    severe = dict(hr=104.0, af=False, qtc=0.47, qrs_w=1.3, st_amp=0.25, t_inv=0.7, n_pvc=2)
+    ecg = pd.DataFrame([normal, severe, severe, severe]).assign(adm=[1, 2, 3, 3], load=1.0, noise_sd=0.25,
+                                                                 before_prediction=True)
+    reports = pd.DataFrame({"adm": [], "load": [], "cross_load": [], "noise_sd": [], "before_prediction": [],
+                            "tier_draws": []})
+    studies = pd.DataFrame({"adm": [], "load": [], "noise_sd": [], "before_prediction": [], "opacity": [],
+                            "edema": [], "effusion": [], "ctr": []})
+    q = bayes.posterior_risk(adm, patients, {"ecg": ecg, "notes": reports, "imaging": studies})
+    alone = bayes.posterior_risk(adm.iloc[[0]], patients, {"ecg": ecg.iloc[:0], "notes": reports,
+                                                           "imaging": studies})
+    # admission 0 is a first stay (traits unknown), 1-3 later ones with traits 0: compare 1-3
+    assert q[1] < q[2] < q[3] and q[1] < alone[0] < q[2]
     with pytest.raises(ValueError, match="without a loading"):
-        bayes.posterior_risk(adm, patients, {"ecg": ecg.assign(load=np.nan), "notes": empty, "imaging": empty})
+        bayes.posterior_risk(adm, patients, {"ecg": ecg.assign(load=np.nan), "notes": reports, "imaging": studies})

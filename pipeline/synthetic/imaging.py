@@ -195,6 +195,7 @@ def plan_studies(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
     eff = np.where(rng.random(m) < sigmoid(1.8 * g - 1.8), np.clip(0.06 + 0.07 * g + 0.04 * rng.normal(size=m),
                                                                      0.03, 0.4), 0.0)
     side = rng.random(m)
+    st["effusion"] = eff   # the size drawn; each side shows it (the left scaled by a random factor)
     st["effusion_r"] = np.where(side < 0.7, eff, 0.0)
     st["effusion_l"] = np.where(side > 0.4, eff * rng.uniform(0.6, 1.2, m), 0.0)
     st["ctr"] = np.clip(0.45 + 0.045 * g + 0.03 * rng.normal(size=m), 0.36, 0.72)

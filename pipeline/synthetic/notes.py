@@ -91,23 +91,28 @@ def _tier(level: np.ndarray) -> np.ndarray:
 
 
 def radiology_text(rng: np.random.Generator, level: float, exam: str, sex: str, prior: str | None,
-                   trend: bool | None) -> tuple[str, list[str], str]:
-    """One report: (text, its impression sentences, its most severe finding, for copy-forward).
+                   trend: bool | None) -> tuple[str, list[str], str, tuple]:
+    """One report: (text, its impression sentences, its most severe finding, for copy-forward,
+    and the tier draws that set its wording).
 
     Each sentence's tier is ``level`` plus sentence noise, so the share of worrying
     sentences is graded; normal-lung sentences give way to neutral ones when a
-    sentence is moderate or worse, so a report does not contradict itself.
+    sentence is moderate or worse, so a report does not contradict itself.  The draws are
+    ``(noise_sd, tier, at_most)`` triples: tier(level + N(0, noise_sd)) equals ``tier``, or
+    is at most it when ``at_most`` (an impression raised to the top finding's tier - 1);
+    everything else in the text is independent of the level (synthetic.bayes reads them).
     """
     man = "man" if sex == "M" else "woman"
     chest = exam.startswith("CHEST")
+    ind_tier = int(_tier(level + rng.normal(0, 0.6)))
     if chest:
-        ind = CHEST["indication"][_tier(level + rng.normal(0, 0.6))]
+        ind = CHEST["indication"][ind_tier]
         find_pool, imp_pool = CHEST["findings"], CHEST["impression"]
     else:
         ind = (("headache", "altered mental status", "fall on anticoagulation", "sudden weakness")
                if "HEAD" in exam else ("abdominal pain", "fever, evaluate for abscess", "nausea and vomiting",
                                        "distension, elevated lactate"))
-        ind = (ind[_tier(level + rng.normal(0, 0.6))],)
+        ind = (ind[ind_tier],)
         find_pool = imp_pool = OTHER_EXAMS[exam]
     tiers = _tier(level + rng.normal(0, 0.5, int(rng.integers(3, 6))))
     top = int(tiers.max())
@@ -123,6 +128,8 @@ def radiology_text(rng: np.random.Generator, level: float, exam: str, sex: str, 
     key_finding = findings[0]
     rng.shuffle(findings)
     imp_tiers = np.maximum(_tier(level + rng.normal(0, 0.4, int(rng.integers(1, 3)))), top - 1)
+    draws = ((0.6, ind_tier, False), *((0.5, int(t), False) for t in tiers),
+             *((0.4, int(t), bool(t == top - 1)) for t in imp_tiers))
     impression = list(dict.fromkeys(str(rng.choice(imp_pool[t])) for t in imp_tiers))
     if prior is not None:  # copy forward: the previous report's main finding, verbatim
         findings = [prior] + [f for f in findings if f != prior]
@@ -134,7 +141,7 @@ def radiology_text(rng: np.random.Generator, level: float, exam: str, sex: str, 
             f"TECHNIQUE:  {TECHNIQUE[exam]}\n\nCOMPARISON:  {comparison}\n\nFINDINGS: \n\n"
             + " \n".join(findings) + "\n\nIMPRESSION: \n\n"
             + "\n".join(f"{i + 1}. {s}" if len(impression) > 1 else s for i, s in enumerate(impression)) + "\n")
-    return text, impression, key_finding
+    return text, impression, key_finding, draws
 
 
 def plan_radiology(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
@@ -180,11 +187,20 @@ def report_levels(rng: np.random.Generator, plan: pd.DataFrame, adm: pd.DataFram
 
 def write_radiology(rng: np.random.Generator, root: Path, adm: pd.DataFrame,
                     patients: pd.DataFrame) -> tuple[int, pd.DataFrame, dict]:
-    """Write note/radiology.csv.gz; return (rows, the plan with times, impressions per admission)."""
+    """Write note/radiology.csv.gz; return (rows, the reports, impressions per admission)."""
+    plan, impressions = radiology_reports(rng, adm, patients)
+    out = plan.assign(hadm_id=plan["hadm_id"].astype("Int64"), charttime=fmt_time(plan["charttime"]),
+                      storetime=fmt_time(plan["storetime"]))
+    return write_csv(out, root / "note" / "radiology.csv.gz", NOTE_COLUMNS), plan, impressions
+
+
+def radiology_reports(rng: np.random.Generator, adm: pd.DataFrame,
+                      patients: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The radiology reports (one row each: times, text, level, tier draws) and impressions per admission."""
     plan = plan_radiology(rng, adm)
     sex = patients.set_index("subject_id")["gender"]
     plan = report_levels(rng, plan, adm)
-    texts, impressions = [], {}
+    texts, impressions, tier_draws = [], {}, []
     prev_adm, priors = -1, {}
     for i, h, level in zip(plan["adm"].to_numpy(), plan["hours"].to_numpy(), plan["severity"].to_numpy()):
         if i != prev_adm:
@@ -194,8 +210,10 @@ def write_radiology(rng: np.random.Generator, root: Path, adm: pd.DataFrame,
         exam = ("CHEST (PORTABLE AP)" if u < 0.45 else "CHEST (PA AND LAT)" if u < 0.75
                 else "CT HEAD W/O CONTRAST" if u < 0.87 else "CT ABD & PELVIS WITH CONTRAST")
         family = "CHEST" if exam.startswith("CHEST") else exam  # chest films compare with chest films
-        text, imp, key = radiology_text(rng, level, exam, sex[adm["subject_id"].iat[i]], priors.get(family), trend)
+        text, imp, key, draws = radiology_text(rng, level, exam, sex[adm["subject_id"].iat[i]],
+                                               priors.get(family), trend)
         texts.append(text)
+        tier_draws.append(draws)
         impressions.setdefault(i, []).append((exam, imp))
         priors[family] = key
     a = adm.iloc[plan["adm"].to_numpy()]
@@ -205,14 +223,12 @@ def write_radiology(rng: np.random.Generator, root: Path, adm: pd.DataFrame,
     plan["storetime"] = plan["charttime"] + pd.to_timedelta(rng.integers(15, 600, len(plan)), unit="m")
     plan["before_prediction"] = plan["charttime"] <= a["prediction_time"].to_numpy()
     plan["text"] = texts
+    plan["tier_draws"] = tier_draws
     plan = plan.sort_values(["subject_id", "charttime"], kind="stable").reset_index(drop=True)
     plan["note_seq"] = plan.groupby("subject_id").cumcount() + 1
     plan["note_id"] = plan["subject_id"].astype(str) + "-RR-" + plan["note_seq"].astype(str)
     plan["note_type"] = "RR"
-    out = plan.assign(hadm_id=plan["hadm_id"].astype("Int64"), charttime=fmt_time(plan["charttime"]),
-                      storetime=fmt_time(plan["storetime"]))
-    n = write_csv(out, root / "note" / "radiology.csv.gz", NOTE_COLUMNS)
-    return n, plan, impressions
+    return plan, impressions
 
 
 # ------------------------------------------------------------------ discharge summaries
