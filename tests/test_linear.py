@@ -28,7 +28,7 @@ def _data(n, seed=0, n_noise=40):
     cols = {f"ehr__f{k}": s_ehr * rng.uniform(0.5, 1.5) + rng.normal(0, 1, n) for k in range(6)}
     cols |= {f"ehr__noise{k}": rng.normal(size=n) for k in range(n_noise)}
     cols |= {f"ecg__f{k}": np.where(has_ecg, s_ecg + rng.normal(0, 1, n), np.nan) for k in range(6)}
-    X = pd.DataFrame(cols).assign(**{"mask__ehr": 1, "mask__ecg": has_ecg.astype(int)})
+    X = pd.DataFrame(cols).assign(mask__ehr=1, mask__ecg=has_ecg.astype(int))
     X.loc[rng.random(n) < 0.05, "ehr__f0"] = np.nan
     return X, y
 
@@ -82,7 +82,7 @@ def test_late_fusion_with_linear_heads_round_trips_and_explains_exactly(tmp_path
     Xv, yv = _data(500, seed=2)
     m = LateFusionGBM(head="linear").fit(X, y, eval_set=(Xv, yv))
     assert set(m.models_) == {"ehr", "ecg"} and all(isinstance(h, LinearClassifier) for h in m.models_.values())
-    Xt, yt = _data(400, seed=4)
+    Xt, _ = _data(400, seed=4)
     exp = feature_shap(m, Xt)
     assert np.allclose(exp.values.sum(axis=1) + exp.base_values, m.decision_function(Xt))
     m.save(tmp_path / "late")

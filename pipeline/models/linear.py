@@ -98,7 +98,7 @@ class LinearClassifier(ClassifierMixin, BaseEstimator):
                     "coef": self.coef_.tolist(), "intercept": self.intercept_}, folder / "model.json")
 
     @classmethod
-    def load(cls, folder: Path) -> "LinearClassifier":
+    def load(cls, folder: Path) -> LinearClassifier:
         path = Path(folder) / "model.json"
         meta = read_json(path)
         est = cls(**meta["params"])
