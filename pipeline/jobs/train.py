@@ -10,25 +10,12 @@ import numpy as np
 import pandas as pd
 
 from data_schemas.modalities import QUARANTINE
-from pipeline.artifacts import (
-    CODE_VERSION,
-    output_hash,
-    read_json,
-    run_stage,
-    write_json,
-    write_parquet,
-)
+from pipeline.artifacts import CODE_VERSION, output_hash, read_json, run_stage, write_json, write_parquet
 from pipeline.config import RunConfig
 from pipeline.errors import DataError
 from pipeline.explain.explanation import Explanation, tree_shap
 from pipeline.explain.modality import modality_shapley
-from pipeline.jobs.prepare import (
-    Prepared,
-    collect_quarantine,
-    load_tensors,
-    log,
-    prepare,
-)
+from pipeline.jobs.prepare import Prepared, collect_quarantine, load_tensors, log, prepare
 from pipeline.models.calibration import Calibrator
 from pipeline.models.gbm import GBMClassifier, LateFusionGBM
 from pipeline.models.linear import LinearClassifier
