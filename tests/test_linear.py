@@ -91,3 +91,20 @@ def test_late_fusion_with_linear_heads_round_trips_and_explains_exactly(tmp_path
     assert np.allclose(again.decision_function(Xt), m.decision_function(Xt))
     with pytest.raises(DataError, match="unknown late-fusion head"):
         LateFusionGBM(head="svm").fit(X, y)
+
+
+def test_lightgbm_boosted_from_a_linear_base_explains_exactly_and_round_trips(tmp_path):
+    X, y = _data(1500)
+    Xv, yv = _data(600, seed=2)
+    Xt, yt = _data(3000, seed=3)
+    m = GBMClassifier(n_estimators=300, linear_base=True).fit(X, y, eval_set=(Xv, yv))
+    plain = GBMClassifier(n_estimators=300).fit(X, y, eval_set=(Xv, yv))
+    assert isinstance(m.base_, LinearClassifier) and plain.base_ is None
+    # additive risk: the base carries it, and the whole beats LightGBM alone
+    assert roc_auc_score(yt, m.decision_function(Xt)) > roc_auc_score(yt, plain.decision_function(Xt))
+    exp = feature_shap(m, Xt.iloc[:300])
+    assert np.allclose(exp.values.sum(axis=1) + exp.base_values, m.decision_function(Xt.iloc[:300]), atol=1e-6)
+    m.save(tmp_path / "gbm")
+    again = load_model(tmp_path / "gbm")
+    assert again.base_ is not None
+    assert np.allclose(again.decision_function(Xt), m.decision_function(Xt))

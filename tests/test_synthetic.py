@@ -372,7 +372,7 @@ def test_bayes_posterior_uses_the_records():
     q = bayes.posterior_risk(adm, patients, {"ecg": ecg, "notes": reports, "imaging": studies})
     alone = bayes.posterior_risk(adm.iloc[[0]], patients, {"ecg": ecg.iloc[:0], "notes": reports,
                                                            "imaging": studies})
-    # admission 0 is a first stay (traits unknown), 1-3 later ones with traits 0: compare 1-3
+    # the four stays share traits (known, 0); one stay alone has them unknown
     assert q[1] < q[2] < q[3] and q[1] < alone[0] < q[2]
     with pytest.raises(ValueError, match="without a loading"):
         bayes.posterior_risk(adm, patients, {"ecg": ecg.assign(load=np.nan), "notes": reports, "imaging": studies})

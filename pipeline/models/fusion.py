@@ -31,8 +31,9 @@ WAVE_FS = 100  # the CNN sees ECGs decimated to 100 Hz
 class FusionNetClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, fusion="attention", hidden=64, dropout=0.1, modality_dropout=0.15, lr=2e-3,
                  weight_decay=1e-4, batch_size=128, max_epochs=40, patience=5, use_waveforms=True,
-                 use_images=True, image_size=64, ecg_fs=500, random_state=0, n_threads=2):
+                 use_images=True, image_size=64, ecg_fs=500, wide=True, random_state=0, n_threads=2):
         self.fusion = fusion
+        self.wide = wide
         self.hidden = hidden
         self.dropout = dropout
         self.modality_dropout = modality_dropout
@@ -155,7 +156,8 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         self.arch_ = {"dims": {m: len(self.columns_[m]) for m in self.modalities_}, "fusion": self.fusion,
                       "hidden": self.hidden, "dropout": self.dropout, "ecg_wave": waves is not None,
                       "image": images is not None,
-                      "image_size": int(images[0].shape[-1]) if images is not None else self.image_size}
+                      "image_size": int(images[0].shape[-1]) if images is not None else self.image_size,
+                      "wide": bool(self.wide)}
         self.net_ = FusionNet(**self.arch_)
         waves = self._materialize(waves, len(y), "wave")
         images = self._materialize(images, len(y), "image")

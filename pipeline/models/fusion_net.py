@@ -10,6 +10,9 @@ Fusion strategies:
 An absent modality (mask 0) is replaced by a learned missing-modality embedding
 (early/hybrid), contributes no logit (late) or is masked out of attention, so its
 (imputed) inputs never reach the output.
+``wide``: every strategy also adds a linear term per present modality over its tabular
+features (a "wide and deep" net), and a learned offset per absent one, so risk that is
+additive in the features need not be learned through the MLPs.
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ def image_encoder(out: int, size: int) -> nn.Module:
 
 class FusionNet(nn.Module):
     def __init__(self, dims: dict[str, int], fusion: str = "attention", hidden: int = 64, dropout: float = 0.1,
-                 ecg_wave: bool = False, image: bool = False, image_size: int = 64):
+                 ecg_wave: bool = False, image: bool = False, image_size: int = 64, wide: bool = False):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion {fusion!r} not in {FUSIONS}")
@@ -59,6 +62,8 @@ class FusionNet(nn.Module):
         self.ecg_wave = ECGEncoder(hidden) if ecg_wave and "ecg" in dims else None
         self.image = image_encoder(hidden, image_size) if image and "imaging" in dims else None
         self.missing = nn.Parameter(torch.zeros(len(dims), hidden))
+        self.wide = nn.ModuleDict({m: nn.Linear(max(d, 1), 1) for m, d in dims.items()}) if wide else None
+        self.wide_absent = nn.Parameter(torch.zeros(len(dims))) if wide else None
         M = len(dims)
         if fusion in ("early", "hybrid"):
             self.head = mlp(M * hidden, 1, hidden, dropout)
@@ -86,6 +91,16 @@ class FusionNet(nn.Module):
         return torch.stack(hs, dim=1)
 
     def forward(self, batch: dict) -> torch.Tensor:
+        logit = self._deep(batch)
+        if self.wide is not None:
+            mask = batch["mask"]
+            for i, m in enumerate(self.modalities):
+                present = mask[:, i]
+                logit = logit + present * self.wide[m](batch["tab"][m]).squeeze(-1) \
+                    + (1 - present) * self.wide_absent[i]
+        return logit
+
+    def _deep(self, batch: dict) -> torch.Tensor:
         mask = batch["mask"]
         H = self.embed(batch)
         if self.fusion == "attention":

@@ -1,6 +1,8 @@
 """LightGBM estimators with the scikit-learn contract, saved without pickle.
 
-- ``GBMClassifier``: early fusion, one LightGBM over every modality's features and masks.
+- ``GBMClassifier``: early fusion, one LightGBM over every modality's features and masks;
+  with ``linear_base`` it boosts from a penalised logistic model's logit (``LinearClassifier``,
+  out of fold for the training rows), so trees learn what is not additive in the features.
 - ``LateFusionGBM``: one model per modality (LightGBM, or with ``head="linear"`` the
   penalised logistic ``LinearClassifier``) plus a logistic stacker over their out-of-fold
   logits and the masks (an absent modality's logit is replaced by 0 and its mask says so;
@@ -38,7 +40,7 @@ def _check_hash(path: Path, expected: str) -> str:
 class GBMClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, n_estimators=1000, learning_rate=0.03, num_leaves=7, min_child_samples=20,
                  subsample=0.8, colsample_bytree=0.3, reg_lambda=1.0, early_stopping_rounds=100,
-                 random_state=0, n_jobs=2):
+                 linear_base=False, base_folds=5, random_state=0, n_jobs=2):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
@@ -47,6 +49,8 @@ class GBMClassifier(ClassifierMixin, BaseEstimator):
         self.colsample_bytree = colsample_bytree
         self.reg_lambda = reg_lambda
         self.early_stopping_rounds = early_stopping_rounds
+        self.linear_base = linear_base
+        self.base_folds = base_folds
         self.random_state = random_state
         self.n_jobs = n_jobs
 
@@ -63,17 +67,38 @@ class GBMClassifier(ClassifierMixin, BaseEstimator):
                             "AUROC and a classifier are undefined", field="label",
                             hint="use a larger cohort or another task")
         self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
+        self.base_ = None
+        init = None
+        if self.linear_base:
+            self.base_, init = self._fit_base(X, y, eval_set)
         train = lgb.Dataset(X.to_numpy(dtype=np.float64), label=y, feature_name=list(map(_safe, X.columns)),
-                            free_raw_data=False)
+                            init_score=init, free_raw_data=False)
         valid_sets, callbacks = [], []
         if eval_set is not None and len(np.unique(eval_set[1])) == 2:
+            valid_init = self.base_.decision_function(eval_set[0]) if self.base_ is not None else None
             valid_sets = [lgb.Dataset(eval_set[0][X.columns].to_numpy(dtype=np.float64), label=eval_set[1],
-                                      reference=train)]
+                                      init_score=valid_init, reference=train)]
             callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
         self.booster_ = lgb.train(self._params(), train, num_boost_round=self.n_estimators,
                                   valid_sets=valid_sets, callbacks=callbacks)
         self.classes_ = np.array([0, 1])
         return self
+
+    def _fit_base(self, X: pd.DataFrame, y: np.ndarray, eval_set):
+        """The linear base and its out-of-fold logits for the training rows (in-sample ones
+        would leave the trees nothing honest to learn)."""
+        from sklearn.model_selection import StratifiedKFold
+        from pipeline.models.linear import LinearClassifier
+        base = LinearClassifier(random_state=self.random_state).fit(X, y, eval_set=eval_set)
+        n_folds = int(min(self.base_folds, np.bincount(y).min()))
+        if n_folds < 2:
+            return base, base.decision_function(X)
+        oof = np.zeros(len(X))
+        folds = StratifiedKFold(n_folds, shuffle=True, random_state=self.random_state)
+        for fit_idx, out_idx in folds.split(X, y):
+            fold = LinearClassifier(C=base.C_, random_state=self.random_state).fit(X.iloc[fit_idx], y[fit_idx])
+            oof[out_idx] = fold.decision_function(X.iloc[out_idx])
+        return base, oof
 
     def _matrix(self, X: pd.DataFrame) -> np.ndarray:
         missing = [c for c in self.feature_names_in_ if c not in X.columns]
@@ -83,7 +108,8 @@ class GBMClassifier(ClassifierMixin, BaseEstimator):
         return X[list(self.feature_names_in_)].to_numpy(dtype=np.float64)
 
     def decision_function(self, X: pd.DataFrame) -> np.ndarray:
-        return self.booster_.predict(self._matrix(X), raw_score=True)
+        trees = self.booster_.predict(self._matrix(X), raw_score=True)
+        return trees if self.base_ is None else trees + self.base_.decision_function(X)
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
@@ -97,9 +123,11 @@ class GBMClassifier(ClassifierMixin, BaseEstimator):
         folder.mkdir(parents=True, exist_ok=True)
         text = self.booster_.model_to_string()
         (folder / "booster.txt").write_text(text)
+        if self.base_ is not None:
+            self.base_.save(folder / "base")
         write_json({"kind": "GBMClassifier", "params": self.get_params(),
-                    "features": list(self.feature_names_in_), "booster_sha256": _sha(text)},
-                   folder / "model.json")
+                    "features": list(self.feature_names_in_), "booster_sha256": _sha(text),
+                    "linear_base": self.base_ is not None}, folder / "model.json")
 
     @classmethod
     def load(cls, folder: Path) -> "GBMClassifier":
@@ -107,6 +135,10 @@ class GBMClassifier(ClassifierMixin, BaseEstimator):
         text = _check_hash(Path(folder) / "booster.txt", meta["booster_sha256"])
         est = cls(**meta["params"])
         est.booster_ = lgb.Booster(model_str=text)
+        est.base_ = None
+        if meta.get("linear_base"):
+            from pipeline.models.linear import LinearClassifier
+            est.base_ = LinearClassifier.load(Path(folder) / "base")
         est.feature_names_in_ = np.asarray(meta["features"], dtype=object)
         est.classes_ = np.array([0, 1])
         return est

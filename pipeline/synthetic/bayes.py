@@ -7,9 +7,10 @@ at least what the files show at the prediction time, and nothing they cannot sho
 
 - the admission's EHR severity ``z_ehr``, its acuity and age, exactly (the files show them
   only through noisy labs, vitals and admission details);
-- for a patient's later admissions, the patient's traits exactly (the earlier stays' files,
-  diagnoses and summaries show them only in part); nothing before a first admission's
-  prediction time shows them;
+- for a patient with more than one admission, the patient's traits exactly (the other
+  stays' files, diagnoses and summaries show them only in part, and a later stay's
+  outpatient records can predate this one); nothing in a single-stay patient's files
+  before the prediction time shows them;
 - the parameters each ECG, CXR study and radiology report before the prediction time was
   rendered from: an ECG's heart rate, rhythm, QTc, QRS width, ST shift, T inversion and
   ectopic count; a study's opacity, edema, effusion and cardiothoracic ratio; a report's
@@ -164,12 +165,12 @@ def posterior_risk(adm: pd.DataFrame, patients: pd.DataFrame, records: dict[str,
     ``cross_load``) and the rendered parameters.
     """
     n = len(adm)
-    later = (adm.groupby("subject_id")["admittime"].rank(method="first") > 1).to_numpy()
+    known_traits = (adm.groupby("subject_id")["subject_id"].transform("size") > 1).to_numpy()
     traits = patients.set_index("subject_id").loc[adm["subject_id"]]
 
     def prior(m: str) -> np.ndarray:
-        mean = np.where(later, latent.RHO * traits[f"trait_{m}"].to_numpy(), 0.0)
-        var = np.where(later, 1 - latent.RHO**2, 1.0)
+        mean = np.where(known_traits, latent.RHO * traits[f"trait_{m}"].to_numpy(), 0.0)
+        var = np.where(known_traits, 1 - latent.RHO**2, 1.0)
         return -0.5 * (Z[None, :] - mean[:, None]) ** 2 / var[:, None]
 
     log_post = {m: prior(m) for m in ("ecg", "notes", "imaging")}
