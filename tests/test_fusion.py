@@ -22,9 +22,10 @@ def _data(n=400, seed=0):
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
-def test_absent_modality_inputs_never_reach_the_output(fusion):
+@pytest.mark.parametrize("linear_base", [False, True])
+def test_absent_modality_inputs_never_reach_the_output(fusion, linear_base):
     X, y, T = _data()
-    m = FusionNetClassifier(fusion=fusion, max_epochs=3, ecg_fs=100).fit(X, y, tensors=T)
+    m = FusionNetClassifier(fusion=fusion, max_epochs=3, ecg_fs=100, linear_base=linear_base).fit(X, y, tensors=T)
     absent = X[X.mask__ecg == 0].copy()
     p1 = m.decision_function(absent, T)
     absent["ecg__b"] = 123.0                                  # garbage in a hidden modality
@@ -70,3 +71,22 @@ def test_gradient_shap_for_the_fused_net_finds_the_signal():
     imp = exp.feature_importance()
     assert imp.index[0] in ("ehr__a", "ecg__b", "ecg__waveform")
     assert imp["ehr__a"] > imp["mask__ehr"]
+
+
+def test_a_net_on_a_linear_base_starts_at_it_and_explains_and_round_trips(tmp_path):
+    from pipeline.jobs.train import feature_shap
+    X, y, T = _data(500)
+    tr, va = slice(0, 350), slice(350, 500)
+    m = FusionNetClassifier(fusion="hybrid", max_epochs=0, ecg_fs=100, linear_base=True).fit(
+        X[tr], y[tr], eval_set=(X[va], y[va]), tensors=T)
+    assert np.allclose(m.decision_function(X, T), m.base_.decision_function(X))   # no epoch: the base alone
+    m = FusionNetClassifier(fusion="hybrid", max_epochs=6, ecg_fs=100, linear_base=True).fit(
+        X[tr], y[tr], eval_set=(X[va], y[va]), tensors=T).with_tensors(T)
+    logit = m.decision_function(X[va])
+    exp = feature_shap(m, X[va], X[tr])
+    # GradientExplainer is approximate for the net; the base's share is exact and included
+    assert np.corrcoef(exp.values.sum(axis=1) + exp.base_values, logit)[0, 1] > 0.95
+    m.save(tmp_path / "net")
+    from pipeline.models import load_model
+    again = load_model(tmp_path / "net").with_tensors(T)
+    assert again.base_ is not None and np.allclose(again.decision_function(X[va]), logit, atol=1e-5)

@@ -82,7 +82,14 @@ def fusion_shap(model, X: pd.DataFrame, background: pd.DataFrame, tensors=None, 
             data.append(np.full((len(X), 1), np.nan))
             j += 1
     with torch.no_grad():
-        base = float(flat(*bg).mean())
-    return Explanation(values=np.concatenate(cols, axis=1), base_values=np.full(len(X), base),
+        base = np.full(len(X), float(flat(*bg).mean()))
+    values = np.concatenate(cols, axis=1)
+    if getattr(model, "base_", None) is not None:   # the linear base: its exact SHAP values add
+        lin_vals, lin_base = model.base_.shap_values(X)
+        at = {n: j for j, n in enumerate(names)}
+        for k, f in enumerate(model.base_.feature_names_in_):
+            values[:, at[f]] += lin_vals[:, k]
+        base = base + lin_base
+    return Explanation(values=values, base_values=base,
                        data=np.concatenate(data, axis=1), feature_names=names,
                        hadm_id=X["hadm_id"].to_numpy() if "hadm_id" in X.columns else np.arange(len(X)))

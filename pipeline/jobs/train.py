@@ -55,7 +55,7 @@ def fit_models(prep: Prepared, cfg: RunConfig, feats: list[str]) -> dict:
     for name in cfg.model.fusion_models:
         log(f"[train] fitting {name}")
         if name == "gbm_early":
-            models[name] = imputed(GBMClassifier(random_state=cfg.model.seed, linear_base=cfg.model.gbm_linear_base,
+            models[name] = imputed(GBMClassifier(random_state=cfg.model.seed, linear_base=cfg.model.linear_base,
                                                  **_gbm(cfg)), cfg).fit(tr[feats], tr["label"], ev)
         elif name == "gbm_late":
             models[name] = imputed(LateFusionGBM(gbm_params=_gbm(cfg), random_state=cfg.model.seed), cfg).fit(

@@ -6,8 +6,10 @@ optionally maps 'ecg' and 'imaging' to (hadm_ids, array) for the raw waveforms a
 images, read lazily per batch.  Tabular inputs are standardised with train medians
 and scales and missing values set to 0; the modality mask decides whether a
 modality is seen at all.  Modality dropout hides present modalities at random
-during training; early stopping on validation loss; seeded.  Weights are saved in
-safetensors, everything else in JSON with the weights' sha256 (checked on load).
+during training; early stopping on validation loss; seeded.  With ``linear_base`` the net
+learns a residual over a cross-fitted penalised logistic model's logit (pipeline.models.linear;
+out of fold for the training rows), added to its output.  Weights are saved in safetensors,
+everything else in JSON with the weights' sha256 (checked on load).
 """
 from __future__ import annotations
 
@@ -31,9 +33,11 @@ WAVE_FS = 100  # the CNN sees ECGs decimated to 100 Hz
 class FusionNetClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, fusion="attention", hidden=64, dropout=0.1, modality_dropout=0.15, lr=2e-3,
                  weight_decay=1e-4, batch_size=128, max_epochs=40, patience=5, use_waveforms=True,
-                 use_images=True, image_size=64, ecg_fs=500, wide=True, random_state=0, n_threads=2):
+                 use_images=True, image_size=64, ecg_fs=500, wide=True, linear_base=False, random_state=0,
+                 n_threads=2):
         self.fusion = fusion
         self.wide = wide
+        self.linear_base = linear_base
         self.hidden = hidden
         self.dropout = dropout
         self.modality_dropout = modality_dropout
@@ -53,7 +57,7 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
     def from_config(cls, name: str, cfg, prep=None) -> "FusionNetClassifier":
         """'fusion_attention' -> FusionNetClassifier(fusion='attention')."""
         return cls(fusion=name.removeprefix("fusion_"), random_state=cfg.model.seed,
-                   image_size=cfg.imaging.size, ecg_fs=cfg.ecg.fs)
+                   image_size=cfg.imaging.size, ecg_fs=cfg.ecg.fs, linear_base=cfg.model.fusion_linear_base)
 
     # ------------------------------------------------------------------ data
     def _setup(self, X: pd.DataFrame):
@@ -159,6 +163,16 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
                       "image_size": int(images[0].shape[-1]) if images is not None else self.image_size,
                       "wide": bool(self.wide)}
         self.net_ = FusionNet(**self.arch_)
+        feats = [c for c in X.columns if c != "hadm_id"]
+        self.base_, offset, valid_offset = None, np.zeros(len(y), np.float32), None
+        if self.linear_base:
+            from pipeline.models.linear import cross_fitted
+            ev = (eval_set[0][feats], np.asarray(eval_set[1])) if eval_set is not None else None
+            self.base_, oof = cross_fitted(X[feats], y, ev, random_state=self.random_state)
+            offset = oof.astype(np.float32)
+            self.net_.zero_output()   # starts at the base; early stopping keeps it if nothing helps
+            if eval_set is not None:
+                valid_offset = self.base_.decision_function(eval_set[0]).astype(np.float32)
         waves = self._materialize(waves, len(y), "wave")
         images = self._materialize(images, len(y), "image")
         opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -173,6 +187,11 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
             if images is not None:
                 iv = self._materialize(self._tensor_rows(tensors, "imaging", Av["hadm_id"]), len(yv), "image")
         best, best_state, bad_epochs = np.inf, None, 0
+        if eval_set is not None and self.base_ is not None:   # the base alone is a candidate too
+            with torch.no_grad():
+                lv = self._logits(Av, wv, iv) + valid_offset
+                best = float(loss_fn(torch.from_numpy(lv), torch.from_numpy(yv)))
+            best_state = {k: v.detach().clone() for k, v in self.net_.state_dict().items()}
         self.history_ = []
         for epoch in range(self.max_epochs):
             self.net_.train()
@@ -182,7 +201,7 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
                 idx = order[s:s + self.batch_size]
                 if len(idx) < 2:
                     continue
-                logit = self.net_(self._batch(A, idx, waves, images, True, rng))
+                logit = self.net_(self._batch(A, idx, waves, images, True, rng)) + torch.from_numpy(offset[idx])
                 loss = loss_fn(logit, torch.from_numpy(y[idx]))
                 opt.zero_grad()
                 loss.backward()
@@ -192,7 +211,8 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
                 self.history_.append({"epoch": epoch, "train_loss": total / len(y)})
                 continue
             with torch.no_grad():
-                vl = float(loss_fn(torch.from_numpy(self._logits(Av, wv, iv)), torch.from_numpy(yv)))
+                lv = self._logits(Av, wv, iv) + (valid_offset if valid_offset is not None else 0)
+                vl = float(loss_fn(torch.from_numpy(lv), torch.from_numpy(yv)))
             self.history_.append({"epoch": epoch, "train_loss": total / len(y), "valid_loss": vl})
             if vl < best - 1e-4:
                 best, bad_epochs = vl, 0
@@ -223,7 +243,8 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         A = self._arrays(X)
         waves = self._tensor_rows(tensors, "ecg", A["hadm_id"]) if self.arch_["ecg_wave"] else None
         images = self._tensor_rows(tensors, "imaging", A["hadm_id"]) if self.arch_["image"] else None
-        return self._logits(A, waves, images).astype(np.float64)
+        out = self._logits(A, waves, images).astype(np.float64)
+        return out if getattr(self, "base_", None) is None else out + self.base_.decision_function(X)
 
     def predict_proba(self, X, tensors=None):
         p = 1 / (1 + np.exp(-self.decision_function(X, tensors)))
@@ -247,7 +268,10 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         write_json({"kind": "FusionNetClassifier", "params": self.get_params(), "arch": self.arch_,
                     "features": list(self.feature_names_in_), "modalities": self.modalities_,
                     "columns": self.columns_, "center": self.center_, "scale": self.scale_,
-                    "history": self.history_, "weights_sha256": digest}, folder / "model.json")
+                    "history": self.history_, "weights_sha256": digest,
+                    "linear_base": self.base_ is not None}, folder / "model.json")
+        if self.base_ is not None:
+            self.base_.save(folder / "base")
 
     @classmethod
     def load(cls, folder: Path) -> "FusionNetClassifier":
@@ -267,6 +291,10 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         est.feature_names_in_ = np.asarray(meta["features"], dtype=object)
         est.modalities_, est.columns_ = meta["modalities"], meta["columns"]
         est.center_, est.scale_, est.history_ = meta["center"], meta["scale"], meta["history"]
+        est.base_ = None
+        if meta.get("linear_base"):
+            from pipeline.models.linear import LinearClassifier
+            est.base_ = LinearClassifier.load(folder / "base")
         est.classes_ = np.array([0, 1])
         est.tensors_ = None
         return est

@@ -77,6 +77,22 @@ class FusionNet(nn.Module):
             self.head = mlp(hidden, 1, hidden, dropout)
             self.empty = nn.Parameter(torch.zeros(1, hidden))
 
+    def zero_output(self) -> None:
+        """Make the output 0 for every input (the last layer of each head and the linear path
+        start at 0): a net learning a residual over a base logit starts at the base."""
+        last = []
+        if hasattr(self, "head"):
+            last.append(self.head[-1])
+        if hasattr(self, "heads"):
+            last += list(self.heads.values())
+            nn.init.zeros_(self.bias)
+        if self.wide is not None:
+            last += list(self.wide.values())
+            nn.init.zeros_(self.wide_absent)
+        for layer in last:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
     def embed(self, batch: dict) -> torch.Tensor:
         """[batch, M, hidden] modality embeddings (missing ones replaced)."""
         hs = []

@@ -70,7 +70,8 @@ class GBMClassifier(ClassifierMixin, BaseEstimator):
         self.base_ = None
         init = None
         if self.linear_base:
-            self.base_, init = self._fit_base(X, y, eval_set)
+            from pipeline.models.linear import cross_fitted
+            self.base_, init = cross_fitted(X, y, eval_set, self.base_folds, self.random_state)
         train = lgb.Dataset(X.to_numpy(dtype=np.float64), label=y, feature_name=list(map(_safe, X.columns)),
                             init_score=init, free_raw_data=False)
         valid_sets, callbacks = [], []
@@ -83,22 +84,6 @@ class GBMClassifier(ClassifierMixin, BaseEstimator):
                                   valid_sets=valid_sets, callbacks=callbacks)
         self.classes_ = np.array([0, 1])
         return self
-
-    def _fit_base(self, X: pd.DataFrame, y: np.ndarray, eval_set):
-        """The linear base and its out-of-fold logits for the training rows (in-sample ones
-        would leave the trees nothing honest to learn)."""
-        from sklearn.model_selection import StratifiedKFold
-        from pipeline.models.linear import LinearClassifier
-        base = LinearClassifier(random_state=self.random_state).fit(X, y, eval_set=eval_set)
-        n_folds = int(min(self.base_folds, np.bincount(y).min()))
-        if n_folds < 2:
-            return base, base.decision_function(X)
-        oof = np.zeros(len(X))
-        folds = StratifiedKFold(n_folds, shuffle=True, random_state=self.random_state)
-        for fit_idx, out_idx in folds.split(X, y):
-            fold = LinearClassifier(C=base.C_, random_state=self.random_state).fit(X.iloc[fit_idx], y[fit_idx])
-            oof[out_idx] = fold.decision_function(X.iloc[out_idx])
-        return base, oof
 
     def _matrix(self, X: pd.DataFrame) -> np.ndarray:
         missing = [c for c in self.feature_names_in_ if c not in X.columns]

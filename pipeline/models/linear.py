@@ -1,6 +1,7 @@
 """An L2-penalised logistic regression with the scikit-learn contract, saved as JSON.
 
-``LinearClassifier`` fills each missing value with the feature's training median,
+``LinearClassifier`` fills each missing value with the feature's training median (a
+modality its ``mask__<m>`` column marks absent counts as missing, whatever its inputs hold),
 standardises every feature with the training mean and standard deviation, and fits
 scikit-learn's ``LogisticRegression``.  With a validation set and ``C=None`` it picks
 the penalty from ``Cs`` by validation log-loss, then keeps the model fitted on the
@@ -23,6 +24,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from pipeline.artifacts import read_json, write_json
 from pipeline.errors import DataError
+from pipeline.stages.align import mask_col, modality_of
 
 DEFAULT_C = 0.01
 
@@ -35,12 +37,23 @@ class LinearClassifier(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state
 
+    def _values(self, X: pd.DataFrame) -> np.ndarray:
+        """The features as floats, NaN where missing and wherever the row's mask says the
+        feature's modality is absent (so an absent modality's inputs never reach the logit)."""
+        names = list(self.feature_names_in_)
+        x = X[names].to_numpy(dtype=np.float64, copy=True)
+        for m in {modality_of(c) for c in names} - {None}:
+            if mask_col(m) in X.columns:
+                cols = [j for j, c in enumerate(names) if modality_of(c) == m and not c.startswith("mask__")]
+                x[np.ix_(X[mask_col(m)].to_numpy() == 0, cols)] = np.nan
+        return x
+
     def _standardise(self, X: pd.DataFrame) -> np.ndarray:
         missing = [c for c in self.feature_names_in_ if c not in X.columns]
         if missing:
             raise DataError(f"{len(missing)} model feature(s) absent from the input, e.g. {missing[:5]}",
                             field=missing[0], hint="score with the same feature configuration as training")
-        x = X[list(self.feature_names_in_)].to_numpy(dtype=np.float64)
+        x = self._values(X)
         x = np.where(np.isnan(x), self.median_, x)
         return (x - self.mean_) / self.scale_
 
@@ -56,7 +69,7 @@ class LinearClassifier(ClassifierMixin, BaseEstimator):
                             "AUROC and a classifier are undefined", field="label",
                             hint="use a larger cohort or another task")
         self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
-        x = X.to_numpy(dtype=np.float64)
+        x = self._values(X)
         seen = ~np.isnan(x).all(axis=0)
         self.median_ = np.where(seen, np.nanmedian(np.where(seen, x, 0.0), axis=0), 0.0)
         filled = np.where(np.isnan(x), self.median_, x)
@@ -112,3 +125,21 @@ class LinearClassifier(ClassifierMixin, BaseEstimator):
         est.intercept_, est.C_ = float(meta["intercept"]), float(meta["C"])
         est.classes_ = np.array([0, 1])
         return est
+
+
+def cross_fitted(X: pd.DataFrame, y, eval_set=None, folds: int = 5, random_state: int = 0
+                 ) -> tuple[LinearClassifier, np.ndarray]:
+    """A ``LinearClassifier`` fitted on all of X (penalty chosen on ``eval_set``) and its
+    out-of-fold logits for X's rows: the base another model learns a residual over (its
+    in-sample logits would leave that model nothing honest to learn)."""
+    from sklearn.model_selection import StratifiedKFold
+    y = np.asarray(y).astype(int)
+    base = LinearClassifier(random_state=random_state).fit(X, y, eval_set=eval_set)
+    n_folds = int(min(folds, np.bincount(y).min()))
+    if n_folds < 2:
+        return base, base.decision_function(X)
+    oof = np.zeros(len(X))
+    for fit_idx, out_idx in StratifiedKFold(n_folds, shuffle=True, random_state=random_state).split(X, y):
+        fold = LinearClassifier(C=base.C_, random_state=random_state).fit(X.iloc[fit_idx], y[fit_idx])
+        oof[out_idx] = fold.decision_function(X.iloc[out_idx])
+    return base, oof
