@@ -108,3 +108,7 @@ def test_lightgbm_boosted_from_a_linear_base_explains_exactly_and_round_trips(tm
     again = load_model(tmp_path / "gbm")
     assert again.base_ is not None
     assert np.allclose(again.decision_function(Xt), m.decision_function(Xt))
+    base_json = tmp_path / "gbm" / "base" / "model.json"
+    base_json.write_text(base_json.read_text().replace('"intercept": ', '"intercept": 1.0 + '))
+    with pytest.raises(DataError, match="does not match its recorded hash"):
+        load_model(tmp_path / "gbm")

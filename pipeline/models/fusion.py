@@ -265,13 +265,12 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.net_.state_dict().items()}, str(folder / "weights.safetensors"))
         digest = hashlib.sha256((folder / "weights.safetensors").read_bytes()).hexdigest()
+        from pipeline.models.linear import save_base
         write_json({"kind": "FusionNetClassifier", "params": self.get_params(), "arch": self.arch_,
                     "features": list(self.feature_names_in_), "modalities": self.modalities_,
                     "columns": self.columns_, "center": self.center_, "scale": self.scale_,
                     "history": self.history_, "weights_sha256": digest,
-                    "linear_base": self.base_ is not None}, folder / "model.json")
-        if self.base_ is not None:
-            self.base_.save(folder / "base")
+                    **save_base(self.base_, folder)}, folder / "model.json")
 
     @classmethod
     def load(cls, folder: Path) -> "FusionNetClassifier":
@@ -291,10 +290,8 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         est.feature_names_in_ = np.asarray(meta["features"], dtype=object)
         est.modalities_, est.columns_ = meta["modalities"], meta["columns"]
         est.center_, est.scale_, est.history_ = meta["center"], meta["scale"], meta["history"]
-        est.base_ = None
-        if meta.get("linear_base"):
-            from pipeline.models.linear import LinearClassifier
-            est.base_ = LinearClassifier.load(folder / "base")
+        from pipeline.models.linear import load_base
+        est.base_ = load_base(folder, meta)
         est.classes_ = np.array([0, 1])
         est.tensors_ = None
         return est

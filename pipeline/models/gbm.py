@@ -108,11 +108,10 @@ class GBMClassifier(ClassifierMixin, BaseEstimator):
         folder.mkdir(parents=True, exist_ok=True)
         text = self.booster_.model_to_string()
         (folder / "booster.txt").write_text(text)
-        if self.base_ is not None:
-            self.base_.save(folder / "base")
+        from pipeline.models.linear import save_base
         write_json({"kind": "GBMClassifier", "params": self.get_params(),
                     "features": list(self.feature_names_in_), "booster_sha256": _sha(text),
-                    "linear_base": self.base_ is not None}, folder / "model.json")
+                    **save_base(self.base_, folder)}, folder / "model.json")
 
     @classmethod
     def load(cls, folder: Path) -> "GBMClassifier":
@@ -120,10 +119,8 @@ class GBMClassifier(ClassifierMixin, BaseEstimator):
         text = _check_hash(Path(folder) / "booster.txt", meta["booster_sha256"])
         est = cls(**meta["params"])
         est.booster_ = lgb.Booster(model_str=text)
-        est.base_ = None
-        if meta.get("linear_base"):
-            from pipeline.models.linear import LinearClassifier
-            est.base_ = LinearClassifier.load(Path(folder) / "base")
+        from pipeline.models.linear import load_base
+        est.base_ = load_base(folder, meta)
         est.feature_names_in_ = np.asarray(meta["features"], dtype=object)
         est.classes_ = np.array([0, 1])
         return est

@@ -16,6 +16,7 @@ training mean is 0, times its coefficient) and the base value is the intercept.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +144,23 @@ def cross_fitted(X: pd.DataFrame, y, eval_set=None, folds: int = 5, random_state
         fold = LinearClassifier(C=base.C_, random_state=random_state).fit(X.iloc[fit_idx], y[fit_idx])
         oof[out_idx] = fold.decision_function(X.iloc[out_idx])
     return base, oof
+
+
+def save_base(base: LinearClassifier | None, folder: Path) -> dict:
+    """Save a model's linear base under ``folder / "base"``; what its model.json records of it."""
+    if base is None:
+        return {"linear_base": False}
+    base.save(Path(folder) / "base")
+    return {"linear_base": True,
+            "base_sha256": hashlib.sha256((Path(folder) / "base" / "model.json").read_bytes()).hexdigest()}
+
+
+def load_base(folder: Path, meta: dict) -> LinearClassifier | None:
+    """The linear base a model folder holds (None without one), its hash checked."""
+    if not meta.get("linear_base"):
+        return None
+    path = Path(folder) / "base" / "model.json"
+    if hashlib.sha256(path.read_bytes()).hexdigest() != meta.get("base_sha256"):
+        raise DataError("linear base does not match its recorded hash (modified or corrupt)", file=path,
+                        hint="retrain or restore the model folder")
+    return LinearClassifier.load(path.parent)
