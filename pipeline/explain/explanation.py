@@ -99,7 +99,8 @@ class Explanation:
 
 
 def tree_shap(model, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """SHAP values (log-odds) of a GBMClassifier via shap.TreeExplainer."""
+    """SHAP values (log-odds) of a GBMClassifier's trees via shap.TreeExplainer (its linear
+    base, if any, is added by ``GBMClassifier.shap_values``)."""
     shap = import_shap()
     explainer = shap.TreeExplainer(model.booster_)
     Xm = X[list(model.feature_names_in_)].to_numpy(dtype=np.float64)
@@ -109,7 +110,4 @@ def tree_shap(model, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     if vals.ndim == 3:  # older shap: one array per class
         vals = vals[-1]
     base = np.full(len(X), float(np.ravel(explainer.expected_value)[-1]))
-    if getattr(model, "base_", None) is not None:   # boosted from a linear base: its exact SHAP adds
-        lin_vals, lin_base = model.base_.shap_values(X)
-        vals, base = vals + lin_vals, base + lin_base
     return vals, base

@@ -13,7 +13,7 @@ from data_schemas.modalities import QUARANTINE
 from pipeline.artifacts import CODE_VERSION, output_hash, read_json, run_stage, write_json, write_parquet
 from pipeline.config import RunConfig
 from pipeline.errors import DataError
-from pipeline.explain.explanation import Explanation, tree_shap
+from pipeline.explain.explanation import Explanation
 from pipeline.explain.modality import modality_shapley
 from pipeline.jobs.prepare import Prepared, collect_quarantine, load_tensors, log, prepare
 from pipeline.models.calibration import Calibrator
@@ -99,7 +99,7 @@ def feature_shap(model, X: pd.DataFrame, background: pd.DataFrame | None = None)
         exp = feature_shap(model.model_, model._t(X), bg)
         return model.fold_explanation(exp, X)
     if isinstance(model, (GBMClassifier, LinearClassifier)):
-        vals, base = _shap(model, X)
+        vals, base = model.shap_values(X)
         names = list(model.feature_names_in_)
         return Explanation(values=vals, base_values=base, data=X[names].to_numpy(dtype=float),
                            feature_names=names, hadm_id=hadm)
@@ -112,7 +112,7 @@ def feature_shap(model, X: pd.DataFrame, background: pd.DataFrame | None = None)
         base = np.full(len(X), float(model.stacker_.intercept_[0]))
         for i, (m, sub) in enumerate(model.models_.items()):
             mask = X[mask_col(m)].to_numpy(dtype=float) if mask_col(m) in X.columns else np.ones(len(X))
-            v, b = _shap(sub, X)
+            v, b = sub.shap_values(X)
             for j, f in enumerate(sub.feature_names_in_):
                 vals[:, names.index(f)] += coef[2 * i] * mask * v[:, j]
             base += coef[2 * i] * mask * b
@@ -125,11 +125,6 @@ def feature_shap(model, X: pd.DataFrame, background: pd.DataFrame | None = None)
         bg = bg.sample(min(100, len(bg)), random_state=0)
         return fusion_shap(model, X, bg)
     raise TypeError(f"no SHAP path for {type(model).__name__}")
-
-
-def _shap(model, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Exact SHAP values and base values of a LightGBM or linear model (log-odds)."""
-    return model.shap_values(X) if isinstance(model, LinearClassifier) else tree_shap(model, X)
 
 
 def explain(model, X: pd.DataFrame, hadm: np.ndarray, modalities: list[str],

@@ -1,13 +1,48 @@
-"""Estimators (scikit-learn contract, saved without pickle) and ``load_model``."""
+"""Estimators (scikit-learn contract, saved without pickle), what the tabular ones share
+(``LogitClassifier``, ``require_two_classes``) and ``load_model``."""
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from pipeline.errors import DataError
+
+
+def require_two_classes(y) -> np.ndarray:
+    """The labels as an array; a DataError if they hold a single class."""
+    y = np.asarray(y)
+    if len(np.unique(y)) < 2:
+        raise DataError(f"training labels have a single class ({np.unique(y).tolist()}); "
+                        "AUROC and a classifier are undefined", field="label",
+                        hint="use a larger cohort or another task")
+    return y
+
+
+class LogitClassifier(ClassifierMixin, BaseEstimator):
+    """A binary classifier defined by ``decision_function`` (log-odds) over the columns
+    ``feature_names_in_``: probabilities, labels, and the checked feature matrix."""
+
+    def _matrix(self, X: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.feature_names_in_ if c not in X.columns]
+        if missing:
+            raise DataError(f"{len(missing)} model feature(s) absent from the input, e.g. {missing[:5]}",
+                            field=missing[0], hint="score with the same feature configuration as training")
+        return X[list(self.feature_names_in_)].to_numpy(dtype=np.float64, copy=True)
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+        return np.column_stack([1 - p, p])
+
+    def predict(self, X):
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
 
 def load_model(folder: Path):
     """Load any saved model folder by the ``kind`` its model.json records."""
     from pipeline.artifacts import read_json
-    from pipeline.errors import DataError
     from pipeline.models.fusion import FusionNetClassifier
     from pipeline.models.gbm import GBMClassifier, LateFusionGBM
     from pipeline.models.impute import ImputedClassifier

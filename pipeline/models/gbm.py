@@ -22,6 +22,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from pipeline.artifacts import read_json, write_json
 from pipeline.errors import DataError
+from pipeline.models import LogitClassifier, require_two_classes
 from pipeline.stages.align import mask_col, modality_of
 
 
@@ -37,7 +38,7 @@ def _check_hash(path: Path, expected: str) -> str:
     return text
 
 
-class GBMClassifier(ClassifierMixin, BaseEstimator):
+class GBMClassifier(LogitClassifier):
     def __init__(self, n_estimators=1000, learning_rate=0.03, num_leaves=7, min_child_samples=20,
                  subsample=0.8, colsample_bytree=0.3, reg_lambda=1.0, early_stopping_rounds=100,
                  linear_base=False, base_folds=5, random_state=0, n_jobs=2):
@@ -61,11 +62,7 @@ class GBMClassifier(ClassifierMixin, BaseEstimator):
                     deterministic=True, force_col_wise=True, num_threads=self.n_jobs, verbose=-1)
 
     def fit(self, X: pd.DataFrame, y, eval_set: tuple[pd.DataFrame, np.ndarray] | None = None):
-        y = np.asarray(y)
-        if len(np.unique(y)) < 2:
-            raise DataError(f"training labels have a single class ({np.unique(y).tolist()}); "
-                            "AUROC and a classifier are undefined", field="label",
-                            hint="use a larger cohort or another task")
+        y = require_two_classes(y)
         self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
         self.base_ = None
         init = None
@@ -85,23 +82,19 @@ class GBMClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = np.array([0, 1])
         return self
 
-    def _matrix(self, X: pd.DataFrame) -> np.ndarray:
-        missing = [c for c in self.feature_names_in_ if c not in X.columns]
-        if missing:
-            raise DataError(f"{len(missing)} model feature(s) absent from the input, e.g. {missing[:5]}",
-                            field=missing[0], hint="score with the same feature configuration as training")
-        return X[list(self.feature_names_in_)].to_numpy(dtype=np.float64)
-
     def decision_function(self, X: pd.DataFrame) -> np.ndarray:
         trees = self.booster_.predict(self._matrix(X), raw_score=True)
         return trees if self.base_ is None else trees + self.base_.decision_function(X)
 
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
-        return np.column_stack([1 - p, p])
-
-    def predict(self, X):
-        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+    def shap_values(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Exact SHAP values (log-odds) and base values: TreeSHAP of the trees, plus the
+        linear base's own exact values when it boosts from one."""
+        from pipeline.explain.explanation import tree_shap
+        vals, base = tree_shap(self, X)
+        if self.base_ is not None:
+            lin_vals, lin_base = self.base_.shap_values(X)
+            vals, base = vals + lin_vals, base + lin_base
+        return vals, base
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)

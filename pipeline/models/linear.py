@@ -21,16 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin
 
 from pipeline.artifacts import read_json, write_json
 from pipeline.errors import DataError
+from pipeline.models import LogitClassifier, require_two_classes
 from pipeline.stages.align import mask_col, modality_of
 
 DEFAULT_C = 0.01
 
 
-class LinearClassifier(ClassifierMixin, BaseEstimator):
+class LinearClassifier(LogitClassifier):
     def __init__(self, C: float | None = None, Cs=(0.001, 0.003, 0.01, 0.03, 0.1), max_iter: int = 5000,
                  random_state=0):
         self.C = C
@@ -42,7 +42,7 @@ class LinearClassifier(ClassifierMixin, BaseEstimator):
         """The features as floats, NaN where missing and wherever the row's mask says the
         feature's modality is absent (so an absent modality's inputs never reach the logit)."""
         names = list(self.feature_names_in_)
-        x = X[names].to_numpy(dtype=np.float64, copy=True)
+        x = self._matrix(X)
         for m in {modality_of(c) for c in names} - {None}:
             if mask_col(m) in X.columns:
                 cols = [j for j, c in enumerate(names) if modality_of(c) == m and not c.startswith("mask__")]
@@ -50,10 +50,6 @@ class LinearClassifier(ClassifierMixin, BaseEstimator):
         return x
 
     def _standardise(self, X: pd.DataFrame) -> np.ndarray:
-        missing = [c for c in self.feature_names_in_ if c not in X.columns]
-        if missing:
-            raise DataError(f"{len(missing)} model feature(s) absent from the input, e.g. {missing[:5]}",
-                            field=missing[0], hint="score with the same feature configuration as training")
         x = self._values(X)
         x = np.where(np.isnan(x), self.median_, x)
         return (x - self.mean_) / self.scale_
@@ -64,11 +60,7 @@ class LinearClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: pd.DataFrame, y, eval_set: tuple[pd.DataFrame, np.ndarray] | None = None):
         from sklearn.metrics import log_loss
-        y = np.asarray(y)
-        if len(np.unique(y)) < 2:
-            raise DataError(f"training labels have a single class ({np.unique(y).tolist()}); "
-                            "AUROC and a classifier are undefined", field="label",
-                            hint="use a larger cohort or another task")
+        y = require_two_classes(y)
         self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
         x = self._values(X)
         seen = ~np.isnan(x).all(axis=0)
@@ -95,13 +87,6 @@ class LinearClassifier(ClassifierMixin, BaseEstimator):
     def shap_values(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Exact SHAP values (log-odds) against the training rows, and the base values."""
         return self._standardise(X) * self.coef_, np.full(len(X), self.intercept_)
-
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
-        return np.column_stack([1 - p, p])
-
-    def predict(self, X):
-        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)
