@@ -35,11 +35,15 @@ def test_absent_modality_inputs_never_reach_the_output(fusion, linear_base):
     assert np.allclose(phi.loc[X.mask__ecg == 0, "ecg"], 0, atol=1e-5)
 
 
-def test_save_load_round_trip_and_seeded(tmp_path):
+@pytest.mark.parametrize("members", [1, 3])
+def test_save_load_round_trip_and_seeded(tmp_path, members):
     X, y, T = _data()
-    a = FusionNetClassifier(max_epochs=4, ecg_fs=100).fit(X[:300], y[:300], eval_set=(X[300:], y[300:]), tensors=T)
-    b = FusionNetClassifier(max_epochs=4, ecg_fs=100).fit(X[:300], y[:300], eval_set=(X[300:], y[300:]), tensors=T)
+    a = FusionNetClassifier(max_epochs=4, ecg_fs=100, n_members=members).fit(
+        X[:300], y[:300], eval_set=(X[300:], y[300:]), tensors=T)
+    b = FusionNetClassifier(max_epochs=4, ecg_fs=100, n_members=members).fit(
+        X[:300], y[:300], eval_set=(X[300:], y[300:]), tensors=T)
     assert np.allclose(a.decision_function(X, T), b.decision_function(X, T), atol=1e-6)
+    assert {h["member"] for h in a.history_} == set(range(members))
     a.save(tmp_path / "f")
     c = FusionNetClassifier.load(tmp_path / "f")
     assert np.allclose(a.decision_function(X, T), c.decision_function(X, T), atol=1e-6)
@@ -63,14 +67,19 @@ def test_learns_from_the_waveform():
 
 def test_gradient_shap_for_the_fused_net_finds_the_signal():
     from pipeline.explain.deep import fusion_shap
-    X, y, T = _data(n=600)
-    m = FusionNetClassifier(fusion="early", max_epochs=10, ecg_fs=100).fit(X[:450], y[:450], tensors=T)
-    exp = fusion_shap(m, X[450:], X[:100], T)
-    assert exp.values.shape == (150, len(exp.feature_names))
+    X, y, T = _data(n=1000)
+    X.insert(2, "ehr__noise", np.random.default_rng(1).normal(size=len(X)))   # carries no risk
+    m = FusionNetClassifier(fusion="early", max_epochs=10, ecg_fs=100).fit(X[:800], y[:800], tensors=T)
+    exp = fusion_shap(m, X[800:], X[:100], T)
+    assert exp.values.shape == (200, len(exp.feature_names))
     assert "ecg__waveform" in exp.feature_names and "mask__ecg" in exp.feature_names
     imp = exp.feature_importance()
-    assert imp.index[0] in ("ehr__a", "ecg__b", "ecg__waveform")
-    assert imp["ehr__a"] > imp["mask__ehr"]
+    # The risk is a + 1.5 b where the ECG is present: the absent ECG's effect is shared between
+    # its mask and its inputs (a product), so the mask may rank high; noise must not.
+    assert "ehr__a" in imp.index[:2]
+    assert imp["ehr__a"] > 3 * imp["ehr__noise"]
+    assert imp["ecg__b"] + imp["ecg__waveform"] > 2 * imp["ehr__noise"]
+    assert imp["mask__ehr"] == 0                                      # constant: nothing to explain
 
 
 def test_a_net_on_a_linear_base_starts_at_it_and_explains_and_round_trips(tmp_path):
@@ -90,3 +99,21 @@ def test_a_net_on_a_linear_base_starts_at_it_and_explains_and_round_trips(tmp_pa
     from pipeline.models import load_model
     again = load_model(tmp_path / "net").with_tensors(T)
     assert again.base_ is not None and np.allclose(again.decision_function(X[va]), logit, atol=1e-5)
+
+
+def test_a_deep_ensemble_averages_its_members_and_explains():
+    """n_members nets from seeds random_state, random_state + 1, ...: the ensemble's logit is
+    the mean of theirs (each is the single net that seed trains), and it explains like one net."""
+    from pipeline.explain.deep import fusion_shap
+    X, y, T = _data()
+    kw = dict(fusion="late", max_epochs=3, ecg_fs=100)
+    ens = FusionNetClassifier(n_members=2, random_state=5, **kw).fit(X[:300], y[:300], eval_set=(X[300:], y[300:]),
+                                                                      tensors=T)
+    singles = [FusionNetClassifier(random_state=s, **kw).fit(X[:300], y[:300], eval_set=(X[300:], y[300:]),
+                                                             tensors=T).decision_function(X, T) for s in (5, 6)]
+    assert np.allclose(ens.decision_function(X, T), np.mean(singles, axis=0), atol=1e-5)
+    assert not np.allclose(singles[0], singles[1])
+    exp = fusion_shap(ens, X[300:320], X[:50], T)
+    assert np.isfinite(exp.values).all() and exp.values.shape[0] == 20
+    with pytest.raises(DataError, match="n_members"):
+        FusionNetClassifier(n_members=0).fit(X, y, tensors=T)

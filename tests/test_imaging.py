@@ -8,7 +8,7 @@ from pipeline.config import ImagingConfig
 from pipeline.errors import DataError, Quarantine
 from pipeline.sources.imaging import (LoadImageD, index_image_folder, inspect_images, load_image,
                                       read_cxr_metadata)
-from pipeline.models.fusion_net import image_encoder
+from pipeline.models.fusion_net import ImageEncoder
 from pipeline.stages.featurize_imaging import featurize_imaging, image_features
 
 REAL = ["cxr/00000001_000.png", "cxr/00027426_000.png", "dicom/CT_small.dcm", "dicom/MR_small.dcm",
@@ -180,7 +180,13 @@ def test_features_track_findings():
 
 def test_image_encoder_is_small_monai_cnn():
     torch = pytest.importorskip("torch")
-    net = image_encoder(32, 64)
-    assert type(net).__module__.startswith("monai.networks.nets")
-    assert sum(p.numel() for p in net.parameters()) < 300_000
-    assert net(torch.zeros(4, 1, 64, 64)).shape == (4, 32)
+    net = ImageEncoder(32, 64)
+    assert all(type(m).__module__.startswith("monai.networks") for m in net.trunk.children())
+    assert sum(p.numel() for p in net.parameters()) < 50_000          # pooled, not a flattened map
+    x = torch.rand(4, 1, 64, 64)
+    assert net(x).shape == (4, 32)
+    assert ImageEncoder(8, 32)(torch.rand(2, 1, 32, 32)).shape == (2, 8)   # any size the trunk can pool
+    # the 2 x 2 pooling keeps where on the film a finding is: a bright base left or right differs
+    left, right = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)
+    left[..., 44:, :20], right[..., 44:, 44:] = 1.0, 1.0
+    assert not torch.allclose(net(left), net(right))

@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from pipeline.artifacts import read_json, write_json
 from pipeline.errors import DataError
-from pipeline.models.fusion_net import FusionNet
+from pipeline.models.fusion_net import FusionEnsemble, FusionNet
 from pipeline.stages.align import mask_col, modality_of
 
 WAVE_FS = 100  # the CNN sees ECGs decimated to 100 Hz
@@ -33,9 +33,10 @@ WAVE_FS = 100  # the CNN sees ECGs decimated to 100 Hz
 class FusionNetClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, fusion="attention", hidden=64, dropout=0.1, modality_dropout=0.15, lr=2e-3,
                  weight_decay=1e-4, batch_size=128, max_epochs=40, patience=5, use_waveforms=True,
-                 use_images=True, image_size=64, ecg_fs=500, wide=True, linear_base=False, random_state=0,
-                 n_threads=2):
+                 use_images=True, image_size=64, ecg_fs=500, wide=True, linear_base=False, n_members=1,
+                 random_state=0, n_threads=2):
         self.fusion = fusion
+        self.n_members = n_members
         self.wide = wide
         self.linear_base = linear_base
         self.hidden = hidden
@@ -56,8 +57,8 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
     @classmethod
     def from_config(cls, name: str, cfg, prep=None) -> "FusionNetClassifier":
         """'fusion_attention' -> FusionNetClassifier(fusion='attention')."""
-        return cls(fusion=name.removeprefix("fusion_"), random_state=cfg.model.seed,
-                   image_size=cfg.imaging.size, ecg_fs=cfg.ecg.fs, linear_base=cfg.model.fusion_linear_base)
+        return cls(fusion=name.removeprefix("fusion_"), random_state=cfg.model.seed, image_size=cfg.imaging.size,
+                   ecg_fs=cfg.ecg.fs, linear_base=cfg.model.fusion_linear_base, n_members=cfg.model.fusion_members)
 
     # ------------------------------------------------------------------ data
     def _setup(self, X: pd.DataFrame):
@@ -72,11 +73,10 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
             v = np.where(np.isfinite(v), v, np.nan)
             with warnings.catch_warnings():  # a column never observed in train: centre 0, scale 1
                 warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
-                med = np.nanmedian(v, axis=0) if len(v) else np.zeros(len(cols))
-                q = np.nanpercentile(v, [25, 75], axis=0) if len(v) else np.ones((2, len(cols)))
-            scale = np.where(np.isfinite(q[1] - q[0]) & ((q[1] - q[0]) > 0), q[1] - q[0], 1.0)
-            self.center_[m] = np.nan_to_num(med).tolist()
-            self.scale_[m] = np.nan_to_num(scale, nan=1.0).tolist()
+                med = np.nan_to_num(np.nanmedian(v, axis=0)) if len(v) else np.zeros(len(cols))
+            sd = np.where(np.isnan(v), med, v).std(axis=0) if len(v) else np.ones(len(cols))
+            self.center_[m] = med.tolist()
+            self.scale_[m] = np.where(np.isfinite(sd) & (sd > 1e-12), sd, 1.0).tolist()
 
     def _arrays(self, X: pd.DataFrame) -> dict:
         missing = [c for c in self.feature_names_in_ if c not in X.columns]
@@ -148,9 +148,9 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         y = np.asarray(y, dtype=np.float32)
         if len(np.unique(y)) < 2:
             raise DataError("training labels have a single class", field="label")
-        torch.manual_seed(self.random_state)
+        if int(self.n_members) < 1:
+            raise DataError(f"n_members must be at least 1, got {self.n_members}", field="model.fusion_members")
         torch.set_num_threads(self.n_threads)
-        rng = np.random.default_rng(self.random_state)
         self._setup(X)
         A = self._arrays(X)
         waves = (self._tensor_rows(tensors, "ecg", A["hadm_id"])
@@ -162,7 +162,6 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
                       "image": images is not None,
                       "image_size": int(images[0].shape[-1]) if images is not None else self.image_size,
                       "wide": bool(self.wide)}
-        self.net_ = FusionNet(**self.arch_)
         feats = [c for c in X.columns if c != "hadm_id"]
         self.base_, offset, valid_offset = None, np.zeros(len(y), np.float32), None
         if self.linear_base:
@@ -170,72 +169,90 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
             ev = (eval_set[0][feats], np.asarray(eval_set[1])) if eval_set is not None else None
             self.base_, oof = cross_fitted(X[feats], y, ev, random_state=self.random_state)
             offset = oof.astype(np.float32)
-            self.net_.zero_output()   # starts at the base; early stopping keeps it if nothing helps
             if eval_set is not None:
                 valid_offset = self.base_.decision_function(eval_set[0]).astype(np.float32)
-        waves = self._materialize(waves, len(y), "wave")
-        images = self._materialize(images, len(y), "image")
-        opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        loss_fn = torch.nn.BCEWithLogitsLoss()
+        train = {"A": A, "y": y, "waves": self._materialize(waves, len(y), "wave"),
+                 "images": self._materialize(images, len(y), "image"), "offset": offset}
+        valid = None
         if eval_set is not None:
-            Xv, yv = eval_set
-            yv = np.asarray(yv, dtype=np.float32)
-            Av = self._arrays(Xv)
-            wv = iv = None
-            if waves is not None:
-                wv = self._materialize(self._tensor_rows(tensors, "ecg", Av["hadm_id"]), len(yv), "wave")
-            if images is not None:
-                iv = self._materialize(self._tensor_rows(tensors, "imaging", Av["hadm_id"]), len(yv), "image")
-        best, best_state, bad_epochs = np.inf, None, 0
-        if eval_set is not None and self.base_ is not None:   # the base alone is a candidate too
-            with torch.no_grad():
-                lv = self._logits(Av, wv, iv) + valid_offset
-                best = float(loss_fn(torch.from_numpy(lv), torch.from_numpy(yv)))
-            best_state = {k: v.detach().clone() for k, v in self.net_.state_dict().items()}
-        self.history_ = []
+            Av, yv = self._arrays(eval_set[0]), np.asarray(eval_set[1], dtype=np.float32)
+            valid = {"A": Av, "y": yv, "offset": valid_offset,
+                     "waves": self._materialize(self._tensor_rows(tensors, "ecg", Av["hadm_id"]), len(yv), "wave")
+                     if waves is not None else None,
+                     "images": self._materialize(self._tensor_rows(tensors, "imaging", Av["hadm_id"]), len(yv),
+                                                 "image") if images is not None else None}
+        members, self.history_ = [], []
+        for k in range(int(self.n_members)):   # a deep ensemble: same data, other seeds
+            net, history = self._train_member(self.random_state + k, train, valid)
+            members.append(net)
+            self.history_ += [{"member": k, **h} for h in history]
+        self.net_ = members[0] if len(members) == 1 else FusionEnsemble(members)
+        self.net_.eval()
+        self.classes_ = np.array([0, 1])
+        self.tensors_ = None
+        return self
+
+    def _train_member(self, seed: int, train: dict, valid: dict | None) -> tuple[FusionNet, list[dict]]:
+        """One net trained from ``seed`` with modality dropout and early stopping on the
+        validation loss; returns its best state and its per-epoch history."""
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        net = FusionNet(**self.arch_)
+        if self.base_ is not None:
+            net.zero_output()   # starts at the base; early stopping keeps it if nothing helps
+        A, y, waves, images, offset = (train[k] for k in ("A", "y", "waves", "images", "offset"))
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+
+        def valid_loss() -> float:
+            lv = self._logits(valid["A"], valid["waves"], valid["images"], net)
+            if valid["offset"] is not None:
+                lv = lv + valid["offset"]
+            return float(loss_fn(torch.from_numpy(lv), torch.from_numpy(valid["y"])))
+
+        best, best_state, bad_epochs, history = np.inf, None, 0, []
+        if valid is not None and self.base_ is not None:   # the base alone is a candidate too
+            best = valid_loss()
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         for epoch in range(self.max_epochs):
-            self.net_.train()
+            net.train()
             order = rng.permutation(len(y))
             total = 0.0
             for s in range(0, len(order), self.batch_size):
                 idx = order[s:s + self.batch_size]
                 if len(idx) < 2:
                     continue
-                logit = self.net_(self._batch(A, idx, waves, images, True, rng)) + torch.from_numpy(offset[idx])
+                logit = net(self._batch(A, idx, waves, images, True, rng)) + torch.from_numpy(offset[idx])
                 loss = loss_fn(logit, torch.from_numpy(y[idx]))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(idx)
-            if eval_set is None:
-                self.history_.append({"epoch": epoch, "train_loss": total / len(y)})
+            if valid is None:
+                history.append({"epoch": epoch, "train_loss": total / len(y)})
                 continue
-            with torch.no_grad():
-                lv = self._logits(Av, wv, iv) + (valid_offset if valid_offset is not None else 0)
-                vl = float(loss_fn(torch.from_numpy(lv), torch.from_numpy(yv)))
-            self.history_.append({"epoch": epoch, "train_loss": total / len(y), "valid_loss": vl})
+            vl = valid_loss()
+            history.append({"epoch": epoch, "train_loss": total / len(y), "valid_loss": vl})
             if vl < best - 1e-4:
                 best, bad_epochs = vl, 0
-                best_state = {k: v.detach().clone() for k, v in self.net_.state_dict().items()}
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             else:
                 bad_epochs += 1
                 if bad_epochs >= self.patience:
                     break
         if best_state is not None:
-            self.net_.load_state_dict(best_state)
-        self.net_.eval()
-        self.classes_ = np.array([0, 1])
-        self.tensors_ = None
-        return self
+            net.load_state_dict(best_state)
+        return net.eval(), history
 
-    def _logits(self, A: dict, waves, images) -> np.ndarray:
-        self.net_.eval()
+    def _logits(self, A: dict, waves, images, net=None) -> np.ndarray:
+        net = self.net_ if net is None else net
+        net.eval()
         out = []
         n = len(A["mask"])
         with torch.no_grad():
             for s in range(0, n, 512):
                 idx = np.arange(s, min(n, s + 512))
-                out.append(self.net_(self._batch(A, idx, waves, images, False, None)).numpy())
+                out.append(net(self._batch(A, idx, waves, images, False, None)).numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def decision_function(self, X: pd.DataFrame, tensors: dict | None = None) -> np.ndarray:
@@ -284,7 +301,8 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         est.arch_ = meta["arch"]
         # JSON stores keys sorted: restore the modality order the net was built with
         est.arch_["dims"] = {m: est.arch_["dims"][m] for m in meta["modalities"]}
-        est.net_ = FusionNet(**est.arch_)
+        k = int(meta["params"].get("n_members", 1))
+        est.net_ = FusionNet(**est.arch_) if k == 1 else FusionEnsemble([FusionNet(**est.arch_) for _ in range(k)])
         est.net_.load_state_dict(load_file(str(wpath)))
         est.net_.eval()
         est.feature_names_in_ = np.asarray(meta["features"], dtype=object)

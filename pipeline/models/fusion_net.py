@@ -43,11 +43,23 @@ class ECGEncoder(nn.Module):
         return self.proj(torch.cat([h.mean(-1), h.amax(-1)], dim=1))
 
 
-def image_encoder(out: int, size: int) -> nn.Module:
-    """A small MONAI CNN (monai.networks.nets.Classifier used as an encoder)."""
-    from monai.networks.nets import Classifier
-    return Classifier(in_shape=(1, size, size), classes=out, channels=(8, 16, 32), strides=(2, 2, 2),
-                      num_res_units=1, last_act=None)
+class ImageEncoder(nn.Module):
+    """A small MONAI CNN: the residual convolution trunk of monai.networks.nets.Classifier,
+    average-pooled to a 2 x 2 grid (left/right, upper/lower: where on a film a finding is),
+    then projected.  Pooling instead of flattening the last feature map keeps the head at
+    4 x 32 inputs instead of 32 x (size/8)^2: on the 5k benchmark the flattened head
+    overfitted and lowered the net's AUROC (benchmarks/fusion.py)."""
+
+    def __init__(self, out: int, size: int):
+        super().__init__()
+        from monai.networks.nets import Classifier
+        self.trunk = Classifier(in_shape=(1, size, size), classes=out, channels=(8, 16, 32), strides=(2, 2, 2),
+                                num_res_units=1).net
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.proj = nn.Linear(4 * 32, out)
+
+    def forward(self, x):
+        return self.proj(self.pool(self.trunk(x)).flatten(1))
 
 
 class FusionNet(nn.Module):
@@ -60,7 +72,7 @@ class FusionNet(nn.Module):
         self.fusion = fusion
         self.tab = nn.ModuleDict({m: mlp(max(d, 1), hidden, hidden, dropout) for m, d in dims.items()})
         self.ecg_wave = ECGEncoder(hidden) if ecg_wave and "ecg" in dims else None
-        self.image = image_encoder(hidden, image_size) if image and "imaging" in dims else None
+        self.image = ImageEncoder(hidden, image_size) if image and "imaging" in dims else None
         self.missing = nn.Parameter(torch.zeros(len(dims), hidden))
         self.wide = nn.ModuleDict({m: nn.Linear(max(d, 1), 1) for m, d in dims.items()}) if wide else None
         self.wide_absent = nn.Parameter(torch.zeros(len(dims))) if wide else None
@@ -134,3 +146,15 @@ class FusionNet(nn.Module):
             per = torch.cat([self.heads[m](H[:, i]) for i, m in enumerate(self.modalities)], dim=1)
             logit = logit + self.bias + (per * mask).sum(dim=1)
         return logit
+
+
+class FusionEnsemble(nn.Module):
+    """A deep ensemble: the mean logit of nets of one architecture trained from different seeds
+    (each early-stopped on its own).  It takes and returns what a ``FusionNet`` does."""
+
+    def __init__(self, members: list[FusionNet]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return torch.stack([m(batch) for m in self.members]).mean(dim=0)

@@ -9,7 +9,7 @@ the next candidate used.  Outputs, in the same row order:
   interpretable intensity statistics that track CXR findings (opacities and effusions
   brighten the lung fields and bases, cardiomegaly widens the bright central shadow);
 - ``images.npy``: float32 [n, 1, size, size] for the fused net's MONAI encoder
-  (``pipeline.models.fusion_net.image_encoder``).
+  (``pipeline.models.fusion_net.ImageEncoder``).
 
 Admissions without a usable image are absent (the modality is missing, not zero).
 """

@@ -1,7 +1,7 @@
 """Image features for LightGBM from a trained MONAI CNN (``imaging.encoder: cnn``).
 
-``ImageCNNEncoder`` trains the project's image encoder (``fusion_net.image_encoder``, a
-MONAI Classifier) to predict the task label from the chosen image, on TRAIN-split
+``ImageCNNEncoder`` trains the project's image encoder (``fusion_net.ImageEncoder``, a
+MONAI residual CNN) to predict the task label from the chosen image, on TRAIN-split
 admissions only, by cross-fitting: with K folds, each fold's CNN is trained on the other
 folds (early stopping on its own held-out fold), so every train admission gets an
 out-of-fold logit that no model trained on it produced.  Every other admission (valid,
@@ -36,8 +36,8 @@ class ImageCNNEncoder(BaseEstimator):
         self.n_threads = n_threads
 
     def _net(self):
-        from pipeline.models.fusion_net import image_encoder
-        return image_encoder(1, self.size)
+        from pipeline.models.fusion_net import ImageEncoder
+        return ImageEncoder(1, self.size)
 
     def _logits(self, net, images: np.ndarray) -> np.ndarray:
         net.eval()
