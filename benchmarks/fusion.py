@@ -132,7 +132,9 @@ def main() -> None:
     print("\nfused-net training (CPU, 2 threads):")
     for name, m in models.items():
         if name.startswith("fusion_"):
-            print(f"  {name}: {len(m.history_)} epochs")
+            epochs = pd.Series([h.get("member", 0) for h in m.history_]).value_counts().sort_index().tolist()
+            seconds = getattr(getattr(m, "model_", m), "fit_seconds_", float("nan"))   # model_: imputed
+            print(f"  {name}: {seconds:.0f} s, {len(epochs)} net(s), epochs {epochs}")
     print(f"\nrun folder: {work}")
 
 

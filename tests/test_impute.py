@@ -122,7 +122,7 @@ def test_train_with_imputation_config_then_score_in_a_new_job(synth_root, tmp_pa
     from pipeline.jobs.train import train
     cfg = RunConfig.model_validate({"model": {
         "gbm_estimators": 60, "fusion_models": [primary], "primary": primary, "single_modality_baselines": False,
-        "imputation": {"ecg": "iterative", "notes": "mean", "imaging": "median"}}})
+        "fusion_members": 1, "imputation": {"ecg": "iterative", "notes": "mean", "imaging": "median"}}})
     train(synth_root, tmp_path / "run", cfg, report=False)
     saved = (tmp_path / "run" / "model" / "primary" / "model.json").read_text()
     assert '"ImputedClassifier"' in saved and '"iterative"' in saved

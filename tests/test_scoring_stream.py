@@ -18,8 +18,11 @@ COLS = ["risk", "ehr", "ecg", "notes", "imaging"]
 @pytest.fixture(scope="module", params=["gbm_early", "fusion_early"])
 def synth_run(request, synth_root, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"run_{request.param}")
+    # one net, not the default ensemble of three: sharding is what is tested here (test_fusion
+    # tests ensembles, test_e2e_real the default configuration end to end)
     cfg = RunConfig.model_validate({"model": {"gbm_estimators": 60, "fusion_models": [request.param],
-                                              "primary": request.param, "single_modality_baselines": False}})
+                                              "primary": request.param, "single_modality_baselines": False,
+                                              "fusion_members": 1}})
     train(synth_root, out / "run", cfg, report=False)
     return out / "run"
 

@@ -72,7 +72,9 @@ def fit_models(prep: Prepared, cfg: RunConfig, feats: list[str]) -> dict:
             t0 = time.time()
             models[name] = imputed(FusionNetClassifier.from_config(name, cfg, prep), cfg).fit(
                 tr[cols], tr["label"], eval_set=(va[cols], va["label"]), tensors=tensors).with_tensors(tensors)
-            log(f"[train] {name} trained in {time.time() - t0:.0f}s ({len(models[name].history_)} epochs)")
+            epochs = pd.Series([h.get("member", 0) for h in models[name].history_]).value_counts().sort_index()
+            log(f"[train] {name} trained in {time.time() - t0:.0f}s ({len(epochs)} net(s), epochs "
+                f"{epochs.tolist()})")
         else:
             raise DataError(f"unknown model {name!r}", field="model.fusion_models")
     if cfg.model.single_modality_baselines and len(prep.modalities) > 1:

@@ -3,17 +3,21 @@
 fit(X, y, eval_set=..., tensors=...) / decision_function / predict_proba / save / load.
 X is the aligned table (modality features and ``mask__<m>`` columns); ``tensors``
 optionally maps 'ecg' and 'imaging' to (hadm_ids, array) for the raw waveforms and
-images, read lazily per batch.  Tabular inputs are standardised with train medians
-and scales and missing values set to 0; the modality mask decides whether a
-modality is seen at all.  Modality dropout hides present modalities at random
-during training; early stopping on validation loss; seeded.  With ``linear_base`` the net
-learns a residual over a cross-fitted penalised logistic model's logit (pipeline.models.linear;
-out of fold for the training rows), added to its output.  Weights are saved in safetensors,
-everything else in JSON with the weights' sha256 (checked on load).
+images, read lazily per batch.  Tabular inputs are centred on train medians (a missing
+value becomes 0), scaled by the standard deviation of the median-filled train values (as
+the linear model scales them) and clipped to +-10; the modality mask decides whether a modality is seen at all.  Modality dropout hides
+present modalities at random during training; early stopping on validation loss; seeded.
+With ``n_members`` > 1 the net is a deep ensemble: that many nets trained from seeds
+``random_state``, ``random_state + 1``, ... (each early-stopped on its own), their logits
+averaged.  With ``linear_base`` the net learns a residual over a cross-fitted penalised
+logistic model's logit (pipeline.models.linear; out of fold for the training rows), added to
+its output.  Weights are saved in safetensors, everything else in JSON with the weights'
+sha256 (checked on load).
 """
 from __future__ import annotations
 
 import hashlib
+import time
 import warnings
 from pathlib import Path
 
@@ -145,6 +149,7 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit / predict
     def fit(self, X: pd.DataFrame, y, eval_set=None, tensors: dict | None = None):
+        started = time.perf_counter()
         y = np.asarray(y, dtype=np.float32)
         if len(np.unique(y)) < 2:
             raise DataError("training labels have a single class", field="label")
@@ -190,6 +195,7 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         self.net_.eval()
         self.classes_ = np.array([0, 1])
         self.tensors_ = None
+        self.fit_seconds_ = time.perf_counter() - started
         return self
 
     def _train_member(self, seed: int, train: dict, valid: dict | None) -> tuple[FusionNet, list[dict]]:
