@@ -85,7 +85,7 @@ class ModelConfig(_Strict):
     fusion_linear_base: bool = False
     # each fused net is a deep ensemble of this many nets (seeds seed, seed + 1, ...), their
     # logits averaged: n times the training time, much less seed-to-seed variance (5k benchmark:
-    # single attention nets 0.848-0.852 AUROC, three of them averaged 0.855, 106 s on 2 cores)
+    # single attention nets 0.848-0.852 AUROC, three of them averaged 0.855, 89 s on 2 cores)
     fusion_members: int = Field(default=3, ge=1)
     # gbm_early | gbm_late | linear_early | linear_late | fusion_early | fusion_late |
     # fusion_hybrid | fusion_attention, all on the same splits

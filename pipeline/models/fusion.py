@@ -5,16 +5,16 @@ X is the aligned table (modality features and ``mask__<m>`` columns); ``tensors`
 optionally maps 'ecg' and 'imaging' to (hadm_ids, array) for the raw waveforms and
 images, read lazily per batch.  Tabular inputs are centred on train medians (a missing
 value becomes 0), scaled by the standard deviation of the median-filled train values (as
-the linear model scales them) and clipped to +-10; the modality mask decides whether a modality is seen at all.  Modality dropout hides
-present modalities at random during training; early stopping on validation loss (patience
-3 epochs: on the 5k benchmark every net kept the same best epoch as with 5, in 25-30 % less
-time); seeded.
-With ``n_members`` > 1 the net is a deep ensemble: that many nets trained from seeds
+the linear model scales them) and clipped to +-10; the modality mask decides whether a
+modality is seen at all.  Modality dropout hides present modalities at random during
+training; early stopping on validation loss (patience 3 epochs: on the 5k benchmark every
+net kept the same best epoch as with 5, in 25-30 % less time); seeded.  With
+``n_members`` > 1 the net is a deep ensemble: that many nets trained from seeds
 ``random_state``, ``random_state + 1``, ... (each early-stopped on its own), their logits
 averaged.  With ``linear_base`` the net learns a residual over a cross-fitted penalised
-logistic model's logit (pipeline.models.linear; out of fold for the training rows), added to
-its output.  Weights are saved in safetensors, everything else in JSON with the weights'
-sha256 (checked on load).
+logistic model's logit (pipeline.models.linear; out of fold for the training rows), added
+to its output.  Weights are saved in safetensors, everything else in JSON with the
+weights' sha256 (checked on load).
 """
 from __future__ import annotations
 
