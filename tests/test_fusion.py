@@ -117,3 +117,25 @@ def test_a_deep_ensemble_averages_its_members_and_explains():
     assert np.isfinite(exp.values).all() and exp.values.shape[0] == 20
     with pytest.raises(DataError, match="n_members"):
         FusionNetClassifier(n_members=0).fit(X, y, tensors=T)
+
+
+def test_weights_of_another_architecture_are_refused_with_the_file(tmp_path):
+    """A model saved before a layer change (here: its image encoder's head renamed) is refused
+    with a DataError naming the weights file, not a bare torch error."""
+    import hashlib
+    import json
+
+    from safetensors.torch import load_file, save_file
+    X, y, T = _data()
+    X = X.assign(imaging__x=X["ehr__a"], mask__imaging=1)
+    m = FusionNetClassifier(max_epochs=1, ecg_fs=100, n_members=1).fit(X[:300], y[:300], tensors=T)
+    m.save(tmp_path / "f")
+    w = tmp_path / "f" / "weights.safetensors"
+    old = {k.replace("image.proj.", "image.final.1."): v for k, v in load_file(str(w)).items()}
+    save_file(old, str(w))
+    meta = json.loads((tmp_path / "f" / "model.json").read_text())
+    meta["weights_sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()
+    (tmp_path / "f" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="earlier version|do not fit") as e:
+        FusionNetClassifier.load(tmp_path / "f")
+    assert "weights.safetensors" in str(e.value)

@@ -30,7 +30,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from pipeline.artifacts import read_json, write_json
 from pipeline.errors import DataError
-from pipeline.models.fusion_net import FusionEnsemble, FusionNet
+from pipeline.models.fusion_net import FusionEnsemble, FusionNet, load_weights
 from pipeline.stages.align import mask_col, modality_of
 
 WAVE_FS = 100  # the CNN sees ECGs decimated to 100 Hz
@@ -311,7 +311,7 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         est.arch_["dims"] = {m: est.arch_["dims"][m] for m in meta["modalities"]}
         k = int(meta["params"].get("n_members", 1))
         est.net_ = FusionNet(**est.arch_) if k == 1 else FusionEnsemble([FusionNet(**est.arch_) for _ in range(k)])
-        est.net_.load_state_dict(load_file(str(wpath)))
+        load_weights(est.net_, load_file(str(wpath)), wpath)
         est.net_.eval()
         est.feature_names_in_ = np.asarray(meta["features"], dtype=object)
         est.modalities_, est.columns_ = meta["modalities"], meta["columns"]

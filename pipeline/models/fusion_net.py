@@ -62,6 +62,18 @@ class ImageEncoder(nn.Module):
         return self.proj(self.pool(self.trunk(x)).flatten(1))
 
 
+def load_weights(net: nn.Module, weights: dict, path) -> None:
+    """``net.load_state_dict(weights)``, with a DataError naming the file when the saved
+    layers are not this version's (a model saved before an architecture change)."""
+    from pipeline.errors import DataError
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise DataError(f"the saved weights do not fit this version's network ({first[:200]})", file=path,
+                        hint="the model was saved by an earlier version: retrain it with mmpipe train") from None
+
+
 class FusionNet(nn.Module):
     def __init__(self, dims: dict[str, int], fusion: str = "attention", hidden: int = 64, dropout: float = 0.1,
                  ecg_wave: bool = False, image: bool = False, image_size: int = 64, wide: bool = False):

@@ -123,7 +123,8 @@ class ImageCNNEncoder(BaseEstimator):
             if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
                 raise DataError("image CNN weights do not match their recorded hash (modified or corrupt)", file=path)
             net = enc._net()
-            net.load_state_dict(load_file(str(path)))
+            from pipeline.models.fusion_net import load_weights
+            load_weights(net, load_file(str(path)), path)
             enc.nets_.append(net.eval())
         return enc
 
