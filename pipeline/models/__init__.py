@@ -1,5 +1,5 @@
 """Estimators (scikit-learn contract, saved without pickle), what the tabular ones share
-(``LogitClassifier``, ``require_two_classes``) and ``load_model``."""
+(``LogitClassifier``, ``require_two_classes``, ``require_features``) and ``load_model``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,15 +21,20 @@ def require_two_classes(y) -> np.ndarray:
     return y
 
 
+def require_features(names, X: pd.DataFrame) -> None:
+    """A DataError naming the model features ``names`` that ``X`` lacks (none missing: nothing)."""
+    missing = [c for c in names if c not in X.columns]
+    if missing:
+        raise DataError(f"{len(missing)} model feature(s) absent from the input, e.g. {missing[:5]}",
+                        field=missing[0], hint="score with the same feature configuration as training")
+
+
 class LogitClassifier(ClassifierMixin, BaseEstimator):
     """A binary classifier defined by ``decision_function`` (log-odds) over the columns
     ``feature_names_in_``: probabilities, labels, and the checked feature matrix."""
 
     def _matrix(self, X: pd.DataFrame) -> np.ndarray:
-        missing = [c for c in self.feature_names_in_ if c not in X.columns]
-        if missing:
-            raise DataError(f"{len(missing)} model feature(s) absent from the input, e.g. {missing[:5]}",
-                            field=missing[0], hint="score with the same feature configuration as training")
+        require_features(self.feature_names_in_, X)
         return X[list(self.feature_names_in_)].to_numpy(dtype=np.float64, copy=True)
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:

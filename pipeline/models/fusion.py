@@ -30,10 +30,16 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from pipeline.artifacts import read_json, write_json
 from pipeline.errors import DataError
+from pipeline.models import require_features, require_two_classes
 from pipeline.models.fusion_net import FusionEnsemble, FusionNet, load_weights
 from pipeline.stages.align import mask_col, modality_of
 
 WAVE_FS = 100  # the CNN sees ECGs decimated to 100 Hz
+
+
+def epochs_per_net(history: list[dict]) -> list[int]:
+    """Epochs each net of a fused model trained, from its ``history_`` (one entry per epoch)."""
+    return pd.Series([h.get("member", 0) for h in history], dtype=int).value_counts().sort_index().tolist()
 
 
 class FusionNetClassifier(ClassifierMixin, BaseEstimator):
@@ -85,10 +91,7 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
             self.scale_[m] = np.where(np.isfinite(sd) & (sd > 1e-12), sd, 1.0).tolist()
 
     def _arrays(self, X: pd.DataFrame) -> dict:
-        missing = [c for c in self.feature_names_in_ if c not in X.columns]
-        if missing:
-            raise DataError(f"{len(missing)} model feature(s) absent from the input, e.g. {missing[:5]}",
-                            field=missing[0])
+        require_features(self.feature_names_in_, X)
         tab, masks = {}, []
         for m in self.modalities_:
             v = X[self.columns_[m]].to_numpy(dtype=np.float64)
@@ -152,9 +155,7 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ fit / predict
     def fit(self, X: pd.DataFrame, y, eval_set=None, tensors: dict | None = None):
         started = time.perf_counter()
-        y = np.asarray(y, dtype=np.float32)
-        if len(np.unique(y)) < 2:
-            raise DataError("training labels have a single class", field="label")
+        y = require_two_classes(y).astype(np.float32)
         if int(self.n_members) < 1:
             raise DataError(f"n_members must be at least 1, got {self.n_members}", field="model.fusion_members")
         torch.set_num_threads(self.n_threads)
