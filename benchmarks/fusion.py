@@ -30,6 +30,7 @@ def main() -> None:
     from pipeline.explain.modality import hide
     from pipeline.jobs.prepare import prepare
     from pipeline.jobs.train import fit_models, model_features
+    from pipeline.models.fusion import epochs_per_net
     from pipeline.sources.discover import discover
     from pipeline.synthetic import generate_cohort
 
@@ -64,7 +65,8 @@ def main() -> None:
     # The generator's Bayes-optimal AUROC: its posterior given more than the files show before
     # the prediction time (synthetic.bayes), an upper bound on what any model of them can reach;
     # and the AUROC of its full latent risk, which includes what no file shows.
-    bayes = roc_auc_score(y, truth.loc[te.hadm_id, "p_bayes"].to_numpy())
+    p_bayes = truth.loc[te.hadm_id, "p_bayes"].to_numpy()
+    bayes = roc_auc_score(y, p_bayes)
     latent_risk = roc_auc_score(y, truth.loc[te.hadm_id, "p_true"].to_numpy())
     parts = {"ehr": "ehr_part", "ecg": "ecg_part", "notes": "notes_part", "imaging": "imaging_part"}
     tr = t[t.split == "train"]
@@ -89,7 +91,8 @@ def main() -> None:
     def auc(model, X):
         return roc_auc_score(y, model.decision_function(X[list(model.feature_names_in_)]))
 
-    res = {name: auc(m, te) for name, m in models.items()}
+    scores = {name: m.decision_function(te[list(m.feature_names_in_)]) for name, m in models.items()}
+    res = {name: roc_auc_score(y, s) for name, s in scores.items()}
     singles = {k: v for k, v in res.items() if k.startswith("gbm_only_")}
     best_single = max(singles.values()) if singles else float("nan")
     print(f"\ntest admissions: {len(te)} ({int(y.sum())} deaths); modalities {prep.modalities}")
@@ -99,8 +102,6 @@ def main() -> None:
           f"{parts_auc:.3f}; a logistic model on them: {logit_parts_auc:.3f}")
     print(f"best single modality: {max(singles, key=singles.get)} {best_single:.4f}")
     # The gap to the bound with a paired bootstrap 95% CI (same resampled admissions for both).
-    p_bayes = truth.loc[te.hadm_id, "p_bayes"].to_numpy()
-    scores = {name: m.decision_function(te[list(m.feature_names_in_)]) for name, m in models.items()}
     boot = np.random.default_rng(1)
     draws = [i for i in (boot.integers(0, len(y), len(y)) for _ in range(300)) if 0 < y[i].sum() < len(i)]
     print(f"{'model':22s} {'AUROC':>6s} {'-best single':>12s} {'-Bayes':>7s} {'95% CI (paired bootstrap)':>26s}")
@@ -144,7 +145,7 @@ def main() -> None:
     print("\nfused-net training (CPU, 2 threads; bar: under 120 s each):")
     for name, m in models.items():
         if name.startswith("fusion_"):
-            epochs = pd.Series([h.get("member", 0) for h in m.history_]).value_counts().sort_index().tolist()
+            epochs = epochs_per_net(m.history_)
             seconds = getattr(getattr(m, "model_", m), "fit_seconds_", float("nan"))   # model_: imputed
             print(f"  {name}: {seconds:.0f} s, {len(epochs)} net(s), epochs {epochs}")
     print(f"\nrun folder: {work}")

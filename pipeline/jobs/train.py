@@ -66,15 +66,14 @@ def fit_models(prep: Prepared, cfg: RunConfig, feats: list[str]) -> dict:
             models[name] = imputed(LateFusionGBM(head="linear", random_state=cfg.model.seed), cfg).fit(
                 tr[feats], tr["label"], ev)
         elif name.startswith("fusion_"):
-            from pipeline.models.fusion import FusionNetClassifier
+            from pipeline.models.fusion import FusionNetClassifier, epochs_per_net
             tensors = load_tensors(prep.stage_dirs)
             cols = ["hadm_id"] + feats
             t0 = time.time()
             models[name] = imputed(FusionNetClassifier.from_config(name, cfg, prep), cfg).fit(
                 tr[cols], tr["label"], eval_set=(va[cols], va["label"]), tensors=tensors).with_tensors(tensors)
-            epochs = pd.Series([h.get("member", 0) for h in models[name].history_]).value_counts().sort_index()
-            log(f"[train] {name} trained in {time.time() - t0:.0f}s ({len(epochs)} net(s), epochs "
-                f"{epochs.tolist()})")
+            epochs = epochs_per_net(models[name].history_)
+            log(f"[train] {name} trained in {time.time() - t0:.0f}s ({len(epochs)} net(s), epochs {epochs})")
         else:
             raise DataError(f"unknown model {name!r}", field="model.fusion_models")
     if cfg.model.single_modality_baselines and len(prep.modalities) > 1:
