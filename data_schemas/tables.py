@@ -15,10 +15,15 @@ ADMISSIONS = Schema("admissions", (
     Column("admittime", "datetime", nullable=False),
     Column("dischtime", "datetime"),
     Column("deathtime", "datetime", required=False),
-    Column("hospital_expire_flag", "int"),
+    Column("hospital_expire_flag", "int"),  # nullable (Int64): empty for an admission still open
     Column("admission_type", "str", required=False),
+    Column("admission_location", "str", required=False),
     Column("race", "str", required=False),
     Column("insurance", "str", required=False),
+    Column("language", "str", required=False),
+    Column("marital_status", "str", required=False),
+    Column("edregtime", "datetime", required=False),
+    Column("edouttime", "datetime", required=False),
 ))
 
 ICUSTAYS = Schema("icustays", (
@@ -29,11 +34,16 @@ ICUSTAYS = Schema("icustays", (
     Column("outtime", "datetime"),
 ))
 
-# Long-format events: one row per measurement (labs, vitals, omr, ...).
+# Long-format events: one row per measurement, code, order or administration (labs, vitals, omr,
+# diagnoses, procedures, drugs, ICU inputs/outputs/procedures, microbiology).  ``time`` is when it
+# happened (as charted); ``known_time`` when it became available (storetime, the end of the day of a
+# date-only field, the coded admission's dischtime): NULL = never available (e.g. a result without
+# a storetime), so never used.  Features use a row only when known_time <= prediction time.
 EVENTS = Schema("events", (
     Column("subject_id", "int", nullable=False),
     Column("hadm_id", "float"),          # nullable id (float64 with NaN)
     Column("time", "datetime", nullable=False),
+    Column("known_time", "datetime"),
     Column("code", "str", nullable=False),  # e.g. "lab:50912", "vital:220045", "omr:Weight (Lbs)"
     Column("value", "float"),
     Column("unit", "str", required=False),

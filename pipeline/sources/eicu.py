@@ -101,14 +101,13 @@ def ingest_eicu(root: Path, out_dir: Path, q: Quarantine) -> dict:
             "value": value.to_numpy(),
             "unit": lab.get("labmeasurenamesystem", pd.Series(index=lab.index, dtype=object)).astype(object).to_numpy(),
             "source": "lab"})
+        ev["known_time"] = ev["time"]  # labresultoffset: the result's own time
         ev = ev[np.isfinite(ev["value"])].reset_index(drop=True)
         codes = pd.DataFrame({"code": sorted(ev["code"].unique())})
         codes["label"] = codes["code"].str.removeprefix("lab:")
     else:
         tables_absent.append("lab")
-        ev = pd.DataFrame({c: pd.Series(dtype=t) for c, t in
-                           [("subject_id", "int64"), ("hadm_id", "float64"), ("time", "datetime64[ns]"),
-                            ("code", object), ("value", "float64"), ("unit", object), ("source", object)]})
+        ev = EVENTS.empty()
         codes = pd.DataFrame({"code": pd.Series(dtype=object), "label": pd.Series(dtype=object)})
     write_parquet(patients, out_dir / "patients.parquet", PATIENTS)
     write_parquet(adm.reset_index(drop=True), out_dir / "admissions.parquet", ADMISSIONS)

@@ -28,6 +28,8 @@ MAX_LISTED_BAD_ROWS = 200  # per table and field; the rest are counted in one su
 F_TO_C = {"223761": "223762"}
 
 RENAMES = {"ethnicity": "race"}
+# Admission context kept in the canonical admissions table (EHRConfig.context chooses the predictors).
+CONTEXT_COLUMNS = ("admission_type", "admission_location", "race", "insurance", "language", "marital_status")
 
 
 def table_path(root: Path, name: str) -> Path | None:
@@ -115,7 +117,8 @@ def read_admissions(root: Path, q: Quarantine, patients: pd.DataFrame | None = N
     path = table_path(root, "admissions")
     df = _read_text_table(path, ["subject_id", "hadm_id", "admittime", "dischtime"])
     df = _convert(df, path, {"subject_id": "int", "hadm_id": "int", "admittime": "datetime",
-                             "dischtime": "datetime", "deathtime": "datetime", "hospital_expire_flag": "int"},
+                             "dischtime": "datetime", "deathtime": "datetime", "hospital_expire_flag": "int",
+                             "edregtime": "datetime", "edouttime": "datetime"},
                   q, required_nonnull=("subject_id", "hadm_id", "admittime"))
     df = _drop_duplicates(df, "hadm_id", path, q)
     before = df["dischtime"].notna() & (df["dischtime"] < df["admittime"])
@@ -126,20 +129,27 @@ def read_admissions(root: Path, q: Quarantine, patients: pd.DataFrame | None = N
         df["hospital_expire_flag"] = np.nan
     if "deathtime" not in df.columns:
         df["deathtime"] = pd.NaT
-    # The outcome flag and the death time must agree; a missing flag is taken from deathtime.
+    # The outcome flag and the death time must agree; a missing flag is taken from deathtime once the
+    # admission is closed.  An OPEN admission (no dischtime, no deathtime: a live extract) keeps a missing
+    # flag: its outcome is not known yet (scoring only; training refuses it).
     flag = df["hospital_expire_flag"]
-    df["hospital_expire_flag"] = flag.fillna(df["deathtime"].notna().astype(float))
+    closed = df["dischtime"].notna() | df["deathtime"].notna()
+    df["hospital_expire_flag"] = flag.fillna(df["deathtime"].notna().astype(float).where(closed))
     if patients is not None:
         orphan = ~df["subject_id"].isin(patients["subject_id"])
         for i in df.index[orphan]:
             q.add(SOURCE, path, int(i) + 2, "subject_id", "subject not in patients")
         df = df[~orphan]
-    for c in ("subject_id", "hadm_id", "hospital_expire_flag"):
+    for c in ("subject_id", "hadm_id"):
         df[c] = df[c].astype("int64")
+    df["hospital_expire_flag"] = df["hospital_expire_flag"].astype("Int64")
     cols = ["subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "hospital_expire_flag"]
-    for c in ("admission_type", "race", "insurance"):
+    for c in CONTEXT_COLUMNS:
         if c in df.columns:
             df[c] = df[c].astype(object)
+            cols.append(c)
+    for c in ("edregtime", "edouttime"):
+        if c in df.columns:
             cols.append(c)
     return ADMISSIONS.validate(df[cols].reset_index(drop=True), path)
 
@@ -180,17 +190,22 @@ def _require(con, path: Path, cols: list[str]) -> None:
 
 
 EVENT_QUERIES = {
-    # table: (required columns, SELECT producing subject_id, hadm_id, time, code, value, unit, row_ref)
+    # table: (required columns, SELECT producing subject_id, hadm_id, time, code, value, unit, raw_time,
+    # raw_value, row_ref, known_time).  A result is known at its storetime (labs: resulted; charts:
+    # validated), never before it was drawn/charted; a missing storetime holds the row back ({known}).
     "labevents": (["subject_id", "itemid", "charttime", "valuenum"],
                   "SELECT TRY_CAST(subject_id AS BIGINT) subject_id, TRY_CAST(hadm_id AS DOUBLE) hadm_id, "
                   "TRY_CAST(charttime AS TIMESTAMP) time, 'lab:' || itemid code, TRY_CAST(valuenum AS DOUBLE) value, "
-                  "valueuom unit, charttime raw_time, valuenum raw_value, {rowref} row_ref FROM {scan}"),
+                  "valueuom unit, charttime raw_time, valuenum raw_value, {rowref} row_ref, {known} known_time "
+                  "FROM {scan}"),
     "chartevents": (["subject_id", "itemid", "charttime", "valuenum"],
                     "SELECT TRY_CAST(subject_id AS BIGINT) subject_id, TRY_CAST(hadm_id AS DOUBLE) hadm_id, "
                     "TRY_CAST(charttime AS TIMESTAMP) time, 'chart:' || itemid code, "
                     "TRY_CAST(valuenum AS DOUBLE) value, valueuom unit, charttime raw_time, valuenum raw_value, "
-                    "{rowref} row_ref FROM {scan}"),
+                    "{rowref} row_ref, {known} known_time FROM {scan}"),
 }
+STORED = ("CASE WHEN TRY_CAST(storetime AS TIMESTAMP) IS NULL THEN NULL "
+          "ELSE greatest(TRY_CAST(charttime AS TIMESTAMP), TRY_CAST(storetime AS TIMESTAMP)) END")
 
 
 def _omr_query(scan: str) -> str:
@@ -201,12 +216,13 @@ def _omr_query(scan: str) -> str:
             f"chartdate raw_time, 'subject_id=' || subject_id || ' chartdate=' || chartdate row_ref FROM {scan}")
     return (f"WITH o AS ({base}) "
             "SELECT subject_id, hadm_id, time, 'omr:' || result_name code, TRY_CAST(result_value AS DOUBLE) value, "
-            "NULL unit, raw_time, result_value raw_value, row_ref FROM o WHERE result_name NOT LIKE 'Blood Pressure%' "
+            "NULL unit, raw_time, result_value raw_value, row_ref, time known_time FROM o "
+            "WHERE result_name NOT LIKE 'Blood Pressure%' "
             "UNION ALL SELECT subject_id, hadm_id, time, 'omr:' || result_name || ' systolic', "
-            "TRY_CAST(split_part(result_value, '/', 1) AS DOUBLE), 'mmHg', raw_time, result_value, row_ref "
+            "TRY_CAST(split_part(result_value, '/', 1) AS DOUBLE), 'mmHg', raw_time, result_value, row_ref, time "
             "FROM o WHERE result_name LIKE 'Blood Pressure%' "
             "UNION ALL SELECT subject_id, hadm_id, time, 'omr:' || result_name || ' diastolic', "
-            "TRY_CAST(split_part(result_value, '/', 2) AS DOUBLE), 'mmHg', raw_time, result_value, row_ref "
+            "TRY_CAST(split_part(result_value, '/', 2) AS DOUBLE), 'mmHg', raw_time, result_value, row_ref, time "
             "FROM o WHERE result_name LIKE 'Blood Pressure%'")
 
 
@@ -221,9 +237,12 @@ def connect(memory_limit: str = "1GB", threads: int = 2, temp_dir: Path | None =
 
 
 def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
-    """Stream labevents, chartevents and omr (those present) into out_dir/events.parquet."""
+    """Stream labevents, chartevents, omr and the tables of ``mimic_extra`` (those present) into
+    out_dir/events.parquet, each row with its ``known_time``.  The code tables need
+    out_dir/admissions.parquet (their rows are known at the coded admission's dischtime)."""
+    from pipeline.sources.mimic_extra import extra_parts
     con = con or connect(temp_dir=out_dir)
-    parts, found, absent = [], [], []
+    parts, found, absent, fallback = [], [], [], {}
     for table, (required, sql) in EVENT_QUERIES.items():
         path = table_path(root, table)
         if path is None:
@@ -235,7 +254,10 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
             or "'subject_id=' || subject_id || ' charttime=' || charttime"
         if "hadm_id" not in cols:
             sql = sql.replace("TRY_CAST(hadm_id AS DOUBLE)", "NULL::DOUBLE")
-        parts.append((table, path, sql.format(scan=_scan(path), rowref=rowref)))
+        known = STORED
+        if "storetime" not in cols:  # an extract without the column: charted time, reported
+            known, fallback[table] = "TRY_CAST(charttime AS TIMESTAMP)", "no storetime column: known at charttime"
+        parts.append((table, path, sql.format(scan=_scan(path), rowref=rowref, known=known)))
         found.append(table)
     omr = table_path(root, "omr")
     if omr is not None:
@@ -244,14 +266,14 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
         found.append("omr")
     else:
         absent.append("omr")
+    adm = out_dir / "admissions.parquet"
+    if adm.exists():
+        more, more_found, more_absent = extra_parts(root, con, adm, table_path, _scan, _columns)
+        parts, found, absent = parts + more, found + more_found, absent + more_absent
     out = out_dir / "events.parquet"
     counts = {}
     if not parts:
-        empty = pd.DataFrame({"subject_id": pd.Series(dtype="int64"), "hadm_id": pd.Series(dtype="float64"),
-                              "time": pd.Series(dtype="datetime64[ns]"), "code": pd.Series(dtype=object),
-                              "value": pd.Series(dtype="float64"), "unit": pd.Series(dtype=object),
-                              "source": pd.Series(dtype=object)})
-        write_parquet(empty, out, EVENTS)
+        write_parquet(EVENTS.empty(), out, EVENTS)
         return {"event_tables_found": found, "event_tables_absent": absent, "event_rows": 0}
     selects = []
     for table, path, sql in parts:
@@ -265,25 +287,28 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
             if n_bad > MAX_LISTED_BAD_ROWS:
                 q.add(SOURCE, path, None, "", f"{n_bad - MAX_LISTED_BAD_ROWS} more rows with unparseable id or time")
         counts[table] = n_bad
-        selects.append(f"SELECT subject_id, hadm_id, time, code, value, unit, '{table}' source FROM ({sql}) "
+        selects.append(f"SELECT subject_id, hadm_id, time, code, value, unit, '{table}' source, "
+                       f"known_time::TIMESTAMP known_time FROM ({sql}) "
                        "WHERE subject_id IS NOT NULL AND time IS NOT NULL AND value IS NOT NULL AND isfinite(value)")
     union = " UNION ALL ".join(selects)
     conv = " ".join(f"WHEN code = 'chart:{f}' THEN 'chart:{c}'" for f, c in F_TO_C.items())
     vconv = " ".join(f"WHEN code = 'chart:{f}' THEN (value - 32) * 5.0 / 9.0" for f in F_TO_C)
     final = (f"SELECT subject_id, hadm_id, time::TIMESTAMP_NS time, CASE {conv} ELSE code END code, "
              f"CASE {vconv} ELSE value END value, CASE WHEN code IN ({', '.join(repr('chart:' + f) for f in F_TO_C)}) "
-             f"THEN '°C' ELSE unit END unit, source FROM ({union})")
+             f"THEN '°C' ELSE unit END unit, source, known_time::TIMESTAMP_NS known_time FROM ({union})")
     tmp = out.with_name(".events.parquet.tmp")
     con.execute(f"COPY ({final}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
     tmp.replace(out)
     units = harmonise_units(out, q, SOURCE, con)
     n = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchall()[0][0]
     return {"event_tables_found": found, "event_tables_absent": absent, "event_rows": int(n),
-            "event_bad_rows": counts, **units}
+            "event_bad_rows": counts, "availability_fallback": fallback, **units}
 
 
-def read_codes(root: Path) -> pd.DataFrame:
-    """Human labels for event codes from d_labitems and d_items (when present)."""
+def read_codes(root: Path, con=None) -> pd.DataFrame:
+    """Human labels for event codes: d_labitems, d_items, the ICD codes that occur (d_icd_*) and
+    the comorbidity categories."""
+    from pipeline.sources.mimic_extra import read_icd_labels
     frames = []
     for table, prefix in (("d_labitems", "lab:"), ("d_items", "chart:")):
         path = table_path(root, table)
@@ -291,7 +316,8 @@ def read_codes(root: Path) -> pd.DataFrame:
             continue
         df = _read_text_table(path, ["itemid", "label"])
         frames.append(pd.DataFrame({"code": prefix + df["itemid"].astype(str), "label": df["label"].astype(str)}))
-    codes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"code": [], "label": []})
+    frames.append(read_icd_labels(root, con or connect(), table_path, _scan))
+    codes = pd.concat(frames, ignore_index=True)
     codes = codes.drop_duplicates("code").astype(object).reset_index(drop=True)
     return CODES.validate(codes)
 

@@ -54,9 +54,9 @@ def harmonise_units(events: Path, q: Quarantine, source: str, con) -> dict:
         q.add(source, events.name, None, f"unit ({code})", f"unknown unit: {n} value(s) in '{u}', expected '{du}'")
     converted = con.execute(f"SELECT count(*) FROM ({joined}) WHERE {mismatch} AND factor IS NOT NULL").fetchall()[0][0]
     tmp = events.with_name(".events.units.tmp.parquet")
-    con.execute(f"""COPY (SELECT subject_id, hadm_id, time, code,
+    con.execute(f"""COPY (SELECT * EXCLUDE (u, du, factor, value, unit),
             CASE WHEN {mismatch} THEN value * factor ELSE value END AS value,
-            CASE WHEN {mismatch} THEN du ELSE unit END AS unit, source
+            CASE WHEN {mismatch} THEN du ELSE unit END AS unit
         FROM ({joined}) WHERE NOT ({mismatch} AND factor IS NULL)) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)""").fetchall()
     tmp.replace(events)
     con.unregister("conv")
