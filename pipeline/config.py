@@ -40,8 +40,18 @@ class TaskConfig(_Strict):
 
 class EHRConfig(_Strict):
     lookback_hours: float = 24.0 * 7  # window of events before the prediction time
-    max_codes: int = 120              # most frequent codes kept as features
+    max_codes: int = 120              # most frequent measurement codes (labs, vitals, omr) kept as features
     aggregations: tuple[str, ...] = ("last", "min", "max", "mean", "count", "slope", "hours_since_last")
+    # When a row may feed a prediction: storetime = once available (result stored, code assigned at
+    # discharge, date-only at the end of its day); charttime = at its charted time, as published MIMIC
+    # pipelines do (for comparison only: it uses results nobody had yet).  Codes are always at discharge.
+    availability: Literal["storetime", "charttime"] = "storetime"
+    history_days: float = 365.0       # look-back of the earlier admissions / ICU stays counts
+    max_history_codes: int = 40       # raw ICD codes of earlier admissions, chosen on train
+    max_drugs: int = 30               # drug names (prescribed or administered), chosen on train
+    # admission context fields used as predictors; insurance, language, marital_status and race may be added
+    context: tuple[Literal["admission_type", "admission_location", "insurance", "language", "marital_status",
+                           "race"], ...] = ("admission_type", "admission_location")
 
 
 class ECGConfig(_Strict):

@@ -1,10 +1,12 @@
 """Tabular EHR features over a window before each prediction time.
 
-For every cohort row and every kept code: last, min, max, mean, count, slope
-(per hour) and hours since the last value, over events with
-prediction_time - lookback <= time <= prediction_time (never after), plus
-demographics.  Values outside documented physiological ranges are treated as
-recording errors and dropped before aggregation.  The codes kept are the most
+For every cohort row and every kept measurement code (labs, vitals, omr): last, min,
+max, mean, count, slope (per hour) and hours since the last value, over events known
+by the prediction time (``known_time`` <= prediction_time under the default
+``ehr.availability: storetime``; ``time`` under ``charttime``) and charted within
+prediction_time - lookback, plus demographics, the history features of
+``featurize_history`` and the treatment features of ``featurize_meds``.  Values
+outside documented physiological ranges are treated as recording errors and dropped before aggregation.  The codes kept are the most
 frequent among TRAIN admissions; the list is written beside the features so a
 scoring job uses exactly the same columns.  The work is one DuckDB query over
 the events parquet per shard of admissions, appended to the output file, so memory
@@ -19,6 +21,7 @@ import pandas as pd
 from pipeline.artifacts import ParquetShardWriter, read_json, write_json
 from pipeline.config import EHRConfig
 from pipeline.sources.mimic_iv import connect
+from pipeline.stages import featurize_history, featurize_meds
 
 # Physiological plausibility ranges (inclusive) by code; values outside are dropped.
 # Sources: MIMIC-IV reference ranges widened to survivable extremes (as in YAIB / MIMIC-Extract).
@@ -45,20 +48,31 @@ PLAUSIBLE = {
     "omr:Height (Inches)": (10, 110),
 }
 AGGS = ("last", "min", "max", "mean", "count", "slope", "hours_since_last")
+MEASUREMENTS = ("lab:", "chart:", "omr:")  # code families aggregated here; the others have their modules
 
 
-def choose_codes(events_path: Path, cohort: pd.DataFrame, cfg: EHRConfig, con=None) -> list[str]:
-    """The ``cfg.max_codes`` codes seen in the most TRAIN admissions' windows."""
+def choose_codes(events_path: Path, cohort: pd.DataFrame, cfg: EHRConfig, con=None,
+                 stage_in: Path | None = None) -> list[str]:
+    """Every code with a column, chosen on TRAIN admissions only: the ``cfg.max_codes``
+    measurement codes seen in the most train windows, then the fixed history and treatment
+    codes, the raw earlier-admission ICD codes, drug names and context values."""
     con = con or connect()
     train = cohort[cohort["split"] == "train"][["subject_id", "hadm_id", "prediction_time"]]
     con.register("train_cohort", train)
+    ev = f"read_parquet('{events_path}')"
+    like = " OR ".join(f"e.code LIKE '{f}%'" for f in MEASUREMENTS)
     rows = con.execute(f"""
-        SELECT e.code, count(DISTINCT c.hadm_id) n FROM read_parquet('{events_path}') e
+        SELECT e.code, count(DISTINCT c.hadm_id) n FROM {ev} e
         JOIN train_cohort c ON e.subject_id = c.subject_id
-        WHERE e.time <= c.prediction_time AND e.time >= c.prediction_time - INTERVAL {cfg.lookback_hours} HOUR
+        WHERE ({like}) AND {featurize_meds.known_col(cfg)} <= c.prediction_time
+          AND e.time >= c.prediction_time - INTERVAL {cfg.lookback_hours} HOUR
         GROUP BY e.code ORDER BY n DESC, e.code LIMIT {int(cfg.max_codes)}""").fetchall()
+    codes = [r[0] for r in rows if r[1] >= 2] + featurize_history.fixed_codes() + featurize_meds.fixed_codes()
+    if stage_in is not None:
+        codes += featurize_history.choose(con, ev, Path(stage_in) / "admissions.parquet", train, cfg)
+    codes += featurize_meds.choose(con, ev, cfg)
     con.unregister("train_cohort")
-    return [r[0] for r in rows if r[1] >= 2]
+    return codes
 
 
 def _feature_name(code: str, agg: str) -> str:
@@ -74,44 +88,49 @@ def featurize_ehr(cohort: pd.DataFrame, stage_in: Path, cfg: EHRConfig, out_dir:
     events_path = Path(stage_in) / "events.parquet"
     con = connect(temp_dir=out_dir)
     if codes is None:
-        codes = choose_codes(events_path, cohort, cfg, con)
+        codes = choose_codes(events_path, cohort, cfg, con, stage_in=stage_in)
     write_json({"codes": codes, "aggregations": list(cfg.aggregations)}, out_dir / "codes.json")
-    con.register("kept", pd.DataFrame({"code": codes or ["<none>"]}))
+    con.register("kept", pd.DataFrame({"code": [c for c in codes if c.startswith(MEASUREMENTS)] or ["<none>"]}))
     ranges = pd.DataFrame([(k, lo, hi) for k, (lo, hi) in PLAUSIBLE.items()], columns=["code", "lo", "hi"])
     con.register("ranges", ranges)
     ordered = cohort.sort_values("hadm_id", kind="stable")
     n_with = 0
     with ParquetShardWriter(out_dir / "features.parquet") as out:
         for start in range(0, max(len(ordered), 1), shard_rows):
-            feats = _featurize_shard(con, ordered.iloc[start:start + shard_rows], events_path, cfg, codes)
+            feats = _featurize_shard(con, ordered.iloc[start:start + shard_rows], Path(stage_in), cfg, codes)
             counts = [c for c in feats.columns if c.endswith("__count")]
             n_with += int(feats[counts].sum(axis=1).gt(0).sum()) if counts else 0
             out.write(feats)
     con.close()
     return {"codes": len(codes), "rows": int(cohort["hadm_id"].nunique()), "rows_with_events": n_with,
-            "shards": -(-len(ordered) // shard_rows)}
+            "shards": -(-len(ordered) // shard_rows), "availability": cfg.availability}
 
 
-def _featurize_shard(con, shard: pd.DataFrame, events_path: Path, cfg: EHRConfig, codes: list[str]) -> pd.DataFrame:
+def _featurize_shard(con, shard: pd.DataFrame, stage_in: Path, cfg: EHRConfig, codes: list[str]) -> pd.DataFrame:
     base = shard[["subject_id", "hadm_id", "prediction_time"]].copy()
+    events = f"read_parquet('{stage_in / 'events.parquet'}')"
+    known = featurize_meds.known_col(cfg)
     con.register("cohort", base)
     agg = con.execute(f"""
         WITH w AS (
-          SELECT c.hadm_id, e.code, e.time, e.value, c.prediction_time
-          FROM read_parquet('{events_path}') e
+          SELECT c.hadm_id, e.code, e.time, e.value, c.prediction_time, {known} kt
+          FROM {events} e
           JOIN cohort c ON e.subject_id = c.subject_id
           JOIN kept k ON e.code = k.code
           LEFT JOIN ranges r ON e.code = r.code
-          WHERE e.time <= c.prediction_time
+          WHERE {known} <= c.prediction_time
             AND e.time >= c.prediction_time - INTERVAL {cfg.lookback_hours} HOUR
             AND (r.code IS NULL OR (e.value >= r.lo AND e.value <= r.hi)))
-        SELECT hadm_id, code, arg_max(value, time) AS last, min(value) AS min, max(value) AS max,
+        SELECT hadm_id, code, arg_max(value, (time, value)) AS last, min(value) AS min, max(value) AS max,
                avg(value) AS mean, count(*)::DOUBLE AS count,
                regr_slope(value, epoch(time) / 3600.0) AS slope,
                (epoch(max(prediction_time)) - epoch(max(time))) / 3600.0 AS hours_since_last,
-               max(time) AS item_time
+               max(kt) AS item_time
         FROM w GROUP BY hadm_id, code""").df()
+    extra = [featurize_history.features(con, base, events, stage_in, cfg, codes),
+             featurize_meds.features(con, base, events, cfg, codes)]
     con.unregister("cohort")
+    codes = [c for c in codes if c.startswith(MEASUREMENTS)]
     keep_aggs = [a for a in AGGS if a in cfg.aggregations]
     wide = agg.pivot(index="hadm_id", columns="code", values=keep_aggs) if len(agg) else None
     feats = base[["hadm_id"]].drop_duplicates().set_index("hadm_id")
@@ -124,6 +143,10 @@ def _featurize_shard(con, shard: pd.DataFrame, events_path: Path, cfg: EHRConfig
     # Every kept code has the same columns, present or not (a stable feature set).
     cols = [_feature_name(c, a) for c in codes for a in keep_aggs]
     feats = feats.reindex(columns=["item_time"] + cols)
+    for more in extra:
+        feats["item_time"] = pd.concat([feats["item_time"], more.pop("item_time").reindex(feats.index)],
+                                       axis=1).max(axis=1)
+        feats = feats.join(more)
     count_cols = [c for c in cols if c.endswith("__count")]
     feats[count_cols] = feats[count_cols].fillna(0.0)
     demo = shard.drop_duplicates("hadm_id").set_index("hadm_id")
@@ -132,7 +155,8 @@ def _featurize_shard(con, shard: pd.DataFrame, events_path: Path, cfg: EHRConfig
         "ehr__gender_male": (demo["gender"].astype(str).str.upper() == "M").astype(float)})], axis=1)
     feats = feats.reset_index()
     feats["item_time"] = pd.to_datetime(feats["item_time"]).astype("datetime64[ns]")
-    feats[cols] = feats[cols].astype("float64")
+    new = [c for c in feats.columns if c.startswith("ehr__") and c not in cols]
+    feats[cols + new] = feats[cols + new].astype("float64")
     return feats
 
 
