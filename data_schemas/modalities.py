@@ -13,7 +13,8 @@ NOTES = Schema("notes", (
     Column("subject_id", "int", nullable=False),
     Column("hadm_id", "float"),
     Column("note_type", "str"),
-    Column("charttime", "datetime", nullable=False),
+    Column("charttime", "datetime", nullable=False),   # as charted
+    Column("known_time", "datetime", required=False),  # available (storetime / end of day); NaT: held back
     Column("text", "str"),
 ))
 

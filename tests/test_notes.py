@@ -48,7 +48,9 @@ def test_reads_the_mimic_layout(tmp_path):
     assert notes["subject_id"].dtype == "int64" and notes["hadm_id"].dtype == "float64"
     assert str(notes["charttime"].dtype) == "datetime64[ns]"
     # a note is known once stored: storetime later than charttime wins
-    assert notes.set_index("note_id").at["5-DS-1", "charttime"] == pd.Timestamp("2150-01-01 16:00")
+    n = notes.set_index("note_id")
+    assert n.at["5-DS-1", "known_time"] == pd.Timestamp("2150-01-01 16:00")
+    assert n.at["5-DS-1", "charttime"] == pd.Timestamp("2150-01-01 00:00")  # charttime stays as charted
     # either file may be absent
     assert len(read_notes(_write(tmp_path / "only_ds", None, _csv(ds)), Quarantine())) == 1
     assert len(read_notes(tmp_path / "nothing", Quarantine())) == 0
@@ -90,6 +92,18 @@ def test_missing_column_is_an_error(tmp_path):
     assert e.value.field == "charttime" and e.value.file.endswith("radiology.csv.gz")
 
 
+def test_date_only_note_without_storetime_is_known_at_the_end_of_its_day(tmp_path):
+    rows = [["1-DS-1", 1, 7, "DS", 1, "2150-01-01", "", "Brief Hospital Course: ok."],
+            ["1-DS-2", 1, 7, "DS", 2, "2150-01-02 00:00:00", "", "Brief Hospital Course: ok."],
+            ["1-RR-1", 1, 7, "RR", 1, "2150-01-02 09:30:00", "", "IMPRESSION: ok."],
+            ["1-RR-2", 1, 7, "RR", 2, "2150-01-02 09:30:00", "2150-01-02 08:00:00", "IMPRESSION: ok."]]
+    n = read_notes(_write(tmp_path, _csv(rows[2:]), _csv(rows[:2])), Quarantine()).set_index("note_id")
+    assert n.at["1-DS-1", "known_time"] == pd.Timestamp("2150-01-01 23:59:59")
+    assert n.at["1-DS-2", "known_time"] == pd.Timestamp("2150-01-02 23:59:59")
+    assert pd.isna(n.at["1-RR-1", "known_time"])        # timed, storetime missing: held back
+    assert n.at["1-RR-2", "known_time"] == pd.Timestamp("2150-01-02 09:30")  # never before charted
+
+
 def _features(tmp_path, name, cohort, notes, **kw):
     out = tmp_path / name
     out.mkdir()
@@ -101,7 +115,10 @@ def test_notes_after_the_prediction_time_never_reach_features(tmp_path):
     n = 12
     marker = "Brief Hospital Course: the patient expired. zebra zebra zebra quagga okapi."
     late = [f"{n - 1}-DS-1", n - 1, 100 + n - 1, "DS", 1, "2150-01-05 10:00:00", "2150-01-05 12:00:00", marker]
-    early = [f"{n - 1}-DS-1", n - 1, 100 + n - 1, "DS", 1, "2150-01-01 10:00:00", "2150-01-01 12:00:00", marker]
+    # an earlier admission's discharge summary, stored before the prediction time
+    early = [f"{n - 1}-DS-1", n - 1, 999, "DS", 1, "2150-01-01 10:00:00", "2150-01-01 12:00:00", marker]
+    # the current admission's own discharge summary is never used, even if stamped early
+    own = [f"{n - 1}-DS-2", n - 1, 100 + n - 1, "DS", 1, "2150-01-01 10:00:00", "2150-01-01 12:00:00", marker]
     cohort = _cohort(n)
     rr = read_notes(_write(tmp_path / "rr", _csv(_rows(n))), Quarantine())
     with_late = read_notes(_write(tmp_path / "late", _csv(_rows(n)), _csv([late])), Quarantine())
@@ -118,6 +135,8 @@ def test_notes_after_the_prediction_time_never_reach_features(tmp_path):
     assert not np.allclose(early_f.loc[row, cols].to_numpy(), base.loc[row, cols].to_numpy())
     assert early_f.loc[row, "notes__n_notes"].item() == 2 and base.loc[row, "notes__n_notes"].item() == 1
     assert (late_f["item_time"] <= PT).all()
+    with_own = read_notes(_write(tmp_path / "own", _csv(_rows(n)), _csv([own])), Quarantine())
+    pd.testing.assert_frame_equal(base, _features(tmp_path, "own_f", cohort, with_own, encoder=enc)[0])
     # and a fitted-here encoder never learns words from notes after the prediction time
     _features(tmp_path, "fit", cohort, with_late)
     vocab = load_encoder(tmp_path / "fit" / "encoder").vocabulary_

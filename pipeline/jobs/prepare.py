@@ -48,7 +48,7 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
     ``align_table=False`` runs every stage but leaves the features on disk (``table`` is
     None): a scoring job then reads them one shard at a time with ``aligned_shards``."""
     from pipeline.sources.mimic_iv import ingest_mimic_iv
-    from pipeline.stages.cohort import build_cohort, score_cohort
+    from pipeline.stages.cohort import build_cohort, score_cohort, snapshot_time
     from pipeline.stages.featurize_ehr import featurize_ehr
 
     fitted = fitted or {}
@@ -72,8 +72,11 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
     def cohort_body(tmp, q):
         d = dirs["ingest_ehr"]
         icu = d / "icustays.parquet"
-        cohort, counts = build_cohort(pd.read_parquet(d / "patients.parquet"), pd.read_parquet(d / "admissions.parquet"),
-                                      pd.read_parquet(icu) if icu.exists() else None, cfg.task)
+        admissions = pd.read_parquet(d / "admissions.parquet")
+        as_of = snapshot_time(admissions, d / "events.parquet") if mode == "score" else None
+        cohort, counts = build_cohort(pd.read_parquet(d / "patients.parquet"), admissions,
+                                      pd.read_parquet(icu) if icu.exists() else None, cfg.task,
+                                      require_outcomes=mode != "score", as_of=as_of)
         if mode == "score":
             cohort = score_cohort(cohort)
         write_parquet(cohort, tmp / "cohort.parquet", COHORT)

@@ -178,6 +178,12 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
     log(f"[train] cohort {len(prep.table)} rows, {int(prep.table.label.sum())} positives; "
         f"modalities {prep.modalities}; {len(feats)} features")
     audit = leakage.audit(prep.cohort, prep.item_times, prep.table, feats)
+    if sources.paths.get("mimic_iv") is not None and "ehr" in prep.modalities:
+        from pipeline.stages.availability import audit_availability
+        leakage.add_availability(audit, audit_availability(prep.cohort, prep.stage_dirs["ingest_ehr"],
+                                                           sources.paths["mimic_iv"], cfg.ehr))
+        log(f"[leakage] rows held back (charted before the prediction time, available after): "
+            f"{leakage.held_back(audit)}")
     write_json(audit, out / "leakage.json")
     leakage.enforce(audit)
     for w in audit["warnings"]:
@@ -254,6 +260,7 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
         "cohort": cohort_counts, "splits": t["split"].value_counts().to_dict(),
         "n_features": len(feats), "quarantine_counts": _reason_counts(quarantine),
         "leakage_passed": audit["passed"], "leakage_warnings": len(audit["warnings"]),
+        "leakage_held_back": leakage.held_back(audit),
         "sources": sources.to_json(), "seconds": round(time.time() - t0, 1),
     }
     write_json(metrics, out / "metrics.json")

@@ -8,9 +8,12 @@ too.  ``row`` is the line number where the record starts in the decompressed CSV
 
 Note text never appears in an error, a quarantine reason or a log line.
 
-A note's ``charttime`` is replaced by its ``storetime`` when that is later: a note
-is known to the model only once it was stored (real discharge summaries carry a
-date-only charttime).
+Availability (``known_time``; ``charttime`` stays the charted time): a note is known
+once stored, at its ``storetime`` (never before its charttime).  Without a storetime, a
+date-only charttime (no time of day, or exactly midnight, as real discharge summaries
+carry) is known at the END of its day, and a timed note is known at its charttime only
+when the file has no storetime column at all; a timed note whose storetime is empty in
+a file that has the column is held back (``known_time`` empty: never used).
 """
 from __future__ import annotations
 
@@ -99,27 +102,39 @@ def read_note_file(path: Path, q: Quarantine) -> pd.DataFrame:
     flag(df["note_id"].fillna("").str.strip().eq("").to_numpy(), "note_id", "missing note_id")
     ct = pd.to_datetime(df["charttime"], errors="coerce", format="mixed")
     flag(ct.isna().to_numpy(), "charttime", "missing or unparseable charttime")
-    if "storetime" in df.columns:
-        st = pd.to_datetime(df["storetime"], errors="coerce", format="mixed")
-        ct = ct.where(st.isna() | (st <= ct), st)
+    known = note_known_time(df["charttime"], ct, df["storetime"] if "storetime" in df.columns else None)
     seen = df["note_id"].where(~bad)  # a bad row does not claim its note_id
     flag((seen.duplicated() & seen.notna()).to_numpy(), "note_id", "duplicated note_id (later row dropped)")
     keep = ~bad
     note_type = df["note_type"] if "note_type" in df.columns else pd.Series(path.name.split(".")[0], index=df.index)
     hadm = pd.to_numeric(df["hadm_id"], errors="coerce") if "hadm_id" in df.columns else np.nan
     out = pd.DataFrame({"note_id": df["note_id"].astype(object), "subject_id": sid, "hadm_id": hadm,
-                        "note_type": note_type.astype(object), "charttime": ct, "text": text.astype(object),
+                        "note_type": note_type.astype(object), "charttime": ct, "known_time": known,
+                        "text": text.astype(object),
                         "_file": str(path), "_line": lines})[keep]
     out["subject_id"] = out["subject_id"].astype("int64")
     out["hadm_id"] = out["hadm_id"].astype("float64")
     out["charttime"] = out["charttime"].astype("datetime64[ns]")
+    out["known_time"] = out["known_time"].astype("datetime64[ns]")
     return out
+
+
+def note_known_time(raw_charttime: pd.Series, charttime: pd.Series, raw_storetime: pd.Series | None) -> pd.Series:
+    """When each note became available (see the module docstring); NaT = held back."""
+    date_only = raw_charttime.fillna("").str.strip().str.len().le(10) | charttime.eq(charttime.dt.normalize())
+    end_of_day = charttime.dt.normalize() + pd.Timedelta(days=1) - pd.Timedelta(seconds=1)
+    if raw_storetime is None:
+        return charttime.where(~date_only, end_of_day)
+    st = pd.to_datetime(raw_storetime, errors="coerce", format="mixed")
+    fallback = end_of_day.where(date_only)  # a timed note without its storetime: held back (NaT)
+    return st.where(st.isna() | (st >= charttime), charttime).where(st.notna(), fallback)
 
 
 def _empty() -> pd.DataFrame:
     return pd.DataFrame({"note_id": pd.Series(dtype=object), "subject_id": pd.Series(dtype="int64"),
                          "hadm_id": pd.Series(dtype="float64"), "note_type": pd.Series(dtype=object),
-                         "charttime": pd.Series(dtype="datetime64[ns]"), "text": pd.Series(dtype=object),
+                         "charttime": pd.Series(dtype="datetime64[ns]"),
+                         "known_time": pd.Series(dtype="datetime64[ns]"), "text": pd.Series(dtype=object),
                          "_file": pd.Series(dtype=object), "_line": pd.Series(dtype="int64")})
 
 

@@ -30,14 +30,20 @@ def _age(adm: pd.DataFrame, patients: pd.DataFrame) -> pd.Series:
 
 
 def build_cohort(patients: pd.DataFrame, admissions: pd.DataFrame, icustays: pd.DataFrame | None,
-                 task: TaskConfig) -> tuple[pd.DataFrame, dict]:
-    """Return (cohort, exclusion counts)."""
+                 task: TaskConfig, require_outcomes: bool = True, as_of: pd.Timestamp | None = None
+                 ) -> tuple[pd.DataFrame, dict]:
+    """Return (cohort, exclusion counts).
+
+    A live extract has open admissions (no dischtime, deathtime or outcome yet): with
+    ``require_outcomes`` (training) a cohort row without an outcome is a DataError; for
+    scoring its label is -1 (unknown) and an open admission is kept only once its
+    prediction time has passed (``as_of``: the extract's snapshot time)."""
     adm = admissions.merge(patients[["subject_id", "gender", "anchor_age", "anchor_year", "dod"]],
                            on="subject_id", how="inner")
     adm["age"] = _age(adm, patients)
     h = pd.to_timedelta(task.prediction_hours, unit="h")
-    death = adm["deathtime"].where(adm["deathtime"].notna(),
-                                   adm["dod"].where(adm["hospital_expire_flag"] == 1))
+    expired = adm["hospital_expire_flag"].eq(1).fillna(False).astype(bool)
+    death = adm["deathtime"].where(adm["deathtime"].notna(), adm["dod"].where(expired))
     counts = {"admissions": len(adm)}
     if task.name in ("mortality", "los3", "los7"):
         pt = adm["admittime"] + h
@@ -52,7 +58,8 @@ def build_cohort(patients: pd.DataFrame, admissions: pd.DataFrame, icustays: pd.
             label = adm["hospital_expire_flag"]
         else:
             days = 3 if task.name == "los3" else 7
-            label = ((adm["dischtime"] - adm["admittime"]) > pd.Timedelta(days=days)).astype(int)
+            label = ((adm["dischtime"] - adm["admittime"]) > pd.Timedelta(days=days)).astype(float).where(
+                adm["dischtime"].notna())  # open admission: not known yet
         df = adm.assign(prediction_time=pt, label=label)[keep]
     elif task.name == "icu_mortality":
         if icustays is None or icustays.empty:
@@ -60,7 +67,8 @@ def build_cohort(patients: pd.DataFrame, admissions: pd.DataFrame, icustays: pd.
         first = icustays.dropna(subset=["hadm_id"]).sort_values("intime").drop_duplicates("hadm_id")
         first = first.assign(hadm_id=first["hadm_id"].astype("int64"))
         adm = adm.merge(first[["hadm_id", "intime", "outtime"]], on="hadm_id", how="inner")
-        death = adm["deathtime"].where(adm["deathtime"].notna(), adm["dod"].where(adm["hospital_expire_flag"] == 1))
+        expired = adm["hospital_expire_flag"].eq(1).fillna(False).astype(bool)
+        death = adm["deathtime"].where(adm["deathtime"].notna(), adm["dod"].where(expired))
         pt = adm["intime"] + h
         keep = adm["age"] >= task.min_age
         counts["excluded_minor"] = int((~keep).sum())
@@ -69,7 +77,8 @@ def build_cohort(patients: pd.DataFrame, admissions: pd.DataFrame, icustays: pd.
         counts["excluded_died_before_prediction"] = int((keep & ~alive).sum())
         counts["excluded_left_icu_before_prediction"] = int((keep & alive & ~in_icu).sum())
         keep &= alive & in_icu
-        label = (death.notna() & (death <= adm["outtime"] + pd.Timedelta(hours=6))).astype(int)
+        label = (death.notna() & (death <= adm["outtime"] + pd.Timedelta(hours=6))).astype(float).where(
+            death.notna() | adm["outtime"].notna())  # still in the ICU: not known yet
         df = adm.assign(prediction_time=pt, label=label)[keep]
     elif task.name == "readmission30":
         adm = adm.sort_values(["subject_id", "admittime"])
@@ -81,6 +90,7 @@ def build_cohort(patients: pd.DataFrame, admissions: pd.DataFrame, icustays: pd.
         df = adm.assign(prediction_time=pt, label=label)[keep]
     else:  # pragma: no cover - pydantic restricts the names
         raise DataError(f"unknown task {task.name!r}", field="task.name")
+    df = _live_rows(df, counts, require_outcomes, as_of)
     df = df[["subject_id", "hadm_id", "prediction_time", "label", "age", "gender"]
             + (["race"] if "race" in df.columns else [])].copy()
     df["label"] = df["label"].astype("int64")
@@ -94,6 +104,35 @@ def build_cohort(patients: pd.DataFrame, admissions: pd.DataFrame, icustays: pd.
                         field="cohort", hint="check the task, the prediction hours and the input tables")
     df = df.sort_values("hadm_id").reset_index(drop=True)
     return COHORT.validate(df), counts
+
+
+def _live_rows(df: pd.DataFrame, counts: dict, require_outcomes: bool, as_of) -> pd.DataFrame:
+    """Rows whose outcome is not known yet (an open admission: no dischtime and no death)."""
+    open_ = df["dischtime"].isna() & df["deathtime"].isna()
+    unknown = df["label"].isna()
+    if require_outcomes and unknown.any():
+        first = int(df.loc[unknown, "hadm_id"].iloc[0])
+        raise DataError(f"{int(unknown.sum())} cohort admission(s) have no outcome yet (still open: no dischtime, "
+                        f"deathtime or hospital_expire_flag), e.g. hadm_id {first}", field="hospital_expire_flag",
+                        hint="training needs outcomes: train on a complete extract; `mmpipe score` scores a live one")
+    if as_of is not None:
+        waiting = open_ & (df["prediction_time"] > as_of)
+        counts["excluded_prediction_time_not_reached"] = int(waiting.sum())
+        df = df[~waiting]
+        unknown = unknown[~waiting]
+    counts["outcome_unknown"] = int(unknown.sum())
+    return df.assign(label=df["label"].where(~unknown, -1))
+
+
+def snapshot_time(admissions: pd.DataFrame, events_path: Path | None = None) -> pd.Timestamp:
+    """The latest time recorded anywhere in an extract: a live extract's "now"."""
+    times = [admissions[c].max() for c in ("admittime", "dischtime", "deathtime") if c in admissions.columns]
+    if events_path is not None and Path(events_path).exists():
+        import duckdb
+        row = duckdb.connect().execute(f"SELECT max(time), max(known_time) FROM read_parquet('{events_path}')").fetchall()
+        times += [pd.Timestamp(t) for t in row[0] if t is not None]
+    times = [t for t in times if pd.notna(t)]
+    return max(times) if times else pd.Timestamp.max
 
 
 def assign_splits(cohort: pd.DataFrame, task: TaskConfig) -> pd.Series:

@@ -169,13 +169,54 @@ def feature_labels(codes_table: pd.DataFrame) -> dict[str, str]:
     return dict(zip(codes_table["code"], codes_table["label"]))
 
 
+# How each family's feature reads in reasons and reports: (family, aggregation) -> phrase.
+PHRASES = {
+    ("cmb", "earlier"): "{label} (earlier admission)", ("dx", "earlier"): "{label} (earlier admission)",
+    ("px", "earlier"): "{label} (procedure, earlier admission)",
+    ("med", "given"): "{label} before prediction", ("med", "hours_since"): "Hours since last {label}",
+    ("rx", "given"): "{label} ordered before prediction",
+    ("medclass", "given"): "{label} before prediction", ("medclass", "hours_since"): "Hours since last {label}",
+    ("input", "rate_now"): "{label} rate at prediction", ("input", "max_rate"): "{label} peak rate",
+    ("fluid", "ml_24h"): "IV fluids in the last 24 h (mL)",
+    ("output", "ml_6h"): "Urine output in the last 6 h (mL)", ("output", "ml_24h"): "Urine output in the last 24 h (mL)",
+    ("proc", "given"): "{label} before prediction", ("proc", "hours_since"): "Hours since {label} started",
+    ("micro", "given"): "{label} before prediction",
+    ("hist", "n"): "{label}", ("icu", "now"): "{label}", ("ctx", "is"): "{label}",
+}
+NAMED = {
+    "hist:admissions_365d": "Earlier admissions in the past year", "hist:earlier_los_days": "Days in hospital in the past year",
+    "hist:days_since_discharge": "Days since last discharge", "hist:icu_stays_365d": "Earlier ICU stays in the past year",
+    "hist:ed_hours": "Hours in the ED before admission", "icu:in_icu": "In the ICU at prediction",
+    "icu:icu_hours": "Hours in the ICU so far", "micro:culture": "Cultures ordered",
+    "micro:positive": "Positive culture", "fluid:iv": "IV fluids", "output:urine": "Urine output",
+}
+
+
+def _default_label(code: str) -> str:
+    if code in NAMED:
+        return NAMED[code]
+    family, rest = code.split(":", 1) if ":" in code else ("", code)
+    if family == "ctx":
+        field, value = rest.split("=", 1)
+        return f"{field.replace('_', ' ').capitalize()}: {value}"
+    if family in ("omr", "med", "rx", "medclass", "input", "proc"):
+        return rest[:1].upper() + rest[1:]
+    return code
+
+
 def pretty_feature(name: str, labels: dict[str, str]) -> str:
-    """'ehr__lab:50813__last' -> 'Lactate (last)'."""
+    """'ehr__lab:50813__last' -> 'Lactate (last)'; 'ehr__med:norepinephrine__given' ->
+    'Norepinephrine before prediction'; 'ehr__cmb:charlson:chf__earlier' -> 'Congestive heart
+    failure (earlier admission)'."""
     parts = name.split("__")
     if len(parts) == 3 and parts[0] == "ehr":
         code, agg = parts[1], parts[2]
-        label = labels.get(code) or (code.split(":", 1)[1] if code.startswith("omr:") else code)
-        return f"{label} ({agg.replace('_', ' ')})"
+        label = labels.get(code) or _default_label(code)
+        phrase = PHRASES.get((code.split(":", 1)[0], agg))
+        if phrase is None:
+            return f"{label} ({agg.replace('_', ' ')})"
+        if code.startswith("cmb:elix:"):
+            phrase = phrase.replace("admission)", "admission, Elixhauser)")
+        lower = label if label[:2].isupper() else label[:1].lower() + label[1:]
+        return phrase.format(label=lower if phrase.startswith("Hours") else label)
     return name.replace("__", " ")
-
-

@@ -56,7 +56,7 @@ def features(con, shard: pd.DataFrame, events: str, stage_in: Path, cfg: EHRConf
     """Rows indexed by hadm_id: ehr__cmb/dx/px:*__earlier, ehr__hist:*__n, ehr__icu:*__now,
     ehr__ctx:*__is and item_time (the latest source time used).  ``shard`` is registered as ``cohort``."""
     hadms = shard["hadm_id"].drop_duplicates().to_numpy()
-    out = pd.DataFrame(index=pd.Index(hadms, name="hadm_id"))
+    out: dict[str, object] = {}
     code_cols = [c for c in codes if c.startswith(("cmb:", "dx:", "px:"))]
     con.register("hist_codes", pd.DataFrame({"code": code_cols or ["<none>"]}))
     got = con.execute(f"""
@@ -123,6 +123,6 @@ def features(con, shard: pd.DataFrame, events: str, stage_in: Path, cfg: EHRConf
         out[f"ehr__{c}__is"] = col.astype(str).eq(value).where(col.notna(), False).astype(float).to_numpy()
     if ctx:
         times.append(cur["admittime"])
-    item = pd.concat([pd.Series(t).reindex(hadms) for t in times], axis=1).max(axis=1) if times else None
-    out["item_time"] = pd.to_datetime(item).astype("datetime64[ns]") if item is not None else pd.NaT
-    return out
+    item = pd.concat([pd.Series(t).reindex(hadms) for t in times], axis=1).max(axis=1)
+    out["item_time"] = pd.to_datetime(item).astype("datetime64[ns]").to_numpy()
+    return pd.DataFrame(out, index=pd.Index(hadms, name="hadm_id"))

@@ -69,7 +69,7 @@ def features(con, shard: pd.DataFrame, events: str, cfg: EHRConfig, codes: list[
                sum(value) FILTER (WHERE time >= pt - INTERVAL 24 HOUR) s24, max(kt) item_time
         FROM w GROUP BY hadm_id, code""").df()
     con.unregister("med_codes")
-    out = pd.DataFrame(index=pd.Index(hadms, name="hadm_id"))
+    out: dict[str, object] = {}
     for code in kept:
         sub = agg[agg["code"] == code].set_index("hadm_id").reindex(hadms)
         for a in AGGS[family(code)]:
@@ -77,4 +77,4 @@ def features(con, shard: pd.DataFrame, events: str, cfg: EHRConfig, codes: list[
             out[f"ehr__{code}__{a}"] = (col.fillna(0.0) if a in ZERO_WHEN_NONE else col).to_numpy()
     item = agg.groupby("hadm_id")["item_time"].max().reindex(hadms) if len(agg) else pd.Series(pd.NaT, index=hadms)
     out["item_time"] = pd.to_datetime(item).astype("datetime64[ns]").to_numpy()
-    return out
+    return pd.DataFrame(out, index=pd.Index(hadms, name="hadm_id"))

@@ -1,9 +1,9 @@
 """Note features: only notes known at or before the prediction time, sectioned,
 de-duplicated, chunked and embedded, then pooled per admission.
 
-Per cohort row the allowed notes are the subject's notes with
-prediction_time - lookback <= charttime <= prediction_time (never after: a discharge
-summary written later never reaches the model).  Each note is cleaned (radiology:
+Per cohort row the allowed notes are the subject's notes known (stored) at or before
+the prediction time and charted within the look-back (never after: a discharge summary
+written later never reaches the model; the current admission's never does).  Each note is cleaned (radiology:
 FINDINGS and IMPRESSION when present; discharge: the administrative header and
 instruction sections dropped), sentences copied forward from the patient's earlier
 notes are dropped, the rest is cut into chunks of the encoder's ``chunk_words`` words
@@ -342,12 +342,19 @@ def load_encoder(folder: Path):
 # --- the stage --------------------------------------------------------------------------------
 
 def select_notes(cohort: pd.DataFrame, notes: pd.DataFrame, cfg: NotesConfig) -> pd.DataFrame:
-    """(cohort row, note) pairs allowed: same subject, note type wanted,
-    prediction_time - lookback <= charttime <= prediction_time."""
+    """(cohort row, note) pairs allowed: same subject, note type wanted, known (``known_time``,
+    see sources/notes.py) at or before the prediction time and charted within the look-back;
+    never the current admission's discharge summary.  ``charttime`` of the result is the
+    availability time (what ``item_time`` reports)."""
     c = cohort[["subject_id", "hadm_id", "prediction_time"]]
     m = notes.merge(c, on="subject_id", suffixes=("_note", ""))
     lo = m["prediction_time"] - pd.to_timedelta(cfg.lookback_hours, unit="h")
-    m = m[(m["charttime"] <= m["prediction_time"]) & (m["charttime"] >= lo)]
+    known = m["known_time"] if "known_time" in m.columns else m["charttime"]
+    kind = m["note_type"].astype(str).str.lower()
+    own_discharge = (kind.eq("ds") | kind.str.startswith("discharge")) & m["hadm_id_note"].eq(m["hadm_id"])
+    m = m[(known <= m["prediction_time"]) & (m["charttime"] >= lo) & ~own_discharge]
+    if "known_time" in m.columns:
+        m = m.assign(charttime=m["known_time"])
     return m.sort_values(["hadm_id", "charttime", "note_id"]).reset_index(drop=True)
 
 

@@ -1,7 +1,9 @@
 """Leakage audit: every item feeding a row is timestamped at or before its prediction
-time, no subject sits in two splits, and no single feature is suspiciously good.
+time, every EHR row a feature may use was AVAILABLE by then (re-derived from the raw
+rows per source by ``availability.audit_availability``), no subject sits in two splits,
+and no single feature is suspiciously good.
 
-A violation of the first two fails the run and lists the offending items; a
+A violation of the first three fails the run and lists the offending items; a
 single feature whose AUROC alone exceeds 0.95 on the train split is a warning.
 """
 from __future__ import annotations
@@ -58,6 +60,24 @@ def audit(cohort: pd.DataFrame, item_times: dict[str, pd.DataFrame], table: pd.D
                 result["warnings"].append({"feature": f, "auroc": round(float(auc), 4),
                                            "message": "single feature AUROC > 0.95: check for leakage"})
     return result
+
+
+def add_availability(result: dict, availability: dict) -> dict:
+    """Merge the raw-row availability audit into ``result``; its violations fail the run."""
+    result["availability"] = availability
+    if not availability["passed"]:
+        result["passed"] = False
+        result["violations"] += availability["violations"]
+    return result
+
+
+def held_back(result: dict) -> dict[str, int]:
+    """reason -> rows charted before a prediction time but not yet available (over all sources)."""
+    out: dict[str, int] = {}
+    for v in result.get("availability", {}).get("per_source", {}).values():
+        for reason, n in v["held_back"].items():
+            out[reason] = out.get(reason, 0) + n
+    return out
 
 
 def enforce(result: dict) -> None:

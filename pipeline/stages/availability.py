@@ -1,0 +1,129 @@
+"""Availability audit: re-derive, from the RAW MIMIC-IV rows, when each row that could feed a
+prediction became available, independently of the ingest and the featurisers.
+
+For every source table the rule below gives each raw row its charted time (the key the
+canonical events carry as ``time``) and its availability.  Every event a feature may use
+under the run's rule (known by the prediction time; measurements and treatments charted in
+the look-back; codes of other admissions) is joined to the raw rows of its table with the
+same subject and time: a row whose raw availability is later than the prediction time, or
+that the raw rows never make available, is a VIOLATION (the run fails).  Rows charted in the
+look-back but not yet available are counted as held back, by reason.  Under
+``ehr.availability: charttime`` (the comparison mode) the rows used before they were
+available are counted, not failed: that mode exists to measure what they are worth.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import EHRConfig
+from pipeline.sources.mimic_iv import _columns, _scan, connect, table_path
+
+EOD = "(TRY_CAST({d} AS DATE) + INTERVAL 1 DAY - INTERVAL 1 SECOND)"
+
+
+def _ts(c: str) -> str:
+    return f"TRY_CAST({c} AS TIMESTAMP)"
+
+
+def _stored(t: str) -> str:
+    return f"CASE WHEN {_ts('storetime')} IS NULL THEN NULL ELSE greatest({t}, {_ts('storetime')}) END"
+
+
+MICRO_T = f"coalesce({_ts('charttime')}, {EOD.format(d='chartdate')})"
+# table -> [(charted time, availability, reason when later, tag, row filter)]; the tag tells apart
+# canonical rows of one table with the same time (a culture ordered / its positive result).
+RULES = {
+    "labevents": [(_ts("charttime"), _stored(_ts("charttime")), "resulted later", "", "")],
+    "chartevents": [(_ts("charttime"), _stored(_ts("charttime")), "stored later", "", "")],
+    "omr": [(EOD.format(d="chartdate"), EOD.format(d="chartdate"), "date-only", "", "")],
+    "prescriptions": [(_ts("starttime"), _ts("starttime"), "ordered later", "", "")],
+    "emar": [(_ts("charttime"), _stored(_ts("charttime")), "stored later", "", "")],
+    "inputevents": [(_ts("starttime"), _stored(_ts("starttime")), "stored later", "", ""),
+                    (_ts("endtime"), _stored(_ts("endtime")), "stored later", "", "")],
+    "outputevents": [(_ts("charttime"), _stored(_ts("charttime")), "stored later", "", "")],
+    "procedureevents": [(_ts("starttime"), _stored(_ts("starttime")), "stored later", "", "")],
+    "microbiologyevents": [(MICRO_T, MICRO_T, "date-only", "", ""),
+                           (MICRO_T, _stored(MICRO_T), "resulted later", "micro:positive",
+                            "WHERE trim(coalesce(org_name, '')) <> ''")],
+}
+CODE_TABLES = ("diagnoses_icd", "procedures_icd")
+CODE_RULE = "coded at discharge"
+
+
+def _raw_rows(con, root: Path) -> tuple[str, list[str]]:
+    """SQL of (source, subject_id, time, avail, reason) over the raw tables present, and the tables."""
+    parts, tables = [], []
+    for table, rules in RULES.items():
+        path = table_path(root, table)
+        if path is None:
+            continue
+        cols = _columns(con, path)
+        for t, avail, reason, tag, where in rules:
+            if "storetime" not in cols and "storetime" in avail:
+                avail = t  # the ingest reports this fallback (availability_fallback)
+            parts.append(f"SELECT '{table}' source, TRY_CAST(subject_id AS BIGINT) subject_id, {t} t, '{tag}' tag, "
+                         f"{avail} avail, '{reason}' reason FROM {_scan(path)} {where}")
+        tables.append(table)
+    adm = table_path(root, "admissions")
+    for table in CODE_TABLES:
+        path = table_path(root, table)
+        if path is None or adm is None:
+            continue
+        parts.append(f"SELECT '{table}' source, TRY_CAST(d.subject_id AS BIGINT) subject_id, {_ts('a.admittime')} t, "
+                     f"'' tag, {_ts('a.dischtime')} avail, '{CODE_RULE}' reason FROM {_scan(path)} d "
+                     f"JOIN {_scan(adm)} a ON d.hadm_id = a.hadm_id")
+        tables.append(table)
+    return " UNION ALL ".join(parts), tables
+
+
+def audit_availability(cohort: pd.DataFrame, ingest_dir: Path, raw_root: Path, cfg: EHRConfig) -> dict:
+    """{'tables': [...], 'per_source': {source: {used, violations, held_back: {reason: n}}}, 'violations': [...],
+    'passed': bool, 'rule': cfg.availability}."""
+    con = connect(temp_dir=Path(ingest_dir))
+    raw_sql, tables = _raw_rows(con, Path(raw_root))
+    result = {"rule": cfg.availability, "tables": tables, "per_source": {}, "violations": [], "passed": True}
+    if not raw_sql:
+        return result
+    con.register("c", cohort[["subject_id", "hadm_id", "prediction_time"]])
+    con.execute(f"""CREATE TEMP TABLE raw AS SELECT source, subject_id, t, tag, min(avail) avail,
+        any_value(reason) reason
+        FROM ({raw_sql}) WHERE subject_id IS NOT NULL AND t IS NOT NULL GROUP BY ALL""")
+    known = "e.known_time" if cfg.availability == "storetime" else "e.time"
+    codes = ", ".join(f"'{t}'" for t in CODE_TABLES)
+    # Every (cohort row, event) pair within reach: charted before the prediction time, in the look-back
+    # (codes: any other admission, charted = its admittime).
+    pairs = f"""
+        SELECT c.hadm_id, c.prediction_time pt, e.source, e.subject_id, e.time, {known} used_at, r.avail, r.reason
+        FROM read_parquet('{Path(ingest_dir) / 'events.parquet'}') e JOIN c ON e.subject_id = c.subject_id
+        LEFT JOIN raw r ON r.source = e.source AND r.subject_id = e.subject_id AND r.t = e.time
+          AND r.tag = CASE WHEN e.code = 'micro:positive' THEN e.code ELSE '' END
+        WHERE e.source IN (SELECT DISTINCT source FROM raw) AND e.time <= c.prediction_time
+          AND (CASE WHEN e.source IN ({codes}) THEN e.hadm_id IS DISTINCT FROM c.hadm_id
+               ELSE e.time >= c.prediction_time - INTERVAL {cfg.lookback_hours} HOUR END)"""
+    rows = con.execute(f"""
+        SELECT source, count(*) FILTER (WHERE used_at <= pt) usable,
+          count(*) FILTER (WHERE used_at <= pt AND (avail IS NULL OR avail > pt)) violations,
+          count(*) FILTER (WHERE NOT coalesce(used_at <= pt, false) AND avail > pt) held_later,
+          count(*) FILTER (WHERE NOT coalesce(used_at <= pt, false) AND avail IS NULL) held_never,
+          any_value(reason) reason
+        FROM ({pairs}) GROUP BY source ORDER BY source""").fetchall()
+    for source, usable, bad, later, never, reason in rows:
+        held = {}
+        if later:
+            held[reason or "later"] = int(later)
+        if never:
+            held["never available (no storetime or no raw row)"] = int(never)
+        result["per_source"][source] = {"usable": int(usable), "used_before_available": int(bad), "held_back": held}
+    n_bad = sum(v["used_before_available"] for v in result["per_source"].values())
+    if n_bad:
+        examples = con.execute(f"""SELECT source, hadm_id, time, used_at, avail, pt FROM ({pairs})
+            WHERE used_at <= pt AND (avail IS NULL OR avail > pt) ORDER BY hadm_id, time LIMIT 20""").fetchall()
+        result["violations"] = [{"modality": "ehr", "source": s, "hadm_id": int(h), "item_time": str(u),
+                                 "available": str(a), "prediction_time": str(p), "charted": str(t)}
+                                for s, h, t, u, a, p in examples]
+        result["passed"] = cfg.availability != "storetime"
+        result["used_before_available"] = int(n_bad)
+    con.close()
+    return result
