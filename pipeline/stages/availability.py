@@ -48,6 +48,10 @@ RULES = {
                            (MICRO_T, _stored(MICRO_T), "resulted later", "micro:positive",
                             "WHERE trim(coalesce(org_name, '')) <> ''")],
 }
+# A date-only row refers to its whole day: it counts as charted from the day's start (so a row of the
+# prediction day, known only at the day's end, is counted as held back "date-only").
+DAY_START = {"omr": "TRY_CAST(chartdate AS DATE)::TIMESTAMP",
+             "microbiologyevents": f"coalesce({_ts('charttime')}, TRY_CAST(chartdate AS DATE)::TIMESTAMP)"}
 CODE_TABLES = ("diagnoses_icd", "procedures_icd")
 CODE_RULE = "coded at discharge"
 
@@ -63,8 +67,9 @@ def _raw_rows(con, root: Path) -> tuple[str, list[str]]:
         for t, avail, reason, tag, where in rules:
             if "storetime" not in cols and "storetime" in avail:
                 avail = t  # the ingest reports this fallback (availability_fallback)
+            charted = DAY_START.get(table, t)
             parts.append(f"SELECT '{table}' source, TRY_CAST(subject_id AS BIGINT) subject_id, {t} t, '{tag}' tag, "
-                         f"{avail} avail, '{reason}' reason FROM {_scan(path)} {where}")
+                         f"{charted} charted, {avail} avail, '{reason}' reason FROM {_scan(path)} {where}")
         tables.append(table)
     adm = table_path(root, "admissions")
     for table in CODE_TABLES:
@@ -72,7 +77,7 @@ def _raw_rows(con, root: Path) -> tuple[str, list[str]]:
         if path is None or adm is None:
             continue
         parts.append(f"SELECT '{table}' source, TRY_CAST(d.subject_id AS BIGINT) subject_id, {_ts('a.admittime')} t, "
-                     f"'' tag, {_ts('a.dischtime')} avail, '{CODE_RULE}' reason FROM {_scan(path)} d "
+                     f"'' tag, {_ts('a.admittime')} charted, {_ts('a.dischtime')} avail, '{CODE_RULE}' reason FROM {_scan(path)} d "
                      f"JOIN {_scan(adm)} a ON d.hadm_id = a.hadm_id")
         tables.append(table)
     return " UNION ALL ".join(parts), tables
@@ -87,35 +92,35 @@ def audit_availability(cohort: pd.DataFrame, ingest_dir: Path, raw_root: Path, c
     if not raw_sql:
         return result
     con.register("c", cohort[["subject_id", "hadm_id", "prediction_time"]])
-    con.execute(f"""CREATE TEMP TABLE raw AS SELECT source, subject_id, t, tag, min(avail) avail,
+    con.execute(f"""CREATE TEMP TABLE raw AS SELECT source, subject_id, t, tag, min(charted) charted, min(avail) avail,
         any_value(reason) reason
         FROM ({raw_sql}) WHERE subject_id IS NOT NULL AND t IS NOT NULL GROUP BY ALL""")
     known = "e.known_time" if cfg.availability == "storetime" else "e.time"
     codes = ", ".join(f"'{t}'" for t in CODE_TABLES)
     # Every (cohort row, event) pair within reach: charted before the prediction time, in the look-back
-    # (codes: any other admission, charted = its admittime).
+    # (codes: any admission, charted = its admittime; usable only for another admission, once coded).
     pairs = f"""
-        SELECT c.hadm_id, c.prediction_time pt, e.source, e.subject_id, e.time, {known} used_at, r.avail, r.reason
+        SELECT c.hadm_id, c.prediction_time pt, e.source, e.subject_id, e.time, r.avail, r.reason,
+          CASE WHEN e.source NOT IN ({codes}) THEN {known}
+               WHEN e.hadm_id IS DISTINCT FROM c.hadm_id THEN e.known_time END used_at
         FROM read_parquet('{Path(ingest_dir) / 'events.parquet'}') e JOIN c ON e.subject_id = c.subject_id
         LEFT JOIN raw r ON r.source = e.source AND r.subject_id = e.subject_id AND r.t = e.time
           AND r.tag = CASE WHEN e.code = 'micro:positive' THEN e.code ELSE '' END
-        WHERE e.source IN (SELECT DISTINCT source FROM raw) AND e.time <= c.prediction_time
-          AND (CASE WHEN e.source IN ({codes}) THEN e.hadm_id IS DISTINCT FROM c.hadm_id
-               ELSE e.time >= c.prediction_time - INTERVAL {cfg.lookback_hours} HOUR END)"""
+        WHERE e.source IN (SELECT DISTINCT source FROM raw) AND coalesce(r.charted, e.time) <= c.prediction_time
+          AND (e.source IN ({codes}) OR e.time >= c.prediction_time - INTERVAL {cfg.lookback_hours} HOUR)"""
     rows = con.execute(f"""
-        SELECT source, count(*) FILTER (WHERE used_at <= pt) usable,
+        SELECT source, reason, count(*) FILTER (WHERE used_at <= pt) usable,
           count(*) FILTER (WHERE used_at <= pt AND (avail IS NULL OR avail > pt)) violations,
           count(*) FILTER (WHERE NOT coalesce(used_at <= pt, false) AND avail > pt) held_later,
-          count(*) FILTER (WHERE NOT coalesce(used_at <= pt, false) AND avail IS NULL) held_never,
-          any_value(reason) reason
-        FROM ({pairs}) GROUP BY source ORDER BY source""").fetchall()
-    for source, usable, bad, later, never, reason in rows:
-        held = {}
-        if later:
-            held[reason or "later"] = int(later)
-        if never:
-            held["never available (no storetime or no raw row)"] = int(never)
-        result["per_source"][source] = {"usable": int(usable), "used_before_available": int(bad), "held_back": held}
+          count(*) FILTER (WHERE NOT coalesce(used_at <= pt, false) AND avail IS NULL) held_never
+        FROM ({pairs}) GROUP BY source, reason ORDER BY source, reason""").fetchall()
+    for source, reason, usable, bad, later, never in rows:
+        s = result["per_source"].setdefault(source, {"usable": 0, "used_before_available": 0, "held_back": {}})
+        s["usable"] += int(usable)
+        s["used_before_available"] += int(bad)
+        for why, n in ((reason or "no raw row", later), ("never available (no storetime or no raw row)", never)):
+            if n:
+                s["held_back"][why] = s["held_back"].get(why, 0) + int(n)
     n_bad = sum(v["used_before_available"] for v in result["per_source"].values())
     if n_bad:
         examples = con.execute(f"""SELECT source, hadm_id, time, used_at, avail, pt FROM ({pairs})
