@@ -210,10 +210,11 @@ def _procedureevents(scan: str, has_store: bool) -> str:
 
 def _micro(scan: str, has_store: bool) -> str:
     """One 'culture ordered' row per specimen; one 'positive' row per specimen with an organism,
-    known only once stored."""
+    known once its first organism row was stored (later susceptibility rows change nothing)."""
     t = f"coalesce({_ts('charttime')}, TRY_CAST(chartdate AS DATE) + INTERVAL 1 DAY - INTERVAL 1 SECOND)"
-    spec = (f"SELECT subject_id, hadm_id, micro_specimen_id, min({t}) t, max(org_name IS NOT NULL AND "
-            f"trim(org_name) <> '') pos, {'max(' + _ts('storetime') + ')' if has_store else 'NULL'} st, "
+    org = "trim(coalesce(org_name, '')) <> ''"
+    first = f"min({_ts('storetime')}) FILTER (WHERE {org})" if has_store else "NULL"
+    spec = (f"SELECT subject_id, hadm_id, micro_specimen_id, min({t}) t, bool_or({org}) pos, {first} st, "
             f"min(coalesce(charttime, chartdate)) raw FROM {scan} GROUP BY subject_id, hadm_id, micro_specimen_id")
     sel = ("SELECT TRY_CAST(subject_id AS BIGINT) subject_id, TRY_CAST(hadm_id AS DOUBLE) hadm_id, t time, "
            "'{c}' code, 1.0 value, NULL unit, raw raw_time, NULL raw_value, "

@@ -40,10 +40,13 @@ def harmonise_units(events: Path, q: Quarantine, source: str, con) -> dict:
     conv = pd.DataFrame(CONVERSIONS, columns=["code", "from_unit", "to_unit", "factor"])
     con.register("conv", conv)
     ev = f"read_parquet('{events}')"
+    # A code with a known conversion keeps its target unit whatever this extract holds most of (a
+    # scoring extract must land on the training scale); ties broken by name, never by scan order.
     con.execute(f"""CREATE OR REPLACE TEMP TABLE dom AS
-        SELECT code, arg_max(u, n) AS unit FROM (
+        SELECT d.code, coalesce(any_value(k.to_unit), arg_max(u, (n, u))) AS unit FROM (
           SELECT code, {_norm('unit')} AS u, count(*) n FROM {ev} WHERE unit IS NOT NULL AND unit <> ''
-          GROUP BY code, u) GROUP BY code""")
+          GROUP BY code, u) d LEFT JOIN (SELECT DISTINCT code, to_unit FROM conv) k ON d.code = k.code
+        GROUP BY d.code""")
     joined = f"""SELECT e.*, {_norm('e.unit')} AS u, d.unit AS du, c.factor
         FROM {ev} e LEFT JOIN dom d ON e.code = d.code
         LEFT JOIN conv c ON e.code = c.code AND c.from_unit = {_norm('e.unit')} AND c.to_unit = d.unit"""

@@ -10,7 +10,9 @@ outside documented physiological ranges are treated as recording errors and drop
 frequent among TRAIN admissions; the list is written beside the features so a
 scoring job uses exactly the same columns.  The work is one DuckDB query over
 the events parquet per shard of admissions, appended to the output file, so memory
-is bounded by DuckDB and by one shard, not by the cohort.
+is bounded by DuckDB and by one shard, not by the cohort.  Sums (mean, slope) are taken
+over values rounded to 1e-6 in exact decimal arithmetic, so a feature does not depend on
+the order DuckDB's threads meet the rows (a live extract scores exactly as a complete one).
 """
 from __future__ import annotations
 
@@ -113,7 +115,8 @@ def _featurize_shard(con, shard: pd.DataFrame, stage_in: Path, cfg: EHRConfig, c
     con.register("cohort", base)
     agg = con.execute(f"""
         WITH w AS (
-          SELECT c.hadm_id, e.code, e.time, e.value, c.prediction_time, {known} kt
+          SELECT c.hadm_id, e.code, e.time, e.value, c.prediction_time, {known} kt, e.value::DECIMAL(38, 6) v,
+                 ((epoch(e.time) - epoch(c.prediction_time)) / 3600.0)::DECIMAL(38, 6) x
           FROM {events} e
           JOIN cohort c ON e.subject_id = c.subject_id
           JOIN kept k ON e.code = k.code
@@ -122,8 +125,10 @@ def _featurize_shard(con, shard: pd.DataFrame, stage_in: Path, cfg: EHRConfig, c
             AND e.time >= c.prediction_time - INTERVAL {cfg.lookback_hours} HOUR
             AND (r.code IS NULL OR (e.value >= r.lo AND e.value <= r.hi)))
         SELECT hadm_id, code, arg_max(value, (time, value)) AS last, min(value) AS min, max(value) AS max,
-               avg(value) AS mean, count(*)::DOUBLE AS count,
-               regr_slope(value, epoch(time) / 3600.0) AS slope,
+               sum(v)::DOUBLE / count(*) AS mean, count(*)::DOUBLE AS count,
+               CASE WHEN count(*) * sum(x * x) - sum(x) * sum(x) > 0
+                    THEN (count(*) * sum(x * v) - sum(x) * sum(v))::DOUBLE
+                         / (count(*) * sum(x * x) - sum(x) * sum(x))::DOUBLE END AS slope,
                (epoch(max(prediction_time)) - epoch(max(time))) / 3600.0 AS hours_since_last,
                max(kt) AS item_time
         FROM w GROUP BY hadm_id, code""").df()

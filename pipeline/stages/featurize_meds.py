@@ -65,8 +65,9 @@ def features(con, shard: pd.DataFrame, events: str, cfg: EHRConfig, codes: list[
           WHERE {known} <= c.prediction_time AND e.time >= c.prediction_time - INTERVAL {cfg.lookback_hours} HOUR)
         SELECT hadm_id, code, count(*)::DOUBLE n, arg_max(value, (time, value)) last, max(value) mx,
                (epoch(max(pt)) - epoch(max(time))) / 3600.0 hours_since,
-               sum(value) FILTER (WHERE time >= pt - INTERVAL 6 HOUR) s6,
-               sum(value) FILTER (WHERE time >= pt - INTERVAL 24 HOUR) s24, max(kt) item_time
+               sum(value::DECIMAL(38, 6)) FILTER (WHERE time >= pt - INTERVAL 6 HOUR)::DOUBLE s6,
+               sum(value::DECIMAL(38, 6)) FILTER (WHERE time >= pt - INTERVAL 24 HOUR)::DOUBLE s24,
+               max(kt) item_time
         FROM w GROUP BY hadm_id, code""").df()
     con.unregister("med_codes")
     out: dict[str, object] = {}
