@@ -195,3 +195,17 @@ def test_new_features_read_as_words():
     assert pretty_feature("ehr__cmb:charlson:chf__earlier", labels) == "Congestive heart failure (earlier admission)"
     assert pretty_feature("ehr__input:norepinephrine__rate_now", {}) == "Norepinephrine rate at prediction"
     assert pretty_feature("ehr__hist:days_since_discharge__n", {}) == "Days since last discharge"
+
+
+def test_a_code_with_a_known_conversion_keeps_its_target_unit_whatever_the_extract_holds(tmp_path):
+    from pipeline.sources.mimic_iv import connect
+    from pipeline.sources.units import harmonise_units
+    # MCHC mostly written as '%' in this extract: still converted to g/dL, as in any other extract
+    ev = pd.DataFrame({"subject_id": 1, "hadm_id": 11.0, "time": pd.Timestamp("2150-01-01"),
+                       "known_time": pd.Timestamp("2150-01-01"), "code": "lab:51249",
+                       "value": [33.0, 34.0, 32.0], "unit": ["%", "%", "g/dL"], "source": "labevents"})
+    ev.to_parquet(tmp_path / "events.parquet")
+    harmonise_units(tmp_path / "events.parquet", Quarantine(), "t", connect())
+    out = pd.read_parquet(tmp_path / "events.parquet")
+    assert len(out) == 3 and set(out["unit"].str.lower()) == {"g/dl"}
+    assert out["known_time"].notna().all()   # extra columns travel through the rewrite

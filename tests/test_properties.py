@@ -52,21 +52,28 @@ def test_alignment_masks_match_data(n, data):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(offsets=st.lists(st.integers(-72 * 60, 72 * 60), min_size=1, max_size=25))
-def test_no_event_after_the_prediction_time_reaches_a_feature(tmp_path_factory, offsets):
+@given(offsets=st.lists(st.integers(-72 * 60, 72 * 60), min_size=1, max_size=25),
+       lags=st.lists(st.integers(0, 12 * 60), min_size=25, max_size=25))
+def test_no_event_after_the_prediction_time_reaches_a_feature(tmp_path_factory, offsets, lags):
     from pipeline.config import EHRConfig
     from pipeline.stages.featurize_ehr import featurize_ehr
     d = tmp_path_factory.mktemp("w")
     pt = pd.Timestamp("2150-01-02 08:00")
-    ev = pd.DataFrame({"subject_id": 1, "hadm_id": 11.0, "time": [pt + pd.Timedelta(minutes=o) for o in offsets],
+    times = [pt + pd.Timedelta(minutes=o) for o in offsets]
+    ev = pd.DataFrame({"subject_id": 1, "hadm_id": 11.0, "time": times,
+                       "known_time": [t + pd.Timedelta(minutes=lag) for t, lag in zip(times, lags)],
                        "code": "lab:1", "value": np.arange(len(offsets), dtype=float), "unit": "u", "source": "t"})
     ev.to_parquet(d / "events.parquet")
+    pd.DataFrame({"subject_id": [1], "hadm_id": [11], "admittime": [pt - pd.Timedelta(hours=24)],
+                  "dischtime": [pd.NaT]}).to_parquet(d / "admissions.parquet")
     cohort = pd.DataFrame({"subject_id": [1], "hadm_id": [11], "prediction_time": [pt], "label": [0],
                            "split": ["train"], "age": [50.0], "gender": ["F"]})
     (d / "fe").mkdir()
     featurize_ehr(cohort, d, EHRConfig(), d / "fe", codes=["lab:1"])
     f = pd.read_parquet(d / "fe" / "features.parquet").iloc[0]
-    allowed = [i for i, o in enumerate(offsets) if o <= 0 and o >= -EHRConfig().lookback_hours * 60]
+    # a value feeds the row only once known (known_time <= prediction time), charted within the look-back
+    allowed = [i for i, (o, lag) in enumerate(zip(offsets, lags))
+               if o + lag <= 0 and o >= -EHRConfig().lookback_hours * 60]
     assert f["ehr__lab:1__count"] == len(allowed)
     if allowed:
         assert f["ehr__lab:1__max"] == max(allowed) and f["item_time"] <= pt
