@@ -89,3 +89,25 @@ def test_training_on_a_live_extract_is_refused(mimic_demo, tmp_path):
     live_extract(mimic_demo, tmp_path / "live", now)
     with pytest.raises(DataError, match="no outcome yet"):
         train(tmp_path / "live", tmp_path / "run", RunConfig(), report=False)
+
+
+def test_the_demo_model_uses_the_new_tables_and_names_them_in_words(model):
+    import json
+    from pipeline.stages.featurize_ehr import pretty_feature
+    meta = json.loads((model / "model" / "model.json").read_text())
+    feats = set(meta["features"])
+    for f in ("ehr__cmb:charlson:chf__earlier", "ehr__medclass:vasopressor__given", "ehr__input:norepinephrine__rate_now",
+              "ehr__output:urine__ml_6h", "ehr__hist:admissions_365d__n", "ehr__icu:in_icu__now",
+              "ehr__micro:positive__given", "ehr__proc:ventilation__given"):
+        assert f in feats, f
+    assert any(f.startswith("ehr__dx:") for f in feats) and any(f.startswith("ehr__med:") for f in feats)
+    assert not any("insurance" in f or "race" in f for f in feats)   # not predictors by default
+    labels = meta["code_labels"]
+    assert pretty_feature("ehr__cmb:charlson:chf__earlier", labels) == "Congestive heart failure (earlier admission)"
+    dx = next(f for f in feats if f.startswith("ehr__dx:"))
+    assert pretty_feature(dx, labels).endswith("(earlier admission)") and ":" not in pretty_feature(dx, labels)
+    audit = json.loads((model / "leakage.json").read_text())
+    assert audit["passed"] and audit["availability"]["rule"] == "storetime"
+    held = audit["availability"]["per_source"]
+    assert held["labevents"]["held_back"]["resulted later"] > 0
+    assert held["diagnoses_icd"]["held_back"]["coded at discharge"] > 0

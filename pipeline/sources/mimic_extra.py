@@ -31,9 +31,11 @@ from pathlib import Path
 
 import pandas as pd
 
+# Vasopressors in the order they are matched (norepinephrine before epinephrine).
+VASOPRESSORS = ("norepinephrine", "epinephrine", "vasopressin", "phenylephrine", "dopamine", "angiotensin ii")
 # A small curated drug-class map: a normalised drug name containing the keyword is in the class.
 DRUG_CLASSES = {
-    "vasopressor": ("norepinephrine", "epinephrine", "vasopressin", "phenylephrine", "dopamine", "angiotensin ii"),
+    "vasopressor": VASOPRESSORS,
     "antibiotic": ("vancomycin", "piperacillin", "cefepime", "ceftriaxone", "cefazolin", "meropenem",
                    "ciprofloxacin", "levofloxacin", "metronidazole", "azithromycin", "ampicillin", "gentamicin",
                    "sulfameth", "clindamycin", "linezolid", "daptomycin", "doxycycline", "nafcillin",
@@ -170,10 +172,8 @@ def _inputevents(scan: str, items: str | None, has_store: bool) -> str:
     label = "lower(coalesce(i.label, ''))" if items else "''"
     joined = (f"SELECT e.*, {label} label FROM {scan} e"
               + (f" LEFT JOIN {items} i ON e.itemid = i.itemid" if items else ""))
-    vaso = " OR ".join(f"contains(label, '{k}')" for k in DRUG_CLASSES["vasopressor"])
-    drug = "CASE " + " ".join(f"WHEN contains(label, '{k}') THEN '{k}'" for k in
-                              ("norepinephrine", "epinephrine", "vasopressin", "phenylephrine", "dopamine",
-                               "angiotensin ii")) + " END"
+    vaso = " OR ".join(f"contains(label, '{k}')" for k in VASOPRESSORS)
+    drug = "CASE " + " ".join(f"WHEN contains(label, '{k}') THEN '{k}'" for k in VASOPRESSORS) + " END"
     common = ("SELECT TRY_CAST(subject_id AS BIGINT) subject_id, TRY_CAST(hadm_id AS DOUBLE) hadm_id, {t} time, "
               "{code} code, {v} value, {u} unit, {rt} raw_time, NULL raw_value, "
               "'stay_id=' || stay_id || ' orderid=' || orderid || ' starttime=' || starttime row_ref, {k} known_time "

@@ -275,29 +275,36 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     if not parts:
         write_parquet(EVENTS.empty(), out, EVENTS)
         return {"event_tables_found": found, "event_tables_absent": absent, "event_rows": 0}
-    selects = []
-    for table, path, sql in parts:
-        # Rows with an unparseable id or time are quarantined (listed up to a cap, then counted).
-        bad_sql = (f"SELECT row_ref, CASE WHEN subject_id IS NULL THEN 'subject_id' ELSE 'time' END field "
-                   f"FROM ({sql}) WHERE subject_id IS NULL OR (time IS NULL AND raw_time IS NOT NULL)")
-        n_bad = con.execute(f"SELECT count(*) FROM ({bad_sql})").fetchall()[0][0]
+    # One CSV pass per table into a staging file; a row with an unparseable id or time keeps its
+    # row_ref there and is quarantined from it (listed up to a cap, then counted).
+    bad = "subject_id IS NULL OR (time IS NULL AND raw_time IS NOT NULL)"
+    union = " UNION ALL ".join(
+        f"SELECT subject_id, hadm_id, time, code, value, unit, '{table}' source, known_time::TIMESTAMP known_time, "
+        f"CASE WHEN {bad} THEN row_ref END bad_ref, CASE WHEN subject_id IS NULL THEN 'subject_id' ELSE 'time' END "
+        f"bad_field FROM ({sql}) WHERE ({bad}) OR (time IS NOT NULL AND value IS NOT NULL AND isfinite(value))"
+        for table, path, sql in parts)
+    stage = out.with_name(".events.stage.parquet")
+    con.execute(f"COPY ({union}) TO '{stage}' (FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
+    staged = f"read_parquet('{stage}')"
+    for table, path, _ in parts:
+        where = f"source = '{table}' AND bad_ref IS NOT NULL"
+        n_bad = con.execute(f"SELECT count(*) FROM {staged} WHERE {where}").fetchall()[0][0]
         if n_bad:
-            for ref, field in con.execute(f"{bad_sql} LIMIT {MAX_LISTED_BAD_ROWS}").fetchall():
+            for ref, field in con.execute(f"SELECT bad_ref, bad_field FROM {staged} WHERE {where} "
+                                          f"LIMIT {MAX_LISTED_BAD_ROWS}").fetchall():
                 q.add(SOURCE, path, ref, field, "unparseable id or timestamp")
             if n_bad > MAX_LISTED_BAD_ROWS:
                 q.add(SOURCE, path, None, "", f"{n_bad - MAX_LISTED_BAD_ROWS} more rows with unparseable id or time")
         counts[table] = n_bad
-        selects.append(f"SELECT subject_id, hadm_id, time, code, value, unit, '{table}' source, "
-                       f"known_time::TIMESTAMP known_time FROM ({sql}) "
-                       "WHERE subject_id IS NOT NULL AND time IS NOT NULL AND value IS NOT NULL AND isfinite(value)")
-    union = " UNION ALL ".join(selects)
     conv = " ".join(f"WHEN code = 'chart:{f}' THEN 'chart:{c}'" for f, c in F_TO_C.items())
     vconv = " ".join(f"WHEN code = 'chart:{f}' THEN (value - 32) * 5.0 / 9.0" for f in F_TO_C)
     final = (f"SELECT subject_id, hadm_id, time::TIMESTAMP_NS time, CASE {conv} ELSE code END code, "
              f"CASE {vconv} ELSE value END value, CASE WHEN code IN ({', '.join(repr('chart:' + f) for f in F_TO_C)}) "
-             f"THEN '°C' ELSE unit END unit, source, known_time::TIMESTAMP_NS known_time FROM ({union})")
+             f"THEN '°C' ELSE unit END unit, source, known_time::TIMESTAMP_NS known_time FROM {staged} "
+             "WHERE bad_ref IS NULL AND subject_id IS NOT NULL AND time IS NOT NULL")
     tmp = out.with_name(".events.parquet.tmp")
     con.execute(f"COPY ({final}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
+    stage.unlink()
     tmp.replace(out)
     units = harmonise_units(out, q, SOURCE, con)
     n = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchall()[0][0]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pandas as pd
 
 from pipeline.config import EHRConfig
-from pipeline.sources.mimic_extra import DRUG_CLASSES, PROCEDURE_ITEMIDS
+from pipeline.sources.mimic_extra import DRUG_CLASSES, PROCEDURE_ITEMIDS, VASOPRESSORS
 
 AGGS = {"rx": ("given",), "micro": ("given",), "med": ("given", "hours_since"),
         "medclass": ("given", "hours_since"), "proc": ("given", "hours_since"),
@@ -23,7 +23,6 @@ AGGS = {"rx": ("given",), "micro": ("given",), "med": ("given", "hours_since"),
 COLUMN = {"given": "n", "hours_since": "hours_since", "rate_now": "last", "max_rate": "mx",
           "ml_24h": "s24", "ml_6h": "s6"}
 ZERO_WHEN_NONE = ("given", "rate_now", "max_rate")
-VASOPRESSORS = ("norepinephrine", "epinephrine", "vasopressin", "phenylephrine", "dopamine", "angiotensin ii")
 
 
 def fixed_codes() -> list[str]:
