@@ -231,6 +231,7 @@ def connect(memory_limit: str = "1GB", threads: int = 2, temp_dir: Path | None =
     con.execute(f"SET memory_limit='{memory_limit}'")
     con.execute(f"SET threads={int(threads)}")
     con.execute("SET preserve_insertion_order=false")
+    con.execute("SET enable_progress_bar=false")
     if temp_dir is not None:
         con.execute(f"SET temp_directory='{temp_dir}'")
     return con
