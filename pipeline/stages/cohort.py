@@ -84,7 +84,7 @@ def build_cohort(patients: pd.DataFrame, admissions: pd.DataFrame, icustays: pd.
         adm = adm.sort_values(["subject_id", "admittime"])
         nxt = adm.groupby("subject_id")["admittime"].shift(-1)
         pt = adm["dischtime"]
-        keep = (adm["age"] >= task.min_age) & (adm["hospital_expire_flag"] == 0) & pt.notna()
+        keep = (adm["age"] >= task.min_age) & adm["hospital_expire_flag"].eq(0).fillna(False).astype(bool) & pt.notna()
         counts["excluded_minor_or_died_or_no_discharge"] = int((~keep).sum())
         label = (nxt.notna() & ((nxt - adm["dischtime"]) <= pd.Timedelta(days=30))).astype(int)
         df = adm.assign(prediction_time=pt, label=label)[keep]
