@@ -268,7 +268,12 @@ def _admissions(struct: pd.DataFrame, patients: pd.DataFrame, root: Path, q: Qua
             out[c] = pd.Series(v, dtype=object).where(pd.notna(v), None)
     for c in sorted(set(adm.columns) - RESERVED):
         if adm[c].notna().any():
-            out[c] = adm[c].to_numpy() if not pd.api.types.is_string_dtype(adm[c]) else adm[c].astype(object).to_numpy()
+            col = adm[c]
+            if pd.api.types.is_datetime64_any_dtype(col):
+                col = col.astype("datetime64[ns]")
+            elif pd.api.types.is_string_dtype(col):
+                col = col.astype(object)
+            out[c] = col.to_numpy()
     before = out["dischtime"].notna() & (out["dischtime"] < out["admittime"])
     for h in out.loc[before, "hadm_id"]:
         q.add(SOURCE, root / "data", f"hadm_id={h}", "HOSPITAL_DISCHARGE", "dischtime before admittime")
