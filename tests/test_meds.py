@@ -63,7 +63,7 @@ def _tiny_run(run: Path) -> dict[str, pd.DataFrame]:
     tables = {
         "patients": pd.DataFrame({"subject_id": [1, 2, 3], "gender": ["M", "F", "F"], "anchor_age": [70, 55, 40],
                                   "anchor_year": [2150, 2150, 2151],
-                                  "dod": [pd.NaT, T("2150-01-05"), pd.NaT]}).astype({"dod": "datetime64[ns]"}),
+                                  "dod": [pd.NaT, T("2150-01-05"), T("2151-06-01")]}).astype({"dod": "datetime64[ns]"}),
         "admissions": pd.DataFrame({
             "subject_id": [1, 2, 1, 3], "hadm_id": [11, 21, 12, 31],
             "admittime": [T("2150-01-01 08:00"), T("2150-01-01 09:00"), T("2150-06-01 08:00"), T("2151-02-01")],
@@ -149,7 +149,9 @@ def test_export_is_valid_meds_with_pointers_labels_and_splits(tmp_path):
     birth = data[(data.code == "MEDS_BIRTH") & (data.subject_id == 1)]
     assert birth["time"].iloc[0] == T("2080-01-01")
     death = data[data.code == "MEDS_DEATH"]
-    assert death["time"].tolist() == [T("2150-01-05 08:00")] and death["hadm_id"].tolist() == [21]
+    # at the admission's deathtime (with its hadm_id), else at dod
+    assert death[["subject_id", "time"]].values.tolist() == [[2, T("2150-01-05 08:00")], [3, T("2151-06-01")]]
+    assert death["hadm_id"].iloc[0] == 21 and pd.isna(death["hadm_id"].iloc[1])
     # pointers carry their ids; the note's text is not exported
     ecg = data[data.code == "ECG//RECORD"].iloc[0]
     assert ecg["file_path"] == "/data/ecg/files/p1/s9001/9001" and ecg["study_id"] == 9001
@@ -216,6 +218,11 @@ def test_labels_from_a_meds_label_file_define_the_cohort(tmp_path):
     cohort2, counts2 = cohort_from_labels(folder, pats, adms, task, tmp_path / "meds", q)
     assert len(cohort2) == 3 and counts2["labels_outside_admissions"] == 1 and counts2["labels_same_admission"] == 1
     assert {r.reason.split(" ")[0] for r in q.rows} == {"no", "a"}
+    # overlapping admissions: the label goes to the latest admitted
+    overlap = pd.concat([adms, adms.iloc[[0]].assign(hadm_id=13, admittime=T("2150-01-01 09:00"),
+                                                     dischtime=T("2150-01-03"))], ignore_index=True)
+    cohort3, _ = cohort_from_labels(labels_file, pats, overlap, task, tmp_path / "meds", Quarantine())
+    assert sorted(cohort3["hadm_id"]) == [12, 13, 21]
     # a labelled subject missing from subject_splits is an error naming the file
     pq.write_table(pa.table({"subject_id": pa.array([2], pa.int64()), "split": ["held_out"]}),
                    tmp_path / "meds" / "metadata" / "subject_splits.parquet")
@@ -255,6 +262,13 @@ def test_mimic_demo_exported_to_meds_and_read_back_gives_same_cohort_and_feature
         "name": "los7", "labels": str(tmp_path / "data" / "meds" / "task_labels" / "mortality")}})
     prep3 = prepare(sources, cfg3, tmp_path / "run_labels")
     pd.testing.assert_frame_equal(prep.cohort, prep3.cohort[prep.cohort.columns])
+    # scoring uses the task's rule (los7 here), not the training labels
+    codes = {"ehr_codes": list(pd.read_json(run / "stages" / "features_ehr" / "codes.json", typ="series")["codes"])}
+    los7 = RunConfig.model_validate({"modalities": ["ehr"], "task": {"name": "los7"}})
+    scored = prepare(sources, cfg3, tmp_path / "score_labels", mode="score", fitted=codes, align_table=False)
+    by_rule = prepare(sources, los7, tmp_path / "score_rule", mode="score", fitted=codes, align_table=False)
+    pd.testing.assert_frame_equal(scored.cohort, by_rule.cohort)
+    assert (scored.cohort["label"].to_numpy() != prep.cohort["label"].to_numpy()).any()  # los7, not mortality
 
 
 # ---------------------------------------------------------------- a dataset made by the community ETL
