@@ -56,13 +56,14 @@ def test_codes_follow_the_mimic_iv_meds_etl_and_read_back():
 
 def _tiny_run(run: Path) -> dict[str, pd.DataFrame]:
     """A run folder as `mmpipe train` leaves it (stages ingest_ehr, cohort, index_*), by hand:
-    chart codes, a value float32 cannot hold, known_time, an extra admissions column, a new code
-    family without values, a lab code by name (eICU style), pointers to an ECG, a note, an image."""
+    chart codes, a value float32 cannot hold, known_time and other extra events, patients and
+    admissions columns, a new code family without values, a lab code by name (eICU style), an
+    open admission, pointers to an ECG, a note, an image."""
     ehr = run / "stages" / "ingest_ehr"
     ehr.mkdir(parents=True)
     tables = {
         "patients": pd.DataFrame({"subject_id": [1, 2, 3], "gender": ["M", "F", "F"], "anchor_age": [70, 55, 40],
-                                  "anchor_year": [2150, 2150, 2151],
+                                  "anchor_year": [2150, 2150, 2151], "anchor_year_group": ["2011 - 2013"] * 3,
                                   "dod": [pd.NaT, T("2150-01-05"), T("2151-06-01")]}).astype({"dod": "datetime64[ns]"}),
         "admissions": pd.DataFrame({
             "subject_id": [1, 2, 1, 3], "hadm_id": [11, 21, 12, 31],
@@ -87,7 +88,8 @@ def _tiny_run(run: Path) -> dict[str, pd.DataFrame]:
                        "labevents"],
             "known_time": [T("2150-01-01 11:00"), T("2150-01-01 11:30"), T("2150-01-02 06:00"),
                            T("2150-01-01 12:30"), T("2150-01-01 14:00"), T("2149-12-01 23:59:59"),
-                           T("2150-01-01 23:59:59"), T("2151-02-01 03:00")]}).astype(
+                           T("2150-01-01 23:59:59"), T("2151-02-01 03:00")],
+            "priority": ["STAT", None, None, None, None, None, None, "ROUTINE"]}).astype(
             {"time": "datetime64[ns]", "known_time": "datetime64[ns]"}),
         "codes": pd.DataFrame({"code": ["lab:50813", "chart:220045"], "label": ["Lactate", "Heart Rate"]}),
     }

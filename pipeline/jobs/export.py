@@ -29,6 +29,7 @@ SPLIT_NAMES = {"train": "train", "valid": "tuning", "test": "held_out"}  # cohor
 OUTSIDE = "unlabelled"
 ADMISSION_CORE = {"subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "hospital_expire_flag",
                   "admission_type", "admission_location", "discharge_location"}
+PATIENT_CORE = {"subject_id", "gender", "anchor_age", "anchor_year", "dod"}
 EVENT_CORE = {"subject_id", "hadm_id", "time", "code", "value", "unit", "source"}
 # The data columns every shard has (name, DuckDB type); admissions' and events' own extra columns follow.
 COLUMNS = [("subject_id", "BIGINT"), ("time", "TIMESTAMP"), ("code", "VARCHAR"), ("numeric_value", "FLOAT"),
@@ -63,10 +64,10 @@ def export_meds(run: Path, out: Path, subjects_per_shard: int = 10_000) -> dict:
     event_cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{events_path}')").fetchall()]
     extra_events = [c for c in event_cols if c not in EVENT_CORE]
     static = _static_rows(ehr, run / "stages")
-    extra_adm = [c for c in static.columns if c not in dict(COLUMNS)]
+    extra_adm = [c for c in static.columns if c not in dict(COLUMNS)]  # patients' and admissions' own
     clash = sorted(set(extra_adm) & (M.RESERVED | set(extra_events)))
     if clash:
-        raise DataError(f"admissions column(s) {clash} clash with MEDS data columns", file=ehr / "admissions.parquet",
+        raise DataError(f"patients or admissions column(s) {clash} clash with MEDS data columns", file=ehr,
                         field=clash[0])
     con.register("static_rows", static)
     types = dict(COLUMNS)
@@ -159,7 +160,8 @@ def _static_rows(ehr: Path, stages: Path) -> pd.DataFrame:
     b = p[p["anchor_age"].notna() & p["anchor_year"].notna()]
     born = pd.to_datetime((b["anchor_year"] - b["anchor_age"]).astype(int).astype(str) + "-01-01")
     rows.append(pd.DataFrame({"subject_id": b["subject_id"], "time": born.to_numpy(), "code": "MEDS_BIRTH",
-                              "anchor_age": b["anchor_age"], "anchor_year": b["anchor_year"]}))
+                              "anchor_age": b["anchor_age"], "anchor_year": b["anchor_year"],
+                              **{c: b[c] for c in b.columns if c not in PATIENT_CORE}}))
     rows.append(_deaths(p, a))
     extra = [c for c in a.columns if c not in ADMISSION_CORE]
     rows.append(pd.DataFrame({"subject_id": a["subject_id"], "time": a["admittime"], "hadm_id": a["hadm_id"],

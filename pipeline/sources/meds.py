@@ -157,7 +157,8 @@ def ingest_meds(root: Path, out_dir: Path, q: Quarantine) -> dict:
     if icustays is not None:
         write_parquet(icustays, out_dir / "icustays.parquet", ICUSTAYS)
     write_parquet(_codes(root, decoded), out_dir / "codes.parquet", CODES)
-    info = _events(con, scan, cols, decoded, out_dir / "events.parquet")
+    extra = [c for c in dict.fromkeys(["known_time", *meta.get("mmpipe_event_columns", [])]) if c in cols]
+    info = _events(con, scan, cols, decoded, out_dir / "events.parquet", extra)
     own = meta.get("etl_name") == ETL_NAME
     if not own:
         info.update(harmonise_units(out_dir / "events.parquet", q, SOURCE, con))
@@ -169,7 +170,8 @@ def ingest_meds(root: Path, out_dir: Path, q: Quarantine) -> dict:
             "tables_absent": [] if icustays is not None else ["icustays"], "version_hint": "MEDS"}
 
 
-def _events(con, scan: str, cols: set[str], decoded: pd.DataFrame, out: Path) -> dict:
+def _events(con, scan: str, cols: set[str], decoded: pd.DataFrame, out: Path, extra: list[str]) -> dict:
+    """events.parquet from the event rows; ``extra``: data columns that are events columns too."""
     con.register("codemap", decoded[decoded["code"].notna()])
     col = lambda name, sql, default: sql if name in cols else default  # noqa: E731
     value = "COALESCE(" + ", ".join(
@@ -181,13 +183,14 @@ def _events(con, scan: str, cols: set[str], decoded: pd.DataFrame, out: Path) ->
               f"d.time::TIMESTAMP_NS time, m.code, {value} value, "
               f"{col('unit', 'd.unit::VARCHAR', 'm.code_unit')} unit, "
               f"{col('source', 'd.source::VARCHAR', 'NULL::VARCHAR')} AS src, {family} family"
-              + (", d.known_time::TIMESTAMP_NS known_time" if "known_time" in cols else "")
+              + "".join(f', d."{c}"::TIMESTAMP_NS "{c}"'
+                        if _is_time(con, scan, c) else f', d."{c}"' for c in extra)
               + f", d.filename, d.file_row_number FROM {scan} d JOIN codemap m ON d.code = m.meds_code "
               "WHERE d.time IS NOT NULL")
     # lab and chart rows without a number are dropped, as the CSV adapter does; other codes keep theirs
     final = (f"SELECT subject_id, hadm_id, time, code, value, unit, COALESCE(src, CASE family "
              f"WHEN 'lab' THEN 'labevents' WHEN 'chart' THEN 'chartevents' ELSE '{SOURCE}' END) source"
-             + (", known_time" if "known_time" in cols else "")
+             + "".join(f', "{c}"' for c in extra)
              + f" FROM ({select}) WHERE NOT (family IN ('lab', 'chart') AND (value IS NULL OR NOT isfinite(value))) "
              "ORDER BY filename, file_row_number")  # the dataset's order: ties in time keep theirs
     tmp = out.with_name(".events.meds.tmp.parquet")
@@ -201,6 +204,10 @@ def _events(con, scan: str, cols: set[str], decoded: pd.DataFrame, out: Path) ->
     con.unregister("codemap")
     return {"event_rows": int(n), "lab_rows_without_value": int(dropped), "untimed_rows_skipped": int(untimed),
             "event_tables_found": ["meds"]}
+
+
+def _is_time(con, scan: str, col: str) -> bool:
+    return con.execute(f'DESCRIBE SELECT "{col}" FROM {scan}').fetchall()[0][1].startswith("TIMESTAMP")
 
 
 def _rows(struct: pd.DataFrame, head: str) -> pd.DataFrame:
@@ -232,7 +239,20 @@ def _patients(struct: pd.DataFrame) -> pd.DataFrame:
     dod = pd.to_datetime(death["dod"] if "dod" in death.columns else death["time"])
     p["dod"] = p["subject_id"].map(pd.Series(dod.to_numpy(), index=death["subject_id"].to_numpy())
                                    .groupby(level=0).min()).astype("datetime64[ns]")
+    _add_extras(p, b.reindex(p["subject_id"].to_numpy()).reset_index())
     return p
+
+
+def _add_extras(out: pd.DataFrame, rows: pd.DataFrame) -> None:
+    """Extra data columns with a value on ``rows`` (one per output row) become columns of ``out``."""
+    for c in sorted(set(rows.columns) - RESERVED):
+        if rows[c].notna().any():
+            col = rows[c]
+            if pd.api.types.is_datetime64_any_dtype(col):
+                col = col.astype("datetime64[ns]")
+            elif pd.api.types.is_string_dtype(col):
+                col = col.astype(object)
+            out[c] = col.to_numpy()
 
 
 def _by_hadm(rows: pd.DataFrame, root: Path, q: Quarantine, what: str) -> pd.DataFrame:
@@ -266,14 +286,7 @@ def _admissions(struct: pd.DataFrame, patients: pd.DataFrame, root: Path, q: Qua
     for c, v in named.items():
         if pd.notna(v).any():
             out[c] = pd.Series(v, dtype=object).where(pd.notna(v), None)
-    for c in sorted(set(adm.columns) - RESERVED):
-        if adm[c].notna().any():
-            col = adm[c]
-            if pd.api.types.is_datetime64_any_dtype(col):
-                col = col.astype("datetime64[ns]")
-            elif pd.api.types.is_string_dtype(col):
-                col = col.astype(object)
-            out[c] = col.to_numpy()
+    _add_extras(out, adm)
     before = out["dischtime"].notna() & (out["dischtime"] < out["admittime"])
     for h in out.loc[before, "hadm_id"]:
         q.add(SOURCE, root / "data", f"hadm_id={h}", "HOSPITAL_DISCHARGE", "dischtime before admittime")
