@@ -361,6 +361,13 @@ def test_bad_meds_input_names_file_and_field(tmp_path):
                              "code": ["A", "B"]}), root / "data" / "0.parquet")
     with pytest.raises(DataError, match="time order"):
         validate_meds(root)
+    # a subject in two shards is not valid MEDS either
+    one = pa.table({"subject_id": pa.array([1], pa.int64()), "time": pa.array([T("2150-01-01")], pa.timestamp("us")),
+                    "code": ["A"]})
+    pq.write_table(one, root / "data" / "0.parquet")
+    pq.write_table(one, root / "data" / "1.parquet")
+    with pytest.raises(DataError, match="split"):
+        validate_meds(root)
 
 
 def test_discover_meds_is_an_ehr_alternative(tmp_path):

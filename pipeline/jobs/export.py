@@ -46,7 +46,7 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
-def export_meds(run: Path, out: Path, subjects_per_shard: int = 10_000) -> dict:
+def export_meds(run: Path, out: Path, subjects_per_shard: int = 50_000) -> dict:
     """Write RUN's EHR tables, pointers and labels as a MEDS dataset at OUT (replacing an earlier export)."""
     from pipeline.sources.mimic_iv import connect
     run, out = Path(run), Path(out)
@@ -276,6 +276,7 @@ def validate_meds(root: Path) -> dict:
     """Check a MEDS dataset with the meds package's schemas and MEDS's ordering rules: each
     subject in one shard, its rows together and in time order (untimed rows first)."""
     import meds
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from flexible_schema.exceptions import SchemaValidationError, TableValidationError
     root = Path(root)
@@ -296,21 +297,26 @@ def validate_meds(root: Path) -> dict:
     rows = 0
     for f in M.data_files(root):
         check(meds.DataSchema, pq.read_schema(f), f)
-        t = pq.read_table(f, columns=["subject_id", "time", "code"])
-        check(meds.DataSchema, t, f)
-        rows += _check_order(t.to_pandas(), f, seen)
+        last = (None, None)  # (subject, time) of the previous row, across batches
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=1_000_000, columns=["subject_id", "time", "code"]):
+            check(meds.DataSchema, pa.Table.from_batches([batch]), f)
+            last = _check_order(batch.to_pandas(), f, seen, last, rows)
+            rows += batch.num_rows
     return {"valid": True, "data_rows": rows, "subjects": len(seen)}
 
 
-def _check_order(df: pd.DataFrame, file: Path, seen: set[int]) -> int:
+def _check_order(df: pd.DataFrame, file: Path, seen: set[int], last: tuple, offset: int) -> tuple:
+    """Each subject's rows together and in time order (untimed first); returns the last (subject, time)."""
     sid = df["subject_id"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
-    ids = sid[starts]
-    if len(set(ids)) != len(ids) or seen & set(ids.tolist()):
-        raise DataError("a subject's rows are split (across shards or within one)", file=file, field="subject_id")
-    seen.update(ids.tolist())
     t = df["time"].astype("int64").where(df["time"].notna(), np.iinfo("int64").min).to_numpy()
-    back = np.flatnonzero((t[1:] < t[:-1]) & (sid[1:] == sid[:-1]))
+    prev_sid = np.r_[last[0] if last[0] is not None else sid[0] - 1, sid[:-1]]
+    prev_t = np.r_[last[1] if last[1] is not None else t[0], t[:-1]]
+    new = sid != prev_sid
+    starts = sid[new].tolist()
+    if len(set(starts)) != len(starts) or seen & set(starts):
+        raise DataError("a subject's rows are split (across shards or within one)", file=file, field="subject_id")
+    seen.update(starts)
+    back = np.flatnonzero(~new & (t < prev_t))
     if len(back):
-        raise DataError("rows of a subject are not in time order", file=file, row=int(back[0]) + 1, field="time")
-    return len(df)
+        raise DataError("rows of a subject are not in time order", file=file, row=offset + int(back[0]), field="time")
+    return int(sid[-1]), int(t[-1])
