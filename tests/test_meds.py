@@ -185,7 +185,9 @@ def test_export_is_valid_meds_with_pointers_labels_and_splits(tmp_path):
         _same_table(tables[name], pd.read_parquet(back / f"{name}.parquet"))
     assert set(pd.read_parquet(back / "codes.parquet").dropna()["label"]) == {"Lactate", "Heart Rate"}
 
-    # exporting again replaces the earlier export; a foreign non-empty folder is refused
+    # exporting again replaces the earlier export; a foreign non-empty folder is refused; one format
+    res = CliRunner().invoke(app, ["export", "--run", str(tmp_path / "run"), "--to", "csv", str(out)])
+    assert res.exit_code == 2 and "unknown export format" in res.output
     export_meds(tmp_path / "run", out)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("x")
@@ -282,13 +284,13 @@ def _community_dataset(root: Path) -> None:
     rows = [  # subject_id, time, code, numeric_value, text_value, hadm_id, icustay_id, race
         (7, None, "GENDER//F", None, None, None, None, None),
         (7, us("2090-01-01"), "MEDS_BIRTH", None, None, None, None, None),
+        (7, us("2150-01-01 00:00"), "Weight (Lbs)", None, "180.4", None, None, None),
         (7, us("2150-01-01 08:00"), "HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM", None, None, 70, None, "WHITE"),
         (7, us("2150-01-01 10:00"), "ICU_ADMISSION//MICU", None, None, 70, 700, None),
         (7, us("2150-01-01 11:00"), "LAB//RESULT//50813//mmol/L", 2.1, "2.1", 70, None, None),
         (7, us("2150-01-01 11:00"), "LAB//RESULT//50813//mg/dL", 18.016, "18.016", 70, None, None),
         (7, us("2150-01-01 11:30"), "LAB//RESULT//51301//UNK", None, "NEG", 70, None, None),
         (7, us("2150-01-01 12:00"), "LAB//220045//bpm", 101.0, "101", 70, 700, None),
-        (7, us("2150-01-01 12:00"), "Weight (Lbs)", None, "180.4", None, None, None),
         (7, us("2150-01-02 06:00"), "DIAGNOSIS//ICD//10//I50", None, None, 70, None, None),
         (7, us("2150-01-03 09:00"), "ICU_DISCHARGE//MICU", None, None, 70, 700, None),
         (7, us("2150-01-03 10:00"), "MEDS_DEATH", None, None, None, None, None),
@@ -341,6 +343,8 @@ def test_a_community_meds_dataset_reads_into_canonical_tables(tmp_path):
     assert "lab:51301" not in set(ev.code)                       # a lab result without a number
     assert ev.loc[ev.code == "chart:220045", "value"].tolist() == [101.0]
     assert ev.loc[ev.code == "Weight (Lbs)", "value"].tolist() == [180.4]  # from text_value
+    # a date-only value cannot be told from one timed at midnight: it stays at midnight
+    assert ev.loc[ev.code == "Weight (Lbs)", "time"].tolist() == [T("2150-01-01")]
     assert ev.loc[ev.code == "diagnosis:ICD//10//I50", "value"].isna().all()
     assert pd.read_parquet(out / "codes.parquet").set_index("code").loc["lab:50813", "label"] == "Lactate"
 
