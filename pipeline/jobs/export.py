@@ -48,10 +48,9 @@ def _need(path: Path, what: str) -> Path:
 
 def export_meds(run: Path, out: Path, subjects_per_shard: int = 50_000) -> dict:
     """Write RUN's EHR tables, pointers and labels as a MEDS dataset at OUT (replacing an earlier export)."""
-    from pipeline.sources.mimic_iv import connect
     run, out = Path(run), Path(out)
     ehr = run / "stages" / "ingest_ehr"
-    events_path = _need(ehr / "events.parquet", "EHR events (stages/ingest_ehr)")
+    _need(ehr / "events.parquet", "EHR events (stages/ingest_ehr)")
     cohort = pd.read_parquet(_need(run / "stages" / "cohort" / "cohort.parquet", "cohort"))
     cfg = read_json(_need(run / "config.json", "config.json"))
     if out.exists() and any(out.iterdir()) and not _is_own_export(out):
@@ -59,43 +58,29 @@ def export_meds(run: Path, out: Path, subjects_per_shard: int = 50_000) -> dict:
                         hint="choose a new folder")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        summary = _write(run, ehr, cohort, cfg, tmp, subjects_per_shard)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+    return {**summary, "out": str(out)}
+
+
+def _write(run: Path, ehr: Path, cohort: pd.DataFrame, cfg: dict, tmp: Path, per_shard: int) -> dict:
+    from pipeline.sources.mimic_iv import connect
     (tmp / "data").mkdir(parents=True)
     con = connect(temp_dir=tmp)
-    event_cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{events_path}')").fetchall()]
-    extra_events = [c for c in event_cols if c not in EVENT_CORE]
     static = _static_rows(ehr, run / "stages")
-    extra_adm = [c for c in static.columns if c not in dict(COLUMNS)]  # patients' and admissions' own
-    clash = sorted(set(extra_adm) & (M.RESERVED | set(extra_events)))
-    if clash:
-        raise DataError(f"patients or admissions column(s) {clash} clash with MEDS data columns", file=ehr,
-                        field=clash[0])
-    con.register("static_rows", static)
-    types = dict(COLUMNS)
-    types.update({r[0]: _us(r[1]) for r in con.execute("DESCRIBE SELECT * FROM static_rows").fetchall()
-                  if r[0] in extra_adm})
-    types.update({r[0]: _us(r[1]) for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{events_path}')")
-                  .fetchall() if r[0] in extra_events})
-    names = [c for c, _ in COLUMNS] + extra_events + extra_adm
-    codemap = _codemap(con, events_path)
-    con.register("codemap", codemap)
-    ev = {"subject_id": "e.subject_id", "time": "e.time", "code": "m.meds_code",
-          "numeric_value": f"CASE WHEN abs(e.value) < {FLOAT32_MAX} THEN e.value END",
-          "numeric_value_exact": f"CASE WHEN abs(e.value) >= {FLOAT32_MAX} OR e.value::FLOAT::VARCHAR::DOUBLE <> e.value "
-                                 "THEN e.value END",
-          "unit": "e.unit", "hadm_id": "e.hadm_id", "source": "e.source", **{c: f"e.{c}" for c in extra_events}}
-    cast = lambda src, c: f"CAST({src.get(c, 'NULL')} AS {types[c]}) AS \"{c}\""  # noqa: E731
-    # ord: the events file's row order, kept among rows of one time (a tie's "last" value depends on it)
-    events_sql = (f"SELECT {', '.join(cast(ev, c) for c in names)}, e.file_row_number AS ord "
-                  f"FROM read_parquet('{events_path}', file_row_number=true) e "
-                  "JOIN codemap m ON e.code = m.code AND e.unit IS NOT DISTINCT FROM m.unit")
-    static_sql = f"SELECT {', '.join(cast({c: c for c in static.columns}, c) for c in names)}, -1 FROM static_rows"
+    names, rows_sql, codemap, extra_events = _rows_sql(con, ehr / "events.parquet", static)
     subjects = pd.Series(sorted(set(static["subject_id"]) | {r[0] for r in con.execute(
-        f"SELECT DISTINCT subject_id FROM read_parquet('{events_path}')").fetchall()}), dtype="int64")
+        f"SELECT DISTINCT subject_id FROM read_parquet('{ehr / 'events.parquet'}')").fetchall()}), dtype="int64")
     splits = cohort.drop_duplicates("subject_id").set_index("subject_id")["split"].map(SPLIT_NAMES)
-    shard_of = _shards(subjects, splits, subjects_per_shard)
+    shard_of = _shards(subjects, splits, per_shard)
     con.register("shard_of", shard_of)
-    con.execute(f"CREATE TEMP VIEW all_rows AS SELECT r.*, s.shard FROM ({events_sql} UNION ALL {static_sql}) r "
-                "JOIN shard_of s USING (subject_id)")
+    con.execute(f"CREATE TEMP VIEW all_rows AS SELECT r.*, s.shard FROM ({rows_sql}) r JOIN shard_of s USING (subject_id)")
     quoted = ", ".join(f'"{c}"' for c in names)
     for shard in sorted(shard_of["shard"].unique()):
         path = tmp / "data" / f"{shard}.parquet"
@@ -103,9 +88,8 @@ def export_meds(run: Path, out: Path, subjects_per_shard: int = 50_000) -> dict:
         con.execute(f"COPY (SELECT {quoted} FROM all_rows "
                     f"WHERE shard = '{shard}' ORDER BY subject_id, time NULLS FIRST, ord, code) TO '{path}' "
                     "(FORMAT parquet, ROW_GROUP_SIZE 100000)").fetchall()
-    data_codes = [r[0] for r in con.execute("SELECT DISTINCT code FROM all_rows").fetchall()]
-    n_rows = con.execute("SELECT count(*) FROM all_rows").fetchall()[0][0]
     con.close()
+    data_codes = sorted(set(codemap["meds_code"]) | set(static["code"]))
     _write_metadata(tmp, ehr, codemap, data_codes, splits, cfg, extra_events)
     labels = pd.DataFrame({"subject_id": cohort["subject_id"].astype("int64"),
                            "prediction_time": cohort["prediction_time"].astype("datetime64[us]"),
@@ -113,11 +97,40 @@ def export_meds(run: Path, out: Path, subjects_per_shard: int = 50_000) -> dict:
     task = cfg.get("task", {}).get("name", "task")
     _write_table(labels, tmp / "task_labels" / task / "labels.parquet", "LabelSchema")
     summary = validate_meds(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
-    return {**summary, "rows": int(n_rows), "subjects": len(subjects), "labels": len(labels), "task": task,
-            "out": str(out)}
+    return {**summary, "rows": summary["data_rows"], "subjects": len(subjects), "labels": len(labels), "task": task}
+
+
+def _rows_sql(con, events_path: Path, static: pd.DataFrame) -> tuple[list[str], str, pd.DataFrame, list[str]]:
+    """(data column names, SQL of every MEDS row with its ``ord``, the code map, events' own extra columns)."""
+    event_cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{events_path}')").fetchall()]
+    extra_events = [c for c in event_cols if c not in EVENT_CORE]
+    extra_tables = [c for c in static.columns if c not in dict(COLUMNS)]  # patients' and admissions' own
+    clash = sorted(set(extra_tables) & (M.RESERVED | set(extra_events)))
+    if clash:
+        raise DataError(f"patients or admissions column(s) {clash} clash with MEDS data columns",
+                        file=events_path.parent, field=clash[0])
+    con.register("static_rows", static)
+    types = dict(COLUMNS)
+    types.update({r[0]: _us(r[1]) for r in con.execute("DESCRIBE SELECT * FROM static_rows").fetchall()
+                  if r[0] in extra_tables})
+    types.update({r[0]: _us(r[1]) for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{events_path}')")
+                  .fetchall() if r[0] in extra_events})
+    names = [c for c, _ in COLUMNS] + extra_events + extra_tables
+    codemap = _codemap(con, events_path)
+    con.register("codemap", codemap)
+    ev = {"subject_id": "e.subject_id", "time": "e.time", "code": "m.meds_code",
+          "numeric_value": f"CASE WHEN abs(e.value) < {FLOAT32_MAX} THEN e.value END",
+          "numeric_value_exact": f"CASE WHEN abs(e.value) >= {FLOAT32_MAX} OR e.value::FLOAT::VARCHAR::DOUBLE <> e.value "
+                                 "THEN e.value END",
+          "unit": "e.unit", "hadm_id": "e.hadm_id", "source": "e.source", **{c: f'e."{c}"' for c in extra_events}}
+    cast = lambda src, c: f"CAST({src.get(c, 'NULL')} AS {types[c]}) AS \"{c}\""  # noqa: E731
+    # ord: the events file's row order, kept among rows of one time (a tie's "last" value depends on it)
+    events_sql = (f"SELECT {', '.join(cast(ev, c) for c in names)}, e.file_row_number AS ord "
+                  f"FROM read_parquet('{events_path}', file_row_number=true) e "
+                  "JOIN codemap m ON e.code = m.code AND e.unit IS NOT DISTINCT FROM m.unit")
+    own = {c: '"' + c + '"' for c in static.columns}
+    static_sql = f"SELECT {', '.join(cast(own, c) for c in names)}, -1 FROM static_rows"
+    return names, f"{events_sql} UNION ALL {static_sql}", codemap, extra_events
 
 
 def _us(duck_type: str) -> str:

@@ -56,8 +56,8 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
     dirs: dict[str, Path] = {}
     if sources.paths["mimic_iv"] is None and sources.paths.get("eicu") is None and sources.paths.get("meds") is None:
         from pipeline.errors import DataError
-        raise DataError("no EHR source found (MIMIC-IV hosp/, eICU tables or a MEDS dataset): the cohort needs patients and "
-                        "admissions", file=sources.root, field="hosp/patients",
+        raise DataError("no EHR source found (MIMIC-IV hosp/, eICU tables or a MEDS dataset): the cohort needs "
+                        "patients and admissions", file=sources.root, field="hosp/patients",
                         hint="point --data at a folder holding hosp/patients.csv.gz and hosp/admissions.csv.gz")
     if sources.paths["mimic_iv"] is not None:
         mroot = sources.paths["mimic_iv"]

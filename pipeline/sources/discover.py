@@ -61,7 +61,8 @@ def _is_meds(d: Path) -> bool:
     return is_meds(d)
 
 
-_TESTS = {"mimic_iv": _is_mimic_iv, "eicu": _is_eicu, "meds": _is_meds, "ecg": _is_ecg, "notes": _is_notes, "cxr": _is_cxr}
+_TESTS = {"mimic_iv": _is_mimic_iv, "eicu": _is_eicu, "meds": _is_meds, "ecg": _is_ecg, "notes": _is_notes,
+          "cxr": _is_cxr}
 
 
 @dataclass
