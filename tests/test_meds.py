@@ -380,6 +380,7 @@ def test_discover_meds_is_an_ehr_alternative(tmp_path):
     (tmp_path / "m" / "metadata" / "dataset.json").write_text("{}")
     s = discover(tmp_path)
     assert s.paths["meds"] == tmp_path / "m" and "meds" not in s.absent and "mimic_iv" in s.absent
+    assert discover(tmp_path / "m").paths["meds"] == tmp_path / "m"   # --data the MEDS root itself
     assert "meds" not in discover(tmp_path / "m" / "data").describe()
     for f in ("patients", "admissions"):
         (tmp_path / "mimic" / "hosp").mkdir(parents=True, exist_ok=True)
