@@ -53,6 +53,14 @@ AGGS = ("last", "min", "max", "mean", "count", "slope", "hours_since_last")
 MEASUREMENTS = ("lab:", "chart:", "omr:")  # code families aggregated here; the others have their modules
 
 
+def events_source(events_path: Path, con) -> str:
+    """The events parquet as a DuckDB source; a table without ``known_time`` (a MEDS dataset from
+    another ETL) is taken as known at its charted time."""
+    src = f"read_parquet('{events_path}')"
+    cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
+    return src if "known_time" in cols else f"(SELECT *, time AS known_time FROM {src})"
+
+
 def choose_codes(events_path: Path, cohort: pd.DataFrame, cfg: EHRConfig, con=None,
                  stage_in: Path | None = None) -> list[str]:
     """Every code with a column, chosen on TRAIN admissions only: the ``cfg.max_codes``
@@ -61,7 +69,7 @@ def choose_codes(events_path: Path, cohort: pd.DataFrame, cfg: EHRConfig, con=No
     con = con or connect()
     train = cohort[cohort["split"] == "train"][["subject_id", "hadm_id", "prediction_time"]]
     con.register("train_cohort", train)
-    ev = f"read_parquet('{events_path}')"
+    ev = events_source(events_path, con)
     like = " OR ".join(f"e.code LIKE '{f}%'" for f in MEASUREMENTS)
     rows = con.execute(f"""
         SELECT e.code, count(DISTINCT c.hadm_id) n FROM {ev} e
@@ -110,7 +118,7 @@ def featurize_ehr(cohort: pd.DataFrame, stage_in: Path, cfg: EHRConfig, out_dir:
 
 def _featurize_shard(con, shard: pd.DataFrame, stage_in: Path, cfg: EHRConfig, codes: list[str]) -> pd.DataFrame:
     base = shard[["subject_id", "hadm_id", "prediction_time"]].copy()
-    events = f"read_parquet('{stage_in / 'events.parquet'}')"
+    events = events_source(stage_in / "events.parquet", con)
     known = featurize_meds.known_col(cfg)
     con.register("cohort", base)
     agg = con.execute(f"""
