@@ -142,7 +142,8 @@ def read_admissions(root: Path, q: Quarantine, patients: pd.DataFrame | None = N
         df = df[~orphan]
     for c in ("subject_id", "hadm_id"):
         df[c] = df[c].astype("int64")
-    df["hospital_expire_flag"] = df["hospital_expire_flag"].astype("Int64")
+    flag = df["hospital_expire_flag"]  # int64; nullable Int64 only when an admission is still open
+    df["hospital_expire_flag"] = flag.astype("Int64" if flag.isna().any() else "int64")
     cols = ["subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "hospital_expire_flag"]
     for c in CONTEXT_COLUMNS:
         if c in df.columns:
