@@ -58,11 +58,6 @@ PROCEDURE_ITEMIDS = {"ventilation": (225792, 225794), "dialysis": (225441, 22580
 COMORBIDITY_TABLES = {("charlson", 9): "charlson_icd9_quan", ("charlson", 10): "charlson_icd10_quan",
                       ("elix", 9): "elixhauser_icd9_quan", ("elix", 10): "elixhauser_icd10_quan"}
 
-# Normalised drug name: lower case, bracketed text and dose suffixes removed, spaces collapsed.
-NORM_DRUG = ("trim(regexp_replace(regexp_replace(lower(coalesce({c}, '')), '\\(.*?\\)|\\[.*?\\]', '', 'g'), "
-             "'\\s+', ' ', 'g'))")
-
-
 def _comorbidipy_module(name: str):
     """A data module shipped with comorbidipy, loaded from its file: comorbidipy 0.5's package
     __init__ imports ``pandas.core.common.SettingWithCopyWarning`` (gone in pandas 2), so its
@@ -105,8 +100,19 @@ def comorbidity_labels() -> dict[str, str]:
             for score, cats in names.items() for cat, label in cats.items()}
 
 
-def _drug_class_table() -> pd.DataFrame:
-    return pd.DataFrame([(k, c) for c, kws in DRUG_CLASSES.items() for k in kws], columns=["keyword", "class"])
+def drug_maps(con, staged: str) -> None:
+    """Register ``drug_map`` (raw 'rx:'/'med:' code -> code of the normalised name: lower case,
+    bracketed text removed, spaces collapsed; NULL when nothing is left) and ``drug_class``
+    (raw code -> 'medclass:<class>' of the curated map), built once over the distinct names of
+    ``staged`` rather than per row."""
+    raw = con.execute(f"SELECT DISTINCT code FROM {staged} WHERE code LIKE 'rx:%' OR code LIKE 'med:%'").df()["code"]
+    family, name = raw.str.split(":", n=1).str[0], raw.str.split(":", n=1).str[1]
+    norm = (name.str.lower().str.replace(r"\(.*?\)|\[.*?\]", "", regex=True)
+            .str.replace(r"\s+", " ", regex=True).str.strip())
+    con.register("drug_map", pd.DataFrame({"raw_code": raw, "code": (family + ":" + norm).where(norm != "")}))
+    pairs = [(r, f"medclass:{c}") for r, n in zip(raw, norm) for c, kws in DRUG_CLASSES.items()
+             if any(k in n for k in kws)]
+    con.register("drug_class", pd.DataFrame(pairs, columns=["raw_code", "class_code"]))
 
 
 def _ts(col: str) -> str:
@@ -143,27 +149,17 @@ def _codes_part(scan: str, adm: str, kind: str, with_cmb: bool) -> str:
 
 
 def _prescriptions(scan: str) -> str:
-    name = NORM_DRUG.format(c="drug")
-    base = _cols(scan).format(time=_ts("starttime"), code=f"'rx:' || {name}", value="1.0", unit="NULL",
-                              raw_time="starttime", rowref="'subject_id=' || subject_id || ' starttime=' || starttime",
-                              known=_ts("starttime"))
-    return _with_classes(base, "rx:")
+    """Raw drug names ('rx:<drug>'); ``drug_maps`` normalises them and adds the classes after staging."""
+    return _cols(f"{scan} WHERE trim(coalesce(drug, '')) <> ''").format(
+        time=_ts("starttime"), code="'rx:' || trim(drug)", value="1.0", unit="NULL", raw_time="starttime",
+        rowref="'subject_id=' || subject_id || ' starttime=' || starttime", known=_ts("starttime"))
 
 
 def _emar(scan: str, has_store: bool) -> str:
-    name = NORM_DRUG.format(c="medication")
     given = ", ".join("'" + g.replace("'", "''") + "'" for g in EMAR_GIVEN)
-    base = _cols(f"{scan} WHERE trim(event_txt) IN ({given})").format(
-        time=_ts("charttime"), code=f"'med:' || {name}", value="1.0", unit="NULL", raw_time="charttime",
+    return _cols(f"{scan} WHERE trim(event_txt) IN ({given}) AND trim(coalesce(medication, '')) <> ''").format(
+        time=_ts("charttime"), code="'med:' || trim(medication)", value="1.0", unit="NULL", raw_time="charttime",
         rowref="'emar_id=' || emar_id", known=_known(_ts("charttime"), "storetime" if has_store else None))
-    return _with_classes(base, "med:")
-
-
-def _with_classes(base: str, prefix: str) -> str:
-    """The rows themselves plus one 'medclass:<class>' row per row whose drug is in a curated class."""
-    return (f"WITH b AS ({base}) SELECT * FROM b WHERE code <> '{prefix}' UNION ALL "
-            "SELECT DISTINCT subject_id, hadm_id, time, 'medclass:' || k.class, 1.0, NULL, raw_time, NULL, row_ref, "
-            f"known_time FROM b JOIN drug_classes k ON contains(substr(b.code, {len(prefix) + 1}), k.keyword)")
 
 
 def _inputevents(scan: str, items: str | None, has_store: bool) -> str:
@@ -227,7 +223,6 @@ def _micro(scan: str, has_store: bool) -> str:
 def extra_parts(root: Path, con, admissions_parquet: Path, table_path, scan, columns) -> tuple[list, list, list]:
     """(parts [(table, path, sql)], found, absent) for the tables of this module present under root."""
     parts, found, absent = [], [], []
-    con.register("drug_classes", _drug_class_table())
     adm = str(admissions_parquet).replace("'", "''")
     for table in ("diagnoses_icd", "procedures_icd"):
         path = table_path(root, table)

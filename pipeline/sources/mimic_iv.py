@@ -242,7 +242,7 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     """Stream labevents, chartevents, omr and the tables of ``mimic_extra`` (those present) into
     out_dir/events.parquet, each row with its ``known_time``.  The code tables need
     out_dir/admissions.parquet (their rows are known at the coded admission's dischtime)."""
-    from pipeline.sources.mimic_extra import extra_parts
+    from pipeline.sources.mimic_extra import drug_maps, extra_parts
     con = con or connect(temp_dir=out_dir)
     parts, found, absent, fallback = [], [], [], {}
     for table, (required, sql) in EVENT_QUERIES.items():
@@ -298,12 +298,18 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
             if n_bad > MAX_LISTED_BAD_ROWS:
                 q.add(SOURCE, path, None, "", f"{n_bad - MAX_LISTED_BAD_ROWS} more rows with unparseable id or time")
         counts[table] = n_bad
+    drug_maps(con, staged)  # drug names normalised and classed once per distinct name
+    ok = f"SELECT * FROM {staged} WHERE bad_ref IS NULL AND subject_id IS NOT NULL AND time IS NOT NULL"
+    rows = (f"SELECT s.subject_id, s.hadm_id, s.time, coalesce(d.code, s.code) code, s.value, s.unit, s.source, "
+            f"s.known_time FROM ({ok}) s LEFT JOIN drug_map d ON s.code = d.raw_code "
+            "WHERE d.raw_code IS NULL OR d.code IS NOT NULL "
+            "UNION ALL SELECT DISTINCT s.subject_id, s.hadm_id, s.time, k.class_code, 1.0, NULL, s.source, "
+            f"s.known_time FROM ({ok}) s JOIN drug_class k ON s.code = k.raw_code")
     conv = " ".join(f"WHEN code = 'chart:{f}' THEN 'chart:{c}'" for f, c in F_TO_C.items())
     vconv = " ".join(f"WHEN code = 'chart:{f}' THEN (value - 32) * 5.0 / 9.0" for f in F_TO_C)
     final = (f"SELECT subject_id, hadm_id, time::TIMESTAMP_NS time, CASE {conv} ELSE code END code, "
              f"CASE {vconv} ELSE value END value, CASE WHEN code IN ({', '.join(repr('chart:' + f) for f in F_TO_C)}) "
-             f"THEN '°C' ELSE unit END unit, source, known_time::TIMESTAMP_NS known_time FROM {staged} "
-             "WHERE bad_ref IS NULL AND subject_id IS NOT NULL AND time IS NOT NULL")
+             f"THEN '°C' ELSE unit END unit, source, known_time::TIMESTAMP_NS known_time FROM ({rows})")
     tmp = out.with_name(".events.parquet.tmp")
     con.execute(f"COPY ({final}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
     stage.unlink()
