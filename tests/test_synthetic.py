@@ -360,6 +360,7 @@ def test_bayes_posterior_uses_the_records():
     from pipeline.synthetic import bayes
     patients = pd.DataFrame({"subject_id": [1], **{f"trait_{m}": [0.0] for m in latent.MODALITIES}})
     adm = pd.DataFrame({"subject_id": [1] * 4, "age": 60.0, "z_ehr": 0.0, "acuity": 0.0,
+                        **{c: False for c in latent.CHRONIC},
                         "admittime": pd.Timestamp("2150-01-01") + pd.to_timedelta(np.arange(4) * 30, unit="D")})
     normal = {"hr": 68.0, "af": False, "qtc": 0.40, "qrs_w": 1.0, "st_amp": 0.0, "t_inv": 0.0, "n_pvc": 0}
     severe = {"hr": 104.0, "af": False, "qtc": 0.47, "qrs_w": 1.3, "st_amp": 0.25, "t_inv": 0.7, "n_pvc": 2}

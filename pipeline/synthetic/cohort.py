@@ -30,7 +30,7 @@ from pipeline.synthetic import bayes, ecg, ehr, imaging, latent, notes
 from pipeline.synthetic._io import write_csv
 
 GROUND_TRUTH_COLUMNS = ["subject_id", "hadm_id", "logit", "p_true", "p_bayes", "ehr_part", "ecg_part", "notes_part",
-                        "imaging_part"]
+                        "imaging_part", "interaction_part"]
 CHUNK = 100            # records per worker task
 MIN_PARALLEL = 400     # fewer records than this are written in-process
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.synthetic._io import fmt_time, minutes, sigmoid, write_csv
-from pipeline.synthetic.latent import PREDICTION_HOURS
+from pipeline.synthetic.latent import PREDICTION_HOURS, presence_logit
 
 NOTE_COLUMNS = ["note_id", "subject_id", "hadm_id", "note_type", "note_seq", "charttime", "storetime", "text"]
 TIER_CUTS = (-0.3, 0.6, 1.4)
@@ -145,9 +145,9 @@ def radiology_text(rng: np.random.Generator, level: float, exam: str, sex: str, 
 
 
 def plan_radiology(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
-    """Report times: before the prediction time (acuity-dependent presence) and later in the stay."""
+    """Report times: before the prediction time (presence depends on acuity and z_notes) and later in the stay."""
     n = len(adm)
-    present = rng.random(n) < sigmoid(1.23 + 0.8 * adm["acuity"].to_numpy())
+    present = rng.random(n) < sigmoid(presence_logit("notes", adm["acuity"], adm["z_notes"]))
     n_pre = np.where(present, np.where(rng.random(n) < 0.7, 1, 2), 0)
     los = adm["los_hours"].to_numpy()
     n_post = np.where(los > PREDICTION_HOURS + 2, rng.poisson(np.clip(los / 120, 0.1, 2)), 0).clip(0, 3)
