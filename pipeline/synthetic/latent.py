@@ -37,9 +37,9 @@ from pipeline.synthetic._io import minutes, seconds, sigmoid
 
 PREDICTION_HOURS = 24
 RHO = 0.5                 # share of each latent that is a patient-level trait
-B0 = -5.75
+B0 = -6.0
 W_EHR, W_AGE, W_ACUITY = 1.75, 0.55, 0.45
-W_CHF, W_CKD, W_CANCER = 0.8, 0.6, 1.1
+W_CHF, W_CKD, W_CANCER = 1.3, 1.0, 1.6
 W_ECG, W_NOTES, W_IMG = 2.10, 2.00, 2.25
 W_INT = 0.7
 # Presence of a modality before the prediction time: sigmoid(b0 + b_acuity * a + b_own * z_own).
