@@ -152,6 +152,7 @@ def _risk_summary(adm: pd.DataFrame, present: dict[str, np.ndarray]) -> dict:
     y = adm["label"].to_numpy()[elig]
     parts = {m: adm[f"{m}_part"].to_numpy()[elig] for m in latent.MODALITIES}
     seen = {"ehr": parts["ehr"], **{m: parts[m] * present[m][elig] for m in ("ecg", "notes", "imaging")}}
+    interaction = adm["interaction_part"].to_numpy()[elig] * present["ecg"][elig]   # seen where the ECG is
 
     def r(x):
         return None if x is None else round(x, 4)
@@ -162,13 +163,13 @@ def _risk_summary(adm: pd.DataFrame, present: dict[str, np.ndarray]) -> dict:
         "excluded_minor": int((adm["age"] < 18).sum()),
         "excluded_died_before_prediction": int(((adm["age"] >= 18) & (adm["label"] == 1)
                                                 & (adm["los_hours"] <= latent.PREDICTION_HOURS)).sum()),
-        # The Bayes-optimal AUROC of what the files show before the prediction time (an upper
-        # bound: see synthetic.bayes), and that of the full latent risk, which no file shows.
+        # The AUROC of the reference posterior p_bayes (a reference, not a bound: see
+        # synthetic.bayes), and that of the full latent risk, which no file shows.
         "bayes_auroc": r(auroc(y, adm["p_bayes"].to_numpy()[elig])),
         "latent_risk_auroc": r(auroc(y, adm["logit"].to_numpy()[elig])),
         "latent_risk_auroc_all_admissions": r(auroc(adm["label"], adm["logit"])),
         "present_before_prediction": {m: round(float(p[elig].mean()), 3) for m, p in present.items()},
         # The best AUROC from each modality's own component where it is observed, and from all observed parts.
         "oracle_auroc": {**{m: r(auroc(y, s)) for m, s in seen.items()},
-                         "all_observed": r(auroc(y, sum(seen.values())))},
+                         "all_observed": r(auroc(y, sum(seen.values()) + interaction))},
     }
