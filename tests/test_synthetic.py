@@ -8,8 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathlib import Path
-
 from pipeline.synthetic import care, codes, ecg, ehr, generate_cohort, imaging, latent, notes, orders
 from pipeline.synthetic.cohort import GROUND_TRUTH_COLUMNS, auroc
 
@@ -69,9 +67,6 @@ def _read(root, rel, dtype=None, **kw):
                        na_values=[""], **kw)
 
 
-DEMO = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mimic-iv-demo"
-
-
 def test_every_file_exists_with_the_mimic_columns(cohort):
     root, summary = cohort
     for rel, cols in TABLES.items():
@@ -84,10 +79,10 @@ def test_every_file_exists_with_the_mimic_columns(cohort):
     assert summary["patients"] == 40
 
 
-def test_hosp_and_icu_headers_are_those_of_the_real_mimic_iv_demo(cohort):
+def test_hosp_and_icu_headers_are_those_of_the_real_mimic_iv_demo(cohort, mimic_demo):
     """Every hosp/ and icu/ table the demo release has is written with its header, byte for byte."""
     root, _ = cohort
-    demo = DEMO if DEMO.exists() else Path("/work/shared/data/mimic-iv-demo")
+    demo = mimic_demo
     checked = 0
     for rel in TABLES:
         if not rel.startswith("mimic-iv/") or not (demo / rel[len("mimic-iv/"):]).exists():
@@ -400,10 +395,10 @@ def test_auroc_is_none_for_one_class():
 
 @pytest.fixture(scope="module")
 def posterior():
-    """p_bayes for 12,000 simulated patients (no files), with the eligible cohort."""
+    """p_bayes for 10,000 simulated patients (about 20,000 admissions; no files), with the eligible cohort."""
     from pipeline.synthetic import bayes, ecg, imaging, notes
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(11).spawn(4)]
-    patients, adm = latent.simulate(rngs[0], 12_000)
+    patients, adm = latent.simulate(rngs[0], 10_000)
     reports, _ = notes.radiology_reports(rngs[2], adm, patients)
     records = {"ecg": ecg.plan_ecgs(rngs[1], adm), "notes": reports, "imaging": imaging.plan_studies(rngs[3], adm)}
     p = bayes.posterior_risk(adm, patients, records)
@@ -466,7 +461,7 @@ def ehr_tables(simulated, tmp_path_factory):
     plan = care.care_plan(rngs[0], adm)
     codes.write_codes(rngs[1], root, adm, patients, plan)
     ehr.write_labs(rngs[2], root, adm, patients)
-    _, _, stays = ehr.write_icu(rngs[3], root, adm)
+    _, stays = ehr.write_icustays(rngs[3], root, adm)
     care.write_inputevents(rngs[4], root, adm, plan, stays)
     care.write_outputevents(rngs[4], root, adm, plan, stays)
     orders.write_medications(rngs[5], root, adm, plan)

@@ -246,6 +246,12 @@ def _providers(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def write_icu(rng: np.random.Generator, root: Path, adm: pd.DataFrame) -> tuple[int, int, pd.DataFrame]:
     """icustays and chartevents (vitals about hourly through each stay); returns the stays too."""
+    n_stays, icu = write_icustays(rng, root, adm)
+    return n_stays, write_chartevents(rng, root, icu), icu[["hadm_id", "stay_id"]]
+
+
+def write_icustays(rng: np.random.Generator, root: Path, adm: pd.DataFrame) -> tuple[int, pd.DataFrame]:
+    """icu/icustays; returns its row count and the stays (admission columns plus stay_id)."""
     icu = adm[adm["has_icu"]].copy()
     icu["stay_id"] = 30_000_000 + rng.choice(9_999_999, size=len(icu), replace=False)
     unit = np.array(CAREUNITS, dtype=object)[rng.choice(len(CAREUNITS), len(icu),
@@ -254,9 +260,11 @@ def write_icu(rng: np.random.Generator, root: Path, adm: pd.DataFrame) -> tuple[
     icu["last_careunit"] = np.where(rng.random(len(icu)) < 0.9, unit, "Medical Intensive Care Unit (MICU)")
     icu["los"] = (icu["outtime"] - icu["intime"]).dt.total_seconds() / 86400
     stays = icu.assign(intime=fmt_time(icu["intime"]), outtime=fmt_time(icu["outtime"])).sort_values("stay_id")
-    n_stays = write_csv(stays, root / "icu" / "icustays.csv.gz", ICUSTAY_COLUMNS)
+    return write_csv(stays, root / "icu" / "icustays.csv.gz", ICUSTAY_COLUMNS), icu
 
-    # Observation times: about hourly from intime to outtime.
+
+def write_chartevents(rng: np.random.Generator, root: Path, icu: pd.DataFrame) -> int:
+    """icu/chartevents: vitals about hourly from intime to outtime of each stay."""
     recs = []
     in_h = ((icu["intime"] - icu["admittime"]).dt.total_seconds() / 3600).to_numpy()
     out_h = ((icu["outtime"] - icu["admittime"]).dt.total_seconds() / 3600).to_numpy()
@@ -297,8 +305,7 @@ def write_icu(rng: np.random.Generator, root: Path, adm: pd.DataFrame) -> tuple[
     ev["caregiver_id"] = rng.integers(10_000, 99_999, size=len(ev))
     ev["warning"] = 0
     ev["charttime"], ev["storetime"] = fmt_time(ev["charttime"]), fmt_time(ev["storetime"])
-    n_chart = write_csv(ev, root / "icu" / "chartevents.csv.gz", CHARTEVENT_COLUMNS)
-    return n_stays, n_chart, icu[["hadm_id", "stay_id"]]
+    return write_csv(ev, root / "icu" / "chartevents.csv.gz", CHARTEVENT_COLUMNS)
 
 
 def write_d_items(root: Path, extra: tuple = ()) -> int:
