@@ -464,6 +464,7 @@ def ehr_tables(simulated, tmp_path_factory):
     _, stays = ehr.write_icustays(rngs[3], root, adm)
     care.write_inputevents(rngs[4], root, adm, plan, stays)
     care.write_outputevents(rngs[4], root, adm, plan, stays)
+    care.write_procedureevents(rngs[4], root, adm, plan, stays)
     orders.write_medications(rngs[5], root, adm, plan)
     orders.write_microbiology(rngs[5], root, adm, plan)
     return root, adm[adm["eligible"]].set_index("hadm_id")
@@ -494,6 +495,9 @@ def test_earlier_admissions_codes_carry_the_chronic_risk(simulated, ehr_tables):
     assert ((v["min"] == 10) == (t["dischtime"].to_numpy() >= switch.loc[t["subject_id"]].to_numpy())).all()
     # Some patients have long histories.
     assert adm.groupby("subject_id").size().max() >= 6
+    # The current stay's codes are assigned at discharge and know the outcome: do-not-resuscitate only in deaths.
+    dnr = set(dx.loc[dx["icd_code"].isin(codes.DX["dnr"][::2]), "hadm_id"])
+    assert len(dnr) > 50 and adm.set_index("hadm_id").loc[sorted(dnr), "label"].all()
 
 
 def test_vasopressors_and_low_urine_output_mark_the_sickest_icu_stays(ehr_tables):
@@ -514,6 +518,13 @@ def test_vasopressors_and_low_urine_output_mark_the_sickest_icu_stays(ehr_tables
     after = set(norepi["hadm_id"]) - set(before["hadm_id"])
     late = cohort.index.isin(after)
     assert late[died].mean() > 5 * max(late[~died].mean(), 1e-3)
+    # Ventilation likewise; its procedureevents row is stored when it ends, intubation right away.
+    proc = pd.read_csv(root / "icu" / "procedureevents.csv.gz", parse_dates=["starttime", "endtime", "storetime"])
+    vent = proc[proc["itemid"] == care.VENTILATION]
+    vented = cohort.index.isin(vent.loc[vent["starttime"] <= vent["hadm_id"].map(pt), "hadm_id"])
+    assert vented[died].mean() > 1.8 * vented[~died].mean()
+    assert (vent["storetime"] >= vent["endtime"]).all()
+    assert set(proc.loc[proc["itemid"] == care.INTUBATION, "hadm_id"]) == set(vent["hadm_id"])
     # Urine output in the first 24 h falls with the EHR severity.
     out = pd.read_csv(root / "icu" / "outputevents.csv.gz", parse_dates=["charttime"])
     out = out[out["charttime"] <= out["hadm_id"].map(pt)]

@@ -82,7 +82,7 @@ def care_plan(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
     k = [0]
     p_pressor = sigmoid(-3.4 + 2.4 * s0 + 0.5 * acuity)
     pressor_start, pressor_end = episode(p_pressor, 0.45, 0.04, 6.0, 30.0, u[:, 10] < 0.7)
-    vent_start, vent_end = episode(sigmoid(-2.2 + 1.2 * acuity + 0.8 * s0), 0.3, 0.03, 3.0, 40.0, u[:, 11] < 0.8)
+    vent_start, vent_end = episode(sigmoid(-3.0 + 0.8 * acuity + 1.6 * s0), 0.3, 0.03, 3.0, 40.0, u[:, 11] < 0.8)
     dialysis = icu & (((ckd & (s0 > 0.3)) & (u[:, 4] < 0.5)) | ((s0 > 1.8) & (u[:, 5] < 0.3)))
     dialysis_start = np.where(dialysis, icu_in + rng.uniform(2, 30, n), np.nan)
     dialysis_start = np.where(dialysis_start < icu_out - 1, dialysis_start, np.nan)
