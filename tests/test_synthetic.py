@@ -589,3 +589,10 @@ def test_risk_is_not_additive_and_missingness_depends_on_the_outcome(simulated):
         assert present[died].mean() > present[~died].mean() + 0.05, m
         f = LogisticRegression().fit(np.column_stack([adm["acuity"], adm[f"z_{m}"]]), present)
         assert f.coef_[0, 1] > 0.3, m
+
+
+def test_a_positive_culture_lists_each_antibiotic_once(ehr_tables):
+    root, _ = ehr_tables
+    micro = _read(root, "hosp/microbiologyevents.csv.gz").dropna(subset=["ab_name"])
+    assert len(micro) and not micro.duplicated(["micro_specimen_id", "ab_name"]).any()
+    assert set(micro["interpretation"]) <= {"S", "R"}

@@ -26,7 +26,8 @@ CODED = 0.85
 # name: (ICD-9 code, its title, ICD-10 code, its title)
 DX = {
     "chf": ("4280", "Congestive heart failure, unspecified", "I5022", "Chronic systolic (congestive) heart failure"),
-    "ckd": ("5853", "Chronic kidney disease, Stage III (moderate)", "N183", "Chronic kidney disease, stage 3 (moderate)"),
+    "ckd": ("5853", "Chronic kidney disease, Stage III (moderate)",
+            "N183", "Chronic kidney disease, stage 3 (moderate)"),
     "cancer": ("1629", "Malignant neoplasm of bronchus and lung, unspecified",
                "C3490", "Malignant neoplasm of unspecified part of unspecified bronchus or lung"),
     "metastases": ("1977", "Malignant neoplasm of liver, secondary",
@@ -68,7 +69,8 @@ FILLER = {
     "anemia": ("2859", "Anemia, unspecified", "D649", "Anemia, unspecified"),
     "hypothyroidism": ("2449", "Unspecified acquired hypothyroidism", "E039", "Hypothyroidism, unspecified"),
     "back_pain": ("7242", "Lumbago", "M545", "Low back pain"),
-    "osa": ("32723", "Obstructive sleep apnea (adult)(pediatric)", "G4733", "Obstructive sleep apnea (adult) (pediatric)"),
+    "osa": ("32723", "Obstructive sleep apnea (adult)(pediatric)",
+            "G4733", "Obstructive sleep apnea (adult) (pediatric)"),
     "anticoagulants": ("V5861", "Long-term (current) use of anticoagulants", "Z7901",
                        "Long term (current) use of anticoagulants"),
     "anxiety": ("30000", "Anxiety state, unspecified", "F419", "Anxiety disorder, unspecified"),

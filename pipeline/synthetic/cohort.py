@@ -88,7 +88,8 @@ def generate_cohort(out: Path, n_patients: int = 500, seed: int = 0, progress: b
                               "(or delete those folders first)")
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(12)]
-    rng_latent, rng_ehr, rng_icu, rng_dx, rng_ecg, rng_rr, rng_ds, rng_cxr, rng_care, rng_rx, rng_micro, rng_tx = streams
+    rng_latent, rng_ehr, rng_icu, rng_dx, rng_ecg, rng_rr, rng_ds, rng_cxr = streams[:8]
+    rng_care, rng_rx, rng_micro, rng_tx = streams[8:]
 
     patients, adm = latent.simulate(rng_latent, n_patients)
     counts: dict[str, int] = {"patients": len(patients), "admissions": len(adm)}

@@ -205,7 +205,8 @@ def write_microbiology(rng: np.random.Generator, root: Path, adm: pd.DataFrame, 
     ev["org_name"] = np.where(pos, np.array([x[1] for x in ORGANISMS], dtype=object)[o], "")
     ev["isolate_num"] = np.where(pos, "1", "")
     ev["quantity"] = ""
-    ab = rng.permuted(np.tile(np.arange(len(ANTIBIOTICS)), (len(ev), 1)), axis=1)[np.arange(len(ev)), np.maximum(k - 1, 0)]
+    order = rng.permuted(np.tile(np.arange(len(ANTIBIOTICS)), (max(m, 1), 1)), axis=1)  # distinct per culture
+    ab = order[r, np.maximum(k - 1, 0)]
     has_ab = pos & (k > 0)
     abx = np.array(ANTIBIOTICS, dtype=object)
     ev["ab_itemid"] = np.where(has_ab, abx[ab, 0], "")
