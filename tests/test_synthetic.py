@@ -419,6 +419,9 @@ def test_bayes_posterior_is_calibrated_and_below_the_latent_risk(posterior):
     # posterior ranks below the latent risk, and above the EHR-only part of it.
     bayes_auc = auroc(y, p)
     assert auroc(y, cohort["ehr_part"]) + 0.05 < bayes_auc < auroc(y, cohort["logit"]) - 0.02
+    # A reference, not a bound: a stay followed by another stay was survived, which p_bayes ignores.
+    last = cohort.groupby("subject_id")["admittime"].transform("max") == cohort["admittime"]
+    assert (y[~last.to_numpy()] == 0).all() and p[~last.to_numpy()].mean() > 0.02
     # Every record before the prediction time carries its loading; the later ones cannot be used.
     for m, r in records.items():
         pre = r["before_prediction"].to_numpy(bool)
