@@ -68,21 +68,25 @@ def care_plan(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
     after = np.maximum(PREDICTION_HOURS, icu_in) + 1           # a start after the prediction time
     late_ok = icu & (icu_out > after + 1)
 
-    def episode(p_early, p_late_died, p_late_alive, lag, dur_median, lasts_to_death):
-        on_early = early & (u[:, k[0]] < p_early)
-        on_late = ~on_early & late_ok & (u[:, k[0] + 1] < np.where(died, p_late_died, p_late_alive))
-        k[0] += 2
+    def episode(cols, p_early, p_late_died, p_late_alive, lag, dur_median, lasts_to_death):
+        """(start, end) of an episode: early in an early ICU stay (EHR latents only), or after the
+        prediction time (outcome-dependent); ``cols``: the two uniform draws it uses."""
+        on_early = early & (u[:, cols[0]] < p_early)
+        on_late = ~on_early & late_ok & (u[:, cols[1]] < np.where(died, p_late_died, p_late_alive))
         start = np.where(on_early, icu_in + lag * rng.random(n),
                          np.where(on_late, after + rng.random(n) * np.maximum(icu_out - after - 1, 0), np.nan))
         planned = start + np.exp(rng.normal(np.log(dur_median), 0.6, n))
-        end = np.where(died & lasts_to_death, np.maximum(planned, icu_out - rng.uniform(0, 2, n)), planned)
+        # Death only prolongs an episode still running at the prediction time: nothing before it
+        # depends on the outcome.
+        extend = died & lasts_to_death & (planned > PREDICTION_HOURS)
+        end = np.where(extend, np.maximum(planned, icu_out - rng.uniform(0, 2, n)), planned)
         end = np.clip(end, start + 0.5, np.maximum(icu_out - 0.1, start + 0.5))
         return start, np.where(np.isnan(start), np.nan, end)
 
-    k = [0]
     p_pressor = sigmoid(-3.4 + 2.4 * s0 + 0.5 * acuity)
-    pressor_start, pressor_end = episode(p_pressor, 0.45, 0.04, 6.0, 30.0, u[:, 10] < 0.7)
-    vent_start, vent_end = episode(sigmoid(-3.0 + 0.8 * acuity + 1.6 * s0), 0.3, 0.03, 3.0, 40.0, u[:, 11] < 0.8)
+    pressor_start, pressor_end = episode((0, 1), p_pressor, 0.45, 0.04, 6.0, 30.0, u[:, 10] < 0.7)
+    p_vent = sigmoid(-3.0 + 0.8 * acuity + 1.6 * s0)
+    vent_start, vent_end = episode((2, 3), p_vent, 0.3, 0.03, 3.0, 40.0, u[:, 11] < 0.8)
     dialysis = icu & (((ckd & (s0 > 0.3)) & (u[:, 4] < 0.5)) | ((s0 > 1.8) & (u[:, 5] < 0.3)))
     dialysis_start = np.where(dialysis, icu_in + rng.uniform(2, 30, n), np.nan)
     dialysis_start = np.where(dialysis_start < icu_out - 1, dialysis_start, np.nan)
