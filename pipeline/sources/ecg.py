@@ -46,6 +46,7 @@ from scipy import signal as sps
 
 from data_schemas.modalities import ECG_INDEX
 from pipeline.errors import DataError, Quarantine
+from pipeline.sources.raw_checks import inside_root
 
 SOURCE = "ecg"
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -169,60 +170,64 @@ def read_record_list(ecg_root: Path, quarantine: Quarantine) -> pd.DataFrame:
     for i in np.flatnonzero(dup):
         quarantine.add(SOURCE, path, int(line[i]), "study_id", f"duplicated study_id {int(conv['study_id'].iloc[i])}")
     keep = ~(bad | dup)
-    rel = conv["path"][keep].str.replace(r"\.(hea|dat)$", "", regex=True)
+    rel = conv["path"].str.replace(r"\.(hea|dat)$", "", regex=True)
+    full = {}
+    for i in np.flatnonzero(keep):   # every listed record: inside ROOT, its files present and whole
+        study = int(conv["study_id"].iloc[i])
+        try:
+            full[i] = str(inside_root(ecg_root, rel.iloc[i], field="path", suffixes=(".hea",)))
+            check_record_files(Path(full[i]))
+        except DataError as e:
+            quarantine.add(SOURCE, e.file or path, f"study_id={study} ({path.name} line {int(line[i])})",
+                           e.field or "path", e.reason)
+            keep[i] = False
     out = pd.DataFrame({
         "subject_id": conv["subject_id"][keep].astype("int64").to_numpy(),
         "study_id": conv["study_id"][keep].astype("int64").to_numpy(),
         "ecg_time": conv["ecg_time"][keep].to_numpy(),
-        "path": [str(ecg_root / p) for p in rel],
+        "path": [full[i] for i in np.flatnonzero(keep)],
     })
     ECG_INDEX.validate(out, path)
     return out
 
 
-def index_wfdb_folder(folder: Path) -> pd.DataFrame:
-    """One row per ``.hea`` under ``folder`` (recursive): path without extension; ids and time null."""
-    paths = sorted(str(p.with_suffix("")) for p in Path(folder).resolve().rglob("*.hea") if p.is_file())
-    return pd.DataFrame({
-        "subject_id": pd.Series([pd.NA] * len(paths), dtype="Int64"),
-        "study_id": pd.Series([pd.NA] * len(paths), dtype="Int64"),
-        "ecg_time": pd.Series([pd.NaT] * len(paths), dtype="datetime64[ns]"),
-        "path": pd.Series(paths, dtype=object),
-    })
-
-
-# ---------------------------------------------------------------- one record
-
-def _header_path(path: Path) -> Path:
-    hea = Path(f"{path}.hea")
-    if not hea.exists():
-        raise DataError("header file not found", file=hea, field="header",
-                        hint="a WFDB record is RECORD.hea plus its signal file(s); pass the path without extension")
-    return hea
-
-
-def _check_header(hdr, hea: Path) -> None:
-    if isinstance(hdr, wfdb.MultiRecord):
-        raise DataError("multi-segment WFDB record: not supported (expected one 10 s 12-lead record)",
-                        file=hea, field="n_seg")
-    n_lines = len(hdr.sig_name or [])
-    if not hdr.n_sig or n_lines != hdr.n_sig:
-        raise DataError(f"the record line declares {hdr.n_sig} signals but the header has {n_lines} signal lines",
-                        file=hea, field="n_sig", hint="the header is inconsistent; re-export the record")
-    if not hdr.fs or hdr.fs <= 0:
-        raise DataError(f"sampling frequency {hdr.fs!r} is not positive", file=hea, field="fs")
-
-
-def _read_header(path: Path):
-    hea = _header_path(path)
+def _light_header(hea: Path) -> tuple[float, int, list[tuple[str, str, int, int]]] | None:
+    """(fs, sig_len, [(file, fmt, samples per frame, byte offset)]) from a header's text, or None
+    when it is not the plain form (wfdb's own parser then decides)."""
     try:
-        hdr = wfdb.rdheader(str(path))
-    except Exception as e:  # wfdb raises many kinds (HeaderSyntaxError, ValueError, IndexError, ...)
-        hint = "the record line's signal count may disagree with the signal lines" if isinstance(e, IndexError) else None
-        raise DataError(f"unreadable WFDB header ({type(e).__name__}: {e})", file=hea, field="header",
-                        hint=hint) from e
-    _check_header(hdr, hea)
-    return hdr
+        lines = [ln.split() for ln in hea.read_text("latin-1").splitlines() if ln.strip() and not ln.startswith("#")]
+        tok = lines[0]
+        n_sig, fs, sig_len = int(tok[1]), float(re.split(r"[/(]", tok[2])[0]), int(tok[3])
+        sigs = []
+        for t in lines[1:1 + n_sig]:
+            m = re.fullmatch(r"(\d+)(?:x(\d+))?(?::\d+)?(?:\+(\d+))?", t[1])
+            sigs.append((t[0], m.group(1), int(m.group(2) or 1), int(m.group(3) or 0)))
+        return (fs, sig_len, sigs) if len(sigs) == n_sig and fs > 0 else None
+    except (IndexError, ValueError, AttributeError, OSError):
+        return None
+
+
+def check_record_files(path: Path) -> None:
+    """Cheap check of one listed record without reading its samples: the header exists and
+    parses, every signal file it names exists and is as long as the header says.  Raises
+    ``DataError`` naming the file (a truncated file: with the seconds it holds)."""
+    hea = _header_path(path)
+    light = _light_header(hea)
+    files = [] if light is None else [s for s in light[2] if s[0] != "~"]
+    if light is None or not all((path.parent / f[0]).exists() for f in files):
+        hdr = _read_header(path)       # wfdb's parse names the signals (a missing file of ignored ones is fine)
+        mapped = [map_lead(n or "") is not None for n in hdr.sig_name]
+        _check_signal_files(hdr, int(hdr.sig_len or 0), path, mapped)
+        return
+    fs, sig_len, sigs = light
+    for fname in dict.fromkeys(f[0] for f in files):
+        mine = [s for s in sigs if s[0] == fname]
+        bps = _BYTES_PER_SAMPLE.get(mine[0][1])
+        if bps is None or not sig_len:
+            continue
+        fpath = path.parent / fname
+        _check_length(fpath, fpath.stat().st_size, mine[0][3], sig_len, sum(s[2] for s in mine), bps, fs,
+                      mine[0][1], len(mine))
 
 
 def _record_line(hea: Path) -> tuple[float, int] | None:
@@ -338,10 +343,7 @@ def _check_signal_files(hdr, sig_len: int, path: Path, mapped: list[bool]) -> li
         offset = offsets[chans[0]] or 0
         expected = offset + math.floor(sig_len * frame * bps)
         size = fpath.stat().st_size
-        if size < expected:
-            raise DataError(f"truncated: {size} bytes, the header expects {expected} ({len(chans)} signals x "
-                            f"{sig_len} samples, format {fmt})", file=fpath, field="sig_len",
-                            hint="the file was cut short (interrupted copy?); fetch it again")
+        _check_length(fpath, size, offset, sig_len, frame, bps, float(hdr.fs), fmt, len(chans))
         if size > expected:
             fits = (size - offset) / (sig_len * bps)
             if len(chans) == hdr.n_sig and spf == [1] * hdr.n_sig and fits == int(fits) and int(fits) != len(chans):
@@ -350,6 +352,17 @@ def _check_signal_files(hdr, sig_len: int, path: Path, mapped: list[bool]) -> li
                                 hint="the header's signal count is wrong")
             issues.append(Issue("info", "signal_file", f"{fname} has {size - expected} bytes beyond the header's length"))
     return issues
+
+
+def _check_length(fpath: Path, size: int, offset: int, sig_len: int, frame: int, bps: float, fs: float,
+                  fmt: str, n_sig: int) -> None:
+    """A signal file shorter than its header says: DataError with the seconds it does hold."""
+    expected = offset + math.floor(sig_len * frame * bps)
+    if size < expected:
+        found = max(0, size - offset) / (frame * bps) / fs if fs else 0.0
+        raise DataError(f"truncated: {size} bytes hold {found:.1f} s of the {sig_len / fs:.1f} s the header says "
+                        f"(expected {expected} bytes: {n_sig} signals x {sig_len} samples, format {fmt})",
+                        file=fpath, field="sig_len", hint="the file was cut short (interrupted copy?); fetch it again")
 
 
 def _limits(hdr, c: int) -> set[int]:
