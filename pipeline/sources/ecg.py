@@ -185,7 +185,7 @@ def read_record_list(ecg_root: Path, quarantine: Quarantine) -> pd.DataFrame:
         "subject_id": conv["subject_id"][keep].astype("int64").to_numpy(),
         "study_id": conv["study_id"][keep].astype("int64").to_numpy(),
         "ecg_time": conv["ecg_time"][keep].to_numpy(),
-        "path": [full[i] for i in np.flatnonzero(keep)],
+        "path": pd.Series([full[i] for i in np.flatnonzero(keep)], dtype=object),
     })
     ECG_INDEX.validate(out, path)
     return out
@@ -228,6 +228,51 @@ def check_record_files(path: Path) -> None:
         fpath = path.parent / fname
         _check_length(fpath, fpath.stat().st_size, mine[0][3], sig_len, sum(s[2] for s in mine), bps, fs,
                       mine[0][1], len(mine))
+
+
+def index_wfdb_folder(folder: Path) -> pd.DataFrame:
+    """One row per ``.hea`` under ``folder`` (recursive): path without extension; ids and time null."""
+    paths = sorted(str(p.with_suffix("")) for p in Path(folder).resolve().rglob("*.hea") if p.is_file())
+    return pd.DataFrame({
+        "subject_id": pd.Series([pd.NA] * len(paths), dtype="Int64"),
+        "study_id": pd.Series([pd.NA] * len(paths), dtype="Int64"),
+        "ecg_time": pd.Series([pd.NaT] * len(paths), dtype="datetime64[ns]"),
+        "path": pd.Series(paths, dtype=object),
+    })
+
+
+# ---------------------------------------------------------------- one record
+
+def _header_path(path: Path) -> Path:
+    hea = Path(f"{path}.hea")
+    if not hea.exists():
+        raise DataError("header file not found", file=hea, field="header",
+                        hint="a WFDB record is RECORD.hea plus its signal file(s); pass the path without extension")
+    return hea
+
+
+def _check_header(hdr, hea: Path) -> None:
+    if isinstance(hdr, wfdb.MultiRecord):
+        raise DataError("multi-segment WFDB record: not supported (expected one 10 s 12-lead record)",
+                        file=hea, field="n_seg")
+    n_lines = len(hdr.sig_name or [])
+    if not hdr.n_sig or n_lines != hdr.n_sig:
+        raise DataError(f"the record line declares {hdr.n_sig} signals but the header has {n_lines} signal lines",
+                        file=hea, field="n_sig", hint="the header is inconsistent; re-export the record")
+    if not hdr.fs or hdr.fs <= 0:
+        raise DataError(f"sampling frequency {hdr.fs!r} is not positive", file=hea, field="fs")
+
+
+def _read_header(path: Path):
+    hea = _header_path(path)
+    try:
+        hdr = wfdb.rdheader(str(path))
+    except Exception as e:  # wfdb raises many kinds (HeaderSyntaxError, ValueError, IndexError, ...)
+        hint = "the record line's signal count may disagree with the signal lines" if isinstance(e, IndexError) else None
+        raise DataError(f"unreadable WFDB header ({type(e).__name__}: {e})", file=hea, field="header",
+                        hint=hint) from e
+    _check_header(hdr, hea)
+    return hdr
 
 
 def _record_line(hea: Path) -> tuple[float, int] | None:

@@ -149,3 +149,29 @@ def checked_scan(con, table: str, path: Path, q: Quarantine, source: str) -> Raw
             value[0], lambda r: f"conflicting duplicate: same {', '.join(key)} as line {r[1]}, another value "
                                 "(both kept)" if r else "conflicting duplicates (both kept)")
     return RawTable(table, path, rel, cols, counts)
+
+
+GZIP_MAX_RATIO = 200            # text compresses 3-10x; a gzip bomb of one repeated byte ~1000x
+GZIP_FLOOR_BYTES = 256 * 2**20  # below this any ratio is accepted
+
+
+def gunzip_capped(path: Path, max_ratio: float = GZIP_MAX_RATIO, floor: int = GZIP_FLOOR_BYTES) -> bytes:
+    """The decompressed bytes of a .gz file, refusing (``DataError``) a gzip bomb: output over
+    ``max(floor, max_ratio x compressed size)``.  Decompression stops at the limit, so a bomb
+    costs no more memory than the limit."""
+    import gzip
+    path = Path(path)
+    limit = max(floor, int(max_ratio * path.stat().st_size))
+    out = bytearray()
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(2**20):
+                out += chunk
+                if len(out) > limit:
+                    raise DataError(f"decompresses to over {limit:,} bytes from {path.stat().st_size:,} "
+                                    f"(ratio over {limit / max(path.stat().st_size, 1):.0f}): refused as a gzip bomb",
+                                    file=path, hint="decompress it yourself if the file is genuine")
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot decompress ({type(e).__name__})", file=path,
+                        hint="the .gz file is truncated or not gzip") from None
+    return bytes(out)
