@@ -102,11 +102,26 @@ def inspect_mimic(root: Path) -> dict:
         if icu is not None:
             out["id_consistency"]["icustays_hadm_not_in_admissions"] = int(
                 (~icu.hadm_id.dropna().isin(adm.hadm_id)).sum())
-        out["bad_rows"] = [r.__dict__ for r in q.rows[:100]]
+        _event_checks(root, q, out)
+        out["bad_rows"] = [r.__dict__ for r in q.rows[:200]]
         out["bad_row_count"] = len(q)
+        out["bad_row_kinds"] = q.counts()
     except DataError as e:
         out["error"] = str(e)
     return out
+
+
+def _event_checks(root: Path, q: Quarantine, out: dict) -> None:
+    """The event tables go through the same ingest as a run (into a scratch folder that is
+    deleted): non-numeric values, duplicates, unknown units, bad ids and times, each named
+    by the user's file and line, exactly as a run would quarantine them."""
+    import tempfile
+
+    from pipeline.sources.mimic_iv import ingest_events
+    with tempfile.TemporaryDirectory(prefix="mmpipe-inspect-") as tmp:
+        info = ingest_events(root, Path(tmp), q)
+    out["event_checks"] = {k: info.get(k) for k in ("event_rows", "event_bad_rows", "raw_checks",
+                                                    "unit_converted", "unit_unknown_dropped")}
 
 
 def _parallel(fn, items: list, n_jobs: int, chunk: int = 256) -> list:
@@ -135,7 +150,8 @@ def inspect_ecg_source(root: Path | None, folders: list[Path], cfg: RunConfig, n
         q = Quarantine()
         idx = read_record_list(root, q)
         out["record_list"] = str(root)
-        out["index_problems"] = [r.__dict__ for r in q.rows[:100]]
+        out["index_problems"] = [r.__dict__ for r in q.rows[:200]]
+        out["index_problem_count"] = len(q)
         out["records"] += _parallel(partial(_ecg_chunk, fs=cfg.ecg.fs), idx.to_dict("records"), n_jobs)
     for folder in folders:
         out["records"] += inspect_ecg(index_wfdb_folder(folder), fs=cfg.ecg.fs)
@@ -158,7 +174,8 @@ def inspect_images_source(root: Path | None, folders: list[Path], n_jobs: int = 
         q = Quarantine()
         idx = read_cxr_metadata(root, q)
         out["metadata"] = str(root)
-        out["index_problems"] = [r.__dict__ for r in q.rows[:100]]
+        out["index_problems"] = [r.__dict__ for r in q.rows[:200]]
+        out["index_problem_count"] = len(q)
         paths += idx["path"].astype(str).tolist()
     for folder in folders:
         paths += index_image_folder(folder)["path"].astype(str).tolist()
@@ -176,6 +193,19 @@ def inspect_notes_source(root: Path, cfg: RunConfig) -> dict:
     return {"path": str(root), "notes": len(notes), "by_type": by_type,
             "time_range": [str(notes.charttime.min()), str(notes.charttime.max())] if len(notes) else None,
             "problems": [r.__dict__ for r in q.rows[:200]], "problem_count": len(q)}
+
+
+def _print_problems(console, title: str, rows: list[dict], n: int = 15) -> None:
+    """The first ``n`` quarantine rows (file, row, field, reason) as a table."""
+    if not rows:
+        return
+    from rich.table import Table
+    t = Table(title=f"{title}: records that a run would quarantine (first {min(n, len(rows))})")
+    for c in ("file", "row", "field", "reason"):
+        t.add_column(c)
+    for r in rows[:n]:
+        t.add_row(Path(r["file"]).name, r["row"], r["field"], r["reason"][:100])
+    console.print(t)
 
 
 def inspect_data(data: Path, cfg: RunConfig, json_out: Path | None = None, deep: bool = False) -> int:
@@ -218,11 +248,13 @@ def inspect_data(data: Path, cfg: RunConfig, json_out: Path | None = None, deep:
                 t.add_row(name, "[yellow]absent[/]", "", "")
             console.print(t)
             console.print(f"id consistency: {m.get('id_consistency')}; bad rows: {m.get('bad_row_count', 0)}")
+            _print_problems(console, "EHR", m.get("bad_rows", []))
     if sources.paths["ecg"] or sources.wfdb_folders:
         guarded("ecg", lambda: inspect_ecg_source(sources.paths["ecg"], sources.wfdb_folders, cfg))
         e = report["ecg"]
         if "records" in e:
             console.print(f"ECG records: {len(e['records'])} — verdicts {e['verdicts']}")
+            _print_problems(console, "ECG record_list", e.get("index_problems", []))
             bad = [r for r in e["records"] if r["verdict"] != "ok"][:15]
             if bad:
                 t = Table(title="ECG records not ok (first 15)")
@@ -240,6 +272,7 @@ def inspect_data(data: Path, cfg: RunConfig, json_out: Path | None = None, deep:
         im = report["images"]
         if "images" in im:
             console.print(f"images: {len(im['images'])} — verdicts {im['verdicts']}")
+            _print_problems(console, "CXR metadata", im.get("index_problems", []))
             for r in [r for r in im["images"] if r["verdict"] != "ok"][:10]:
                 console.print(f"  [red]bad[/] {r['file']}: {'; '.join(r['reasons'])}")
     if not sources.found and not sources.wfdb_folders and not sources.image_folders:

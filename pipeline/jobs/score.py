@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from data_schemas.modalities import QUARANTINE, SCORES
-from pipeline.artifacts import ParquetShardWriter, read_json, write_parquet
+from pipeline.artifacts import ParquetShardWriter, RunLock, read_json, write_parquet
 from pipeline.config import RunConfig
 from pipeline.errors import DataError, Quarantine
 from pipeline.jobs.prepare import aligned_shards, collect_quarantine, load_tensors, log, prepare
@@ -107,13 +107,20 @@ def score(model: Path, input_root: Path, output: Path, engine: str = "local", sc
     aligns and scores ``shard_size`` admissions at a time, appending each shard to the
     output; the shard's tensors are written to ``.<stem>_work/tensors`` as it goes.  Memory
     is bounded by a shard, not by the cohort."""
-    from tqdm import tqdm
     t0 = time.time()
     output, input_root = Path(output), Path(input_root)
     if output.suffix != ".parquet":
         raise DataError("the output must be a .parquet file", file=output, field="--output")
-    scorer = Scorer(model)
+    RunLock(model).check()          # a model folder that a running `mmpipe train` is writing is not read
     work = output.parent / f".{output.stem}_work"
+    with RunLock(work, "score"):    # one job at a time writes this output and its work folder
+        return _score(model, input_root, output, work, engine, scheduler, shard_size, return_frame, t0)
+
+
+def _score(model: Path, input_root: Path, output: Path, work: Path, engine: str, scheduler: str | None,
+           shard_size: int, return_frame: bool, t0: float) -> pd.DataFrame | int:
+    from tqdm import tqdm
+    scorer = Scorer(model)
     if (input_root / "index.json").exists():
         log(f"[score] reading prepared patient tensors from {input_root}")
         (shards, n_rows), q = _tensor_input(input_root, scorer), Quarantine().to_frame()

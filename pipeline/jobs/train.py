@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from data_schemas.modalities import QUARANTINE
-from pipeline.artifacts import CODE_VERSION, output_hash, read_json, run_stage, write_json, write_parquet
+from pipeline.artifacts import CODE_VERSION, RunLock, output_hash, read_json, run_stage, write_json, write_parquet
 from pipeline.config import RunConfig
 from pipeline.errors import DataError
 from pipeline.explain.explanation import Explanation
@@ -166,6 +166,12 @@ def pretty_namer(labels: dict[str, str]):
 
 
 def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
+    """Train into the RUN folder ``out``, holding its lock (a second job on it is refused)."""
+    with RunLock(out, "train"):
+        return _train(data, out, cfg, report)
+
+
+def _train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
