@@ -229,7 +229,11 @@ def run_stage(name: str, out_dir: Path, inputs: dict[str, str], config: dict,
     tmp.mkdir(parents=True)
     t0 = time.time()
     log(f"[{name}] running")
-    extra = fn(tmp) or {}
+    try:
+        extra = fn(tmp) or {}
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)     # a failed stage leaves nothing (a kill: the next run clears it)
+        raise
     manifest = {
         "stage": name, "inputs": inputs, "config_hash": chash, "config": config,
         "code_version": CODE_VERSION, "row_counts": _row_counts(tmp),

@@ -96,8 +96,9 @@ def inspect_mimic(root: Path) -> dict:
         q = Quarantine()
         from pipeline.sources.mimic_iv import read_admissions, read_icustays, read_patients
         pats = read_patients(root, q)
-        adm = read_admissions(root, q)
+        adm = read_admissions(root, Quarantine())       # every parseable admission, for the consistency count
         out["id_consistency"]["admissions_subject_not_in_patients"] = int((~adm.subject_id.isin(pats.subject_id)).sum())
+        adm = read_admissions(root, q, pats)             # what a run quarantines, orphans included
         icu = read_icustays(root, q)
         if icu is not None:
             out["id_consistency"]["icustays_hadm_not_in_admissions"] = int(

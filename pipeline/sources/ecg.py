@@ -212,22 +212,28 @@ def check_record_files(path: Path) -> None:
     parses, every signal file it names exists and is as long as the header says.  Raises
     ``DataError`` naming the file (a truncated file: with the seconds it holds)."""
     hea = _header_path(path)
-    light = _light_header(hea)
-    files = [] if light is None else [s for s in light[2] if s[0] != "~"]
-    if light is None or not all((path.parent / f[0]).exists() for f in files):
-        hdr = _read_header(path)       # wfdb's parse names the signals (a missing file of ignored ones is fine)
-        mapped = [map_lead(n or "") is not None for n in hdr.sig_name]
-        _check_signal_files(hdr, int(hdr.sig_len or 0), path, mapped)
+    if _light_header_fits(path, _light_header(hea)):
         return
+    hdr = _read_header(path)    # wfdb's parse: names the signals (a missing file of ignored ones is fine)
+    mapped = [map_lead(n or "") is not None for n in hdr.sig_name]
+    _check_signal_files(hdr, int(hdr.sig_len or 0), path, mapped)
+
+
+def _light_header_fits(path: Path, light) -> bool:
+    """True when every signal file the plain header names exists with exactly the size it
+    implies (the common case, decided without wfdb); anything else goes to wfdb's checks."""
+    if light is None:
+        return False
     fs, sig_len, sigs = light
-    for fname in dict.fromkeys(f[0] for f in files):
+    for fname in dict.fromkeys(s[0] for s in sigs if s[0] != "~"):
         mine = [s for s in sigs if s[0] == fname]
-        bps = _BYTES_PER_SAMPLE.get(mine[0][1])
-        if bps is None or not sig_len:
-            continue
         fpath = path.parent / fname
-        _check_length(fpath, fpath.stat().st_size, mine[0][3], sig_len, sum(s[2] for s in mine), bps, fs,
-                      mine[0][1], len(mine))
+        bps = _BYTES_PER_SAMPLE.get(mine[0][1])
+        if not fpath.exists() or bps is None or not sig_len:
+            return False
+        if fpath.stat().st_size != mine[0][3] + math.floor(sig_len * sum(s[2] for s in mine) * bps):
+            return False
+    return True
 
 
 def index_wfdb_folder(folder: Path) -> pd.DataFrame:

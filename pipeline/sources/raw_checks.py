@@ -86,7 +86,8 @@ class RawTable:
         if unit_col is None or unit_col not in self.columns:
             return []
         rows = con.execute(f"SELECT _line FROM {self.scan} WHERE {code_sql} = ? AND "
-                           f"replace(lower(coalesce({_q(unit_col)}, '')), ' ', '') = ? ORDER BY _line LIMIT {int(limit)}",
+                           f"replace(lower(coalesce(CAST({_q(unit_col)} AS VARCHAR), '')), ' ', '') = ? "
+                           f"ORDER BY _line LIMIT {int(limit)}",
                            [code, unit_norm]).fetchall()
         return [int(r[0]) for r in rows]
 
@@ -132,8 +133,8 @@ def checked_scan(con, table: str, path: Path, q: Quarantine, source: str) -> Raw
     for col in (c for c in numeric if c in cols):
         counts[f"non_numeric_{col}"] = _listed(
             con, q, source, path,
-            f"SELECT _line, {_q(col)} FROM {rel} WHERE NOT _dup AND trim(coalesce({_q(col)}, '')) <> '' "
-            f"AND TRY_CAST({_q(col)} AS DOUBLE) IS NULL",
+            f"SELECT _line, CAST({_q(col)} AS VARCHAR) FROM {rel} WHERE NOT _dup "
+            f"AND trim(coalesce(CAST({_q(col)} AS VARCHAR), '')) <> '' AND TRY_CAST({_q(col)} AS DOUBLE) IS NULL",
             col, lambda r: "non-numeric value in a numeric column (row dropped)" + (f": {r[1][:40]!r}" if r else ""))
     key = [c for c in key if c in cols]
     value = [c for c in numeric if c in cols]
@@ -155,12 +156,14 @@ GZIP_MAX_RATIO = 200            # text compresses 3-10x; a gzip bomb of one repe
 GZIP_FLOOR_BYTES = 256 * 2**20  # below this any ratio is accepted
 
 
-def gunzip_capped(path: Path, max_ratio: float = GZIP_MAX_RATIO, floor: int = GZIP_FLOOR_BYTES) -> bytes:
+def gunzip_capped(path: Path, max_ratio: float | None = None, floor: int | None = None) -> bytes:
     """The decompressed bytes of a .gz file, refusing (``DataError``) a gzip bomb: output over
-    ``max(floor, max_ratio x compressed size)``.  Decompression stops at the limit, so a bomb
-    costs no more memory than the limit."""
+    ``max(floor, max_ratio x compressed size)`` (defaults GZIP_FLOOR_BYTES, GZIP_MAX_RATIO).
+    Decompression stops at the limit, so a bomb costs no more memory than the limit."""
     import gzip
     path = Path(path)
+    max_ratio = GZIP_MAX_RATIO if max_ratio is None else max_ratio
+    floor = GZIP_FLOOR_BYTES if floor is None else floor
     limit = max(floor, int(max_ratio * path.stat().st_size))
     out = bytearray()
     try:

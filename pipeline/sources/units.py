@@ -38,8 +38,8 @@ def _norm(col: str) -> str:
 def harmonise_units(events: Path, q: Quarantine, source: str, con, raw: dict | None = None) -> dict:
     """Rewrite ``events`` (parquet) in place with one unit per code.
 
-    ``raw`` (event source table -> ``raw_checks.RawTable``) lets a quarantine row name the
-    user's own file and line; without it a row names the source table and the count."""
+    ``raw`` maps an event source table to its ``raw_checks.RawTable`` (a quarantine row then
+    names the user's file and line) or to its file (the row names the file and the count)."""
     conv = pd.DataFrame(CONVERSIONS, columns=["code", "from_unit", "to_unit", "factor"])
     con.register("conv", conv)
     ev = f"read_parquet('{events}')"
@@ -56,11 +56,12 @@ def harmonise_units(events: Path, q: Quarantine, source: str, con, raw: dict | N
     for table, code, u, du, n in unknown:
         reason = f"unknown unit '{u}', expected '{du}' (value dropped)"
         rt = (raw or {}).get(table)
-        lines = rt.lines_with_unit(con, code, u) if rt is not None else []
+        file = getattr(rt, "path", rt) or table
+        lines = rt.lines_with_unit(con, code, u) if hasattr(rt, "lines_with_unit") else []
         for line in lines:
-            q.add(source, rt.path, f"line {line}", f"unit ({code})", reason)
+            q.add(source, file, f"line {line}", f"unit ({code})", reason)
         if n > len(lines):
-            q.add(source, rt.path if rt is not None else table, None, f"unit ({code})",
+            q.add(source, file, None, f"unit ({code})",
                   f"unknown unit: {n - len(lines)} {'more ' if lines else ''}value(s) in '{u}', expected '{du}'")
     converted = con.execute(f"SELECT count(*) FROM ({joined}) WHERE {mismatch} AND factor IS NOT NULL").fetchall()[0][0]
     tmp = events.with_name(".events.units.tmp.parquet")
