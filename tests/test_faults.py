@@ -188,3 +188,62 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
     stale.write_bytes(b"half")
     write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "t.parquet")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]
+
+
+def test_band_follows_the_saved_thresholds_and_subgroups_cover_the_test_rows(clean_run):
+    meta = json.loads((clean_run / "model" / "model.json").read_text())
+    lo, hi = meta["band_thresholds"]
+    s = pd.read_parquet(clean_run / "test_scores.parquet")
+    want = ["high" if r >= hi else "medium" if r >= lo else "low" for r in s["risk"]]
+    assert s["band"].tolist() == want and set(want) <= {"low", "medium", "high"}
+    metrics = json.loads((clean_run / "metrics.json").read_text())
+    cohort = pd.read_parquet(clean_run / "stages" / "cohort" / "cohort.parquet").set_index("hadm_id")
+    test = cohort.loc[s["hadm_id"]]
+    sex = {g["group"]: g["n"] for g in metrics["subgroups"]["sex"]}
+    assert sex == test["gender"].value_counts().to_dict()
+    assert sum(g["n"] for g in metrics["subgroups"]["age_band"]) == len(s)
+
+
+def test_subgroup_metrics_are_each_groups_own():
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.models.metrics import by_group
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 80)
+    p = np.clip(y * 0.3 + rng.random(80) * 0.7, 0, 1)
+    g = pd.Series(["F"] * 50 + ["M"] * 25 + ["X"] * 5)
+    rows = {r["group"]: r for r in by_group(y, p, g)}
+    assert rows["F"]["auroc"] == roc_auc_score(y[:50], p[:50]) and rows["M"]["auroc"] == roc_auc_score(y[50:75], p[50:75])
+    assert rows["X"] == {"group": "X", "n": 5, "note": "fewer than 10 rows"}
+
+
+def test_score_on_a_separately_started_dask_scheduler_and_worker(tiny, clean_run, tmp_path):
+    from pipeline.jobs.score import score
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    dask = str(Path(sys.executable).with_name("dask"))
+    sfile = tmp_path / "scheduler.json"
+    quiet = dict(env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [subprocess.Popen([dask, "scheduler", "--scheduler-file", str(sfile), "--port", "0", "--no-dashboard"],
+                              **quiet)]
+    try:
+        deadline = time.time() + 120
+        while not sfile.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(sfile), "--nworkers", "1",
+                                       "--nthreads", "1", "--no-dashboard"], **quiet))
+        address = json.loads(sfile.read_text())["address"]
+        from dask.distributed import Client
+        with Client(address) as c:
+            c.wait_for_workers(1, timeout=120)
+            assert len(c.scheduler_info()["workers"]) == 1
+        local = score(clean_run, tiny / "data", tmp_path / "local.parquet")
+        remote = score(clean_run, tiny / "data", tmp_path / "dask.parquet", engine="dask", scheduler=address,
+                       shard_size=10)
+        pd.testing.assert_frame_equal(local, remote)
+        assert len(local) > 20
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()

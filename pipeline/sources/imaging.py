@@ -58,8 +58,10 @@ def metadata_path(cxr_root: Path) -> Path:
 def _study_time(date: pd.Series, time: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
     """StudyDate (YYYYMMDD) + StudyTime (HHMMSS.fff, leading zeros possibly dropped) ->
     timestamps; also the masks of good dates and good times."""
-    day = pd.to_datetime(date.fillna("").str.split(".").str[0], format="%Y%m%d", errors="coerce")
-    secs = pd.to_numeric(time, errors="coerce")
+    ymd = date.fillna("").astype(str).str.strip().str.split(".").str[0]
+    day = pd.to_datetime(ymd.where(ymd.str.fullmatch(r"\d{8}"), ""), format="%Y%m%d", errors="coerce")  # DICOM DA
+    secs = pd.to_numeric(time, errors="coerce").astype("float64")     # NaN, not a masked NA over garbage
+    secs = secs.where((secs >= 0) & (secs < 240000))    # HHMMSS.fff: anything else is no time of day
     whole = secs.fillna(-1).astype("int64")
     hh, mm, ss = whole // 10000, whole // 100 % 100, whole % 100
     t_ok = secs.notna() & (secs >= 0) & (hh < 24) & (mm < 60) & (ss < 60)

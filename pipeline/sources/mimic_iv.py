@@ -44,8 +44,11 @@ def _read_text_table(path: Path, required: list[str]) -> pd.DataFrame:
     if path.suffix == ".parquet":
         df = pd.read_parquet(path).astype("string")
     else:
-        df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""],
-                         encoding_errors="replace")
+        try:
+            df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""], encoding_errors="replace")
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, EOFError, OSError) as e:
+            raise DataError(f"cannot read the table ({type(e).__name__}: {str(e).splitlines()[-1][:160]})",
+                            file=path, hint="an empty, truncated or malformed CSV") from None
     df = df.rename(columns={k: v for k, v in RENAMES.items() if k in df.columns and v not in df.columns})
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -236,6 +239,8 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
         rowref = "'line ' || _line"
         if "hadm_id" not in cols:
             sql = sql.replace("TRY_CAST(hadm_id AS DOUBLE)", "NULL::DOUBLE")
+        if "valueuom" not in cols:
+            sql = sql.replace("valueuom unit", "NULL::VARCHAR unit")
         parts.append((table, path, sql.format(scan=raw[table].scan, rowref=rowref)))
         found.append(table)
     omr = table_path(root, "omr")
