@@ -247,3 +247,35 @@ def test_score_on_a_separately_started_dask_scheduler_and_worker(tiny, clean_run
         for p in procs:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+def test_no_pickle_is_loaded_by_train_or_score(tiny, tmp_path, monkeypatch):
+    """Models, encoders, tensors and stage outputs load without unpickling anything: every
+    pickle entry point raises, np.load refuses allow_pickle, torch.load is never called."""
+    import pickle
+
+    import numpy as np
+    import torch
+
+    from pipeline.config import RunConfig
+    from pipeline.jobs.score import score
+    from pipeline.jobs.train import train
+
+    def refuse(*a, **k):
+        raise AssertionError("a pickle was loaded")
+    for mod, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load"),
+                      (pd, "read_pickle")):
+        monkeypatch.setattr(mod, name, refuse)
+    real = np.load
+    seen = []
+
+    def np_load(*a, allow_pickle=False, **k):
+        assert not allow_pickle, "np.load with allow_pickle=True"
+        seen.append(a[0])
+        return real(*a, allow_pickle=False, **k)
+    monkeypatch.setattr(np, "load", np_load)
+    cfg = RunConfig.model_validate({**CFG, "model": {**CFG["model"], "fusion_models": ["gbm_early", "fusion_early"],
+                                                      "primary": "fusion_early", "fusion_members": 1}})
+    train(tiny / "data", tmp_path / "run", cfg, report=False)
+    s = score(tmp_path / "run", tiny / "data", tmp_path / "s.parquet")
+    assert len(s) > 20 and seen                     # the net's waveforms were memory-mapped through np.load
