@@ -35,10 +35,21 @@ def pytest_runtest_makereport(item, call):
         rep.longrepr = f"skipped under CI=true, which counts as a failure: {reason}"
 
 
-def pytest_collectreport(report):
-    if CI and report.skipped:
-        report.outcome = "failed"
-        report.longrepr = f"module skipped under CI=true, which counts as a failure: {report.longrepr}"
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    rep = outcome.get_result()
+    if CI and rep.skipped:
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = f"module skipped under CI=true, which counts as a failure: {reason}"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Backstop: under CI=true any skip left in the stats fails the session."""
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if CI and tr is not None and tr.stats.get("skipped") and session.exitstatus == 0:
+        session.exitstatus = 1
 
 
 @pytest.fixture(scope="session")

@@ -263,9 +263,13 @@ def test_no_pickle_is_loaded_by_train_or_score(tiny, tmp_path, monkeypatch):
 
     def refuse(*a, **k):
         raise AssertionError("a pickle was loaded")
-    for mod, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load"),
-                      (pd, "read_pickle")):
+
+    class NoUnpickler(pickle.Unpickler):      # a class still (libraries subclass it at import)
+        def load(self):
+            refuse()
+    for mod, name in ((pickle, "load"), (pickle, "loads"), (torch, "load"), (pd, "read_pickle")):
         monkeypatch.setattr(mod, name, refuse)
+    monkeypatch.setattr(pickle, "Unpickler", NoUnpickler)
     real = np.load
     seen = []
 

@@ -109,7 +109,8 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
         from pipeline.sources.ecg import read_record_list
         from pipeline.stages.featurize_ecg import featurize_ecg
         eroot = sources.paths["ecg"]
-        idx = index("index_ecg", {"record_list": tree_hash(eroot, "record_list.csv*")}, {},
+        # the index checks every listed record's files: their listing (names, sizes, times) keys the stage
+        idx = index("index_ecg", {"record_list": tree_hash(eroot, "record_list.csv*"), "files": tree_hash(eroot)}, {},
                     lambda q: read_record_list(eroot, q), "ecg_index.parquet")
         featurize("ecg", {"index": output_hash(dirs["index_ecg"])}, {"ecg": cfg.ecg.model_dump(mode="json")},
                   lambda tmp, q: featurize_ecg(cohort, idx, cfg.ecg, tmp, q))
@@ -129,7 +130,7 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
         from pipeline.sources.imaging import read_cxr_metadata
         from pipeline.stages.featurize_imaging import featurize_imaging
         croot = sources.paths["cxr"]
-        iidx = index("index_imaging", {"metadata": tree_hash(croot, "mimic-cxr-2.0.0-*")}, {},
+        iidx = index("index_imaging", {"metadata": tree_hash(croot, "mimic-cxr-2.0.0-*"), "files": tree_hash(croot)}, {},
                      lambda q: read_cxr_metadata(croot, q), "imaging_index.parquet")
         featurize("imaging", {"index": output_hash(dirs["index_imaging"])},
                   {"imaging": cfg.imaging.model_dump(mode="json"), "encoder": fitted.get("imaging_encoder_hash")},
