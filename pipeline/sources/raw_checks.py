@@ -13,7 +13,9 @@ quarantines, listing up to ``MAX_LISTED`` rows per kind and counting the rest:
 
 The returned ``RawTable`` is the SQL relation the event query reads (the file's
 columns plus ``_line``, exact duplicates removed) and ``lines_with_unit`` finds the
-lines behind a unit that ``units.harmonise_units`` quarantines.
+lines behind a unit that ``units.harmonise_units`` quarantines.  Cost: the table is
+read once into a DuckDB temp table (text columns; it spills to the temp directory
+beyond ``memory_limit``), which the event query then reads instead of the file.
 """
 from __future__ import annotations
 
