@@ -105,7 +105,8 @@ def _featurize_shard(con, shard: pd.DataFrame, events_path: Path, cfg: EHRConfig
           WHERE e.time <= c.prediction_time
             AND e.time >= c.prediction_time - INTERVAL {cfg.lookback_hours} HOUR
             AND (r.code IS NULL OR (e.value >= r.lo AND e.value <= r.hi)))
-        SELECT hadm_id, code, arg_max(value, time) AS last, min(value) AS min, max(value) AS max,
+        SELECT hadm_id, code, arg_max(value, struct_pack(t := time, v := value)) AS last,  -- ties: the larger value
+               min(value) AS min, max(value) AS max,
                avg(value) AS mean, count(*)::DOUBLE AS count,
                regr_slope(value, epoch(time) / 3600.0) AS slope,
                (epoch(max(prediction_time)) - epoch(max(time))) / 3600.0 AS hours_since_last,
