@@ -112,21 +112,22 @@ def checked_scan(con, table: str, path: Path, q: Quarantine, source: str) -> Raw
     numeric, key, _, _ = EVENT_TABLES.get(table, ((), (), None, None))
     rel = f"raw_{table}"
     order = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
-    con.execute("SET preserve_insertion_order=true")     # the temp table keeps the file's order: rowid = line - 2
+    con.execute("SET preserve_insertion_order=true")     # the temp tables keep the file's order: rowid = line - 2
     try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {rel}_in AS SELECT * FROM {_source_sql(path)}")
-    except Exception as e:  # DuckDB's CSV/parquet errors name the problem; ours names the file too
-        raise DataError(f"cannot read the table ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                        file=path) from None
+        try:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {rel}_in AS SELECT * FROM {_source_sql(path)}")
+        except Exception as e:  # DuckDB's CSV/parquet errors name the problem; ours names the file too
+            raise DataError(f"cannot read the table ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                            file=path) from None
+        cols = [r[0] for r in con.execute(f"DESCRIBE {rel}_in").fetchall()]
+        if "_line" in cols or "_dup" in cols:
+            raise DataError("a column is named _line or _dup (reserved for line numbers)", file=path, field="_line")
+        every = ", ".join(_q(c) for c in cols)
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE {rel} AS SELECT *, rowid + 2 AS _line,
+            row_number() OVER (PARTITION BY {every} ORDER BY rowid) > 1 AS _dup FROM {rel}_in ORDER BY _line""")
+        con.execute(f"DROP TABLE {rel}_in")
     finally:
         con.execute(f"SET preserve_insertion_order={'true' if str(order).lower() == 'true' else 'false'}")
-    cols = [r[0] for r in con.execute(f"DESCRIBE {rel}_in").fetchall()]
-    if "_line" in cols or "_dup" in cols:
-        raise DataError("a column is named _line or _dup (reserved for line numbers)", file=path, field="_line")
-    every = ", ".join(_q(c) for c in cols)
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE {rel} AS SELECT *, rowid + 2 AS _line,
-        row_number() OVER (PARTITION BY {every} ORDER BY rowid) > 1 AS _dup FROM {rel}_in""")
-    con.execute(f"DROP TABLE {rel}_in")
     counts = {}
     counts["exact_duplicates"] = _listed(
         con, q, source, path,
