@@ -119,7 +119,8 @@ def score_cohort(cohort: pd.DataFrame) -> pd.DataFrame:
 def cross_fit_feature(model, items, hadms, cohort: pd.DataFrame, folder: Path) -> np.ndarray:
     """A supervised feature for the admissions ``hadms`` (``items``: their images array or
     texts list, same order), fitted on the TRAIN split only: ``model.fit_oof`` gives the
-    train admissions out-of-fold values, ``model.transform`` the others; the fitted model
+    train admissions out-of-fold values from folds grouped by subject (a patient's other
+    admissions never train the model that scores it), ``model.transform`` the others; the fitted model
     is saved to ``folder`` (and reused, never refitted, when scoring)."""
     c = cohort.drop_duplicates("hadm_id").set_index("hadm_id").reindex(hadms)
     train = (c["split"] == "train").to_numpy()
@@ -127,7 +128,7 @@ def cross_fit_feature(model, items, hadms, cohort: pd.DataFrame, folder: Path) -
     def take(rows: np.ndarray):
         return np.asarray(items[rows]) if isinstance(items, np.ndarray) else [x for x, k in zip(items, rows) if k]
     out = np.zeros(len(hadms))
-    out[train] = model.fit_oof(take(train), c["label"].to_numpy()[train])
+    out[train] = model.fit_oof(take(train), c["label"].to_numpy()[train], c["subject_id"].to_numpy()[train])
     if (~train).any():
         out[~train] = model.transform(take(~train))
     model.save(Path(folder))
