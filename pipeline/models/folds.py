@@ -9,6 +9,7 @@ uses ``inner_split`` of that fold's training rows, never the rows it then scores
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 
@@ -42,3 +43,19 @@ def inner_split(y, groups, fraction: float = 0.2, seed: int = 0) -> tuple[np.nda
     k = max(2, int(round(1 / fraction)))
     folds = subject_folds(y, groups, min(k, max(2, n_folds(y, groups, k))), seed)
     return folds[0] if folds else (np.arange(len(y)), np.arange(0))
+
+
+def calibration_subjects(train: pd.DataFrame, fraction: float, seed: int = 0) -> np.ndarray:
+    """A boolean per row of the train split: the rows of about ``fraction`` of its subjects
+    (stratified on whether the subject has a positive), kept out of model fitting, early
+    stopping and penalty choice so the calibrator is fitted on rows nothing else used."""
+    if fraction <= 0 or len(train) == 0:
+        return np.zeros(len(train), bool)
+    subj = train.groupby("subject_id")["label"].max()
+    rng = np.random.default_rng(seed + 7919)
+    chosen = []
+    for _, ids in subj.groupby(subj):
+        ids = ids.index.to_numpy().copy()
+        rng.shuffle(ids)
+        chosen += ids[:int(round(len(ids) * fraction))].tolist()
+    return train["subject_id"].isin(chosen).to_numpy()
