@@ -14,7 +14,7 @@ from pipeline.artifacts import CODE_VERSION, output_hash, read_json, run_stage, 
 from pipeline.config import RunConfig
 from pipeline.errors import DataError
 from pipeline.explain.explanation import Explanation
-from pipeline.explain.modality import modality_shapley
+from pipeline.explain.modality import AbsenceTemplate, modality_shapley
 from pipeline.jobs.prepare import Prepared, collect_quarantine, load_tensors, log, prepare
 from pipeline.models.calibration import Calibrator
 from pipeline.models.gbm import GBMClassifier, LateFusionGBM
@@ -141,11 +141,14 @@ def feature_shap(model, X: pd.DataFrame, background: pd.DataFrame | None = None)
 
 
 def explain(model, X: pd.DataFrame, hadm: np.ndarray, modalities: list[str],
-            background: pd.DataFrame | None = None) -> Explanation:
+            background: pd.DataFrame | None = None, absence: AbsenceTemplate | None = None) -> Explanation:
+    """Feature SHAP and modality Shapley values; ``absence``: how a training row without each
+    modality looks (the model folder's ``absence``), so hiding one stays in distribution."""
     exp = feature_shap(model, X, background)
     exp.hadm_id = np.asarray(hadm)
     cols = [c for c in model.feature_names_in_]
-    exp.modality_contrib = modality_shapley(model.decision_function, X[cols], modalities).reset_index(drop=True)
+    exp.modality_contrib = modality_shapley(model.decision_function, X[cols], modalities,
+                                            absence).reset_index(drop=True)
     return exp
 
 
@@ -165,7 +168,8 @@ def score_rows(rows: pd.DataFrame, model, calibrator: Calibrator, meta: dict, pr
         for m in ("ehr", "ecg", "notes", "imaging"):
             out[m] = np.nan
         return out, None
-    exp = explain(model, X, rows["hadm_id"].to_numpy(), meta["modalities"], background)
+    exp = explain(model, X, rows["hadm_id"].to_numpy(), meta["modalities"], background,
+                  AbsenceTemplate.from_json(meta.get("absence")))
     out["reasons"] = exp.top_reasons(meta["top_k_reasons"], pretty)
     for m in ("ehr", "ecg", "notes", "imaging"):
         out[m] = exp.modality_contrib[m].to_numpy() if m in exp.modality_contrib.columns else 0.0
@@ -236,6 +240,9 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
         "code_labels": {c: labels[c] for c in ehr_codes
                         if c in labels},
         "trained_on": sources.to_json(),
+        # what a training row without each modality looks like: modality Shapley hides by it
+        "absence": AbsenceTemplate.learn(t[t.split == "train"][list(model.feature_names_in_)],
+                                         prep.modalities).to_json(),
     }
     model.save(mdir / "primary")
     # SHAP background for models that need one (the fused net): 100 train rows, features only.
@@ -271,6 +278,9 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
         "modality_presence": {m: float(t[mask_col(m)].mean()) for m in prep.modalities},
         "modality_importance": exp.modality_importance(),
         "top_features": exp.feature_importance().head(20).round(5).to_dict(),
+        "shap": {"method": exp.method, **({} if exp.additivity_error is None else {
+            "additivity_error_mean_abs": float(np.abs(exp.additivity_error).mean()),
+            "additivity_error_max_abs": float(np.abs(exp.additivity_error).max())})},
         "cohort": cohort_counts, "splits": t["split"].value_counts().to_dict(),
         "n_features": len(feats), "quarantine_counts": _reason_counts(quarantine),
         "leakage_passed": audit["passed"], "leakage_warnings": len(audit["warnings"]),
