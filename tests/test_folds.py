@@ -67,3 +67,18 @@ def test_image_cnn_early_stops_on_rows_other_than_those_it_scores(monkeypatch):
         assert len(stop_rows) and not set(subj[stop_rows]) & set(subj[list(out)])
         assert not set(subj[fit_rows]) & set(subj[list(out)])
     assert scored == set(range(len(y)))
+
+
+def test_calibration_rows_are_whole_train_subjects_held_out_from_fitting():
+    from pipeline.config import RunConfig
+    from pipeline.jobs.train import model_rows
+    rng = np.random.default_rng(0)
+    subj = np.repeat(np.arange(300), 2)
+    t = pd.DataFrame({"subject_id": subj, "label": (rng.random(600) < 0.2).astype(int),
+                      "split": np.where(subj < 200, "train", np.where(subj < 250, "valid", "test"))})
+    fit, valid, cal = model_rows(t, RunConfig.model_validate({"model": {"calibration_fraction": 0.2}}))
+    assert not set(fit.subject_id) & set(cal.subject_id) and set(cal.subject_id) <= set(range(200))
+    assert len(fit) + len(cal) == 400 and abs(cal.subject_id.nunique() - 40) <= 1
+    assert cal.label.sum() > 0 and (valid.split == "valid").all()
+    fit0, _, cal0 = model_rows(t, RunConfig.model_validate({"model": {"calibration_fraction": 0.0}}))
+    assert cal0.empty and len(fit0) == 400
