@@ -23,7 +23,7 @@ import pandas as pd
 from data_schemas.tables import ADMISSIONS, CODES, EVENTS, ICUSTAYS, PATIENTS
 from pipeline.artifacts import write_parquet
 from pipeline.errors import DataError, Quarantine
-from pipeline.sources.discover import find_table
+from pipeline.sources.tables import find_table
 
 SOURCE = "eicu"
 STAY_GAP_DAYS = 90   # spacing of stays in one year: longer than any lookback (real gap not recorded)
