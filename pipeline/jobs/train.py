@@ -103,41 +103,8 @@ def band(risk: np.ndarray, thresholds) -> np.ndarray:
 
 
 def feature_shap(model, X: pd.DataFrame, background: pd.DataFrame | None = None) -> Explanation:
-    """Per-feature SHAP values (log-odds) for any of the project's models."""
-    from pipeline.models.fusion import FusionNetClassifier
-    from pipeline.models.impute import ImputedClassifier
-    hadm = X["hadm_id"].to_numpy() if "hadm_id" in X.columns else np.arange(len(X))
-    if isinstance(model, ImputedClassifier):
-        bg = model._t(background) if background is not None else None
-        exp = feature_shap(model.model_, model._t(X), bg)
-        return model.fold_explanation(exp, X)
-    if isinstance(model, (GBMClassifier, LinearClassifier)):
-        vals, base = model.shap_values(X)
-        names = list(model.feature_names_in_)
-        return Explanation(values=vals, base_values=base, data=X[names].to_numpy(dtype=float),
-                           feature_names=names, hadm_id=hadm)
-    if isinstance(model, LateFusionGBM):
-        # logit = b + sum_m (w_m * mask_m * logit_m + v_m * mask_m): TreeSHAP of each
-        # modality model scaled by its stacking weight is exact for the stacked logit.
-        names = [c for c in model.feature_names_in_ if c != "hadm_id"]
-        vals = np.zeros((len(X), len(names)))
-        coef = model.stacker_.coef_[0]
-        base = np.full(len(X), float(model.stacker_.intercept_[0]))
-        for i, (m, sub) in enumerate(model.models_.items()):
-            mask = X[mask_col(m)].to_numpy(dtype=float) if mask_col(m) in X.columns else np.ones(len(X))
-            v, b = sub.shap_values(X)
-            for j, f in enumerate(sub.feature_names_in_):
-                vals[:, names.index(f)] += coef[2 * i] * mask * v[:, j]
-            base += coef[2 * i] * mask * b
-            vals[:, names.index(mask_col(m))] += coef[2 * i + 1] * mask
-        return Explanation(values=vals, base_values=base, data=X[names].to_numpy(dtype=float),
-                           feature_names=names, hadm_id=hadm)
-    if isinstance(model, FusionNetClassifier):
-        from pipeline.explain.deep import fusion_shap
-        bg = background if background is not None else X
-        bg = bg.sample(min(100, len(bg)), random_state=0)
-        return fusion_shap(model, X, bg)
-    raise TypeError(f"no SHAP path for {type(model).__name__}")
+    """Per-feature SHAP values (log-odds): each model kind explains itself (``model.explain``)."""
+    return model.explain(X, background)
 
 
 def explain(model, X: pd.DataFrame, hadm: np.ndarray, modalities: list[str],

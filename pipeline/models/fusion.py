@@ -279,6 +279,13 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X, tensors=None):
         return (self.predict_proba(X, tensors)[:, 1] >= 0.5).astype(int)
 
+    def explain(self, X: pd.DataFrame, background: pd.DataFrame | None = None):
+        """Approximate SHAP values (batched expected gradients, pipeline.explain.deep) against
+        100 rows of ``background`` (default: X), with each row's additivity error."""
+        from pipeline.explain.deep import fusion_shap
+        bg = background if background is not None else X
+        return fusion_shap(self, X, bg.sample(min(100, len(bg)), random_state=0))
+
     def with_tensors(self, tensors: dict | None) -> "FusionNetClassifier":
         """Attach raw tensors used when decision_function is called without them."""
         self.tensors_ = tensors

@@ -232,6 +232,23 @@ class LateFusionGBM(ClassifierMixin, BaseEstimator):
     def predict(self, X):
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
+    def explain(self, X: pd.DataFrame, background: pd.DataFrame | None = None):
+        """Exact SHAP values of the stacked logit: logit = b + sum_m (w_m * mask_m * logit_m +
+        v_m * mask_m), so each modality model's exact values scaled by its stacking weight add up."""
+        from pipeline.models import explanation_of
+        names = [c for c in self.feature_names_in_ if c != "hadm_id"]
+        vals = np.zeros((len(X), len(names)))
+        coef = self.stacker_.coef_[0]
+        base = np.full(len(X), float(self.stacker_.intercept_[0]))
+        for i, (m, sub) in enumerate(self.models_.items()):
+            mask = X[mask_col(m)].to_numpy(dtype=float) if mask_col(m) in X.columns else np.ones(len(X))
+            v, b = sub.shap_values(X)
+            for j, f in enumerate(sub.feature_names_in_):
+                vals[:, names.index(f)] += coef[2 * i] * mask * v[:, j]
+            base += coef[2 * i] * mask * b
+            vals[:, names.index(mask_col(m))] += coef[2 * i + 1] * mask
+        return explanation_of(self, X, vals, base, names)
+
     def save(self, folder: Path) -> None:
         folder = Path(folder)
         for m, model in self.models_.items():
