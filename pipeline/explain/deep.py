@@ -3,8 +3,12 @@
 The net's inputs are the standardised tabular features of each modality, the
 modality masks, and (when used) the ECG waveform and the image.  Values are expected
 gradients (the method behind shap.GradientExplainer) computed here in batches: for each
-of ``n_baselines`` background rows b (drawn once, seeded) and ``steps`` midpoints a of
-[0, 1], the gradient at b + a (x - b), averaged and multiplied by (x - b).  Per baseline
+of ``n_baselines`` background rows b (4, drawn once, seeded) and ``steps`` midpoints a of
+[0, 1] (2), the gradient at b + a (x - b), averaged and multiplied by (x - b): 8 gradient
+points per patient, one autograd pass per chunk of patients.  On the MIMIC-IV demo's fused
+net (843 features) the whole explanation path (these values, exact modality Shapley,
+reasons) costs about 1.5 ms of CPU per patient (benchmarks/score.py --fused-sizes), and the
+additivity error is about 0.5% of the values' size (mean |error| 0.0055 log-odds).  Per baseline
 that is integrated gradients, which adds up to f(x) - f(b) up to the midpoint rule, so
 the values sum to f(x) - mean_b f(b) approximately: they are APPROXIMATE SHAP values,
 labelled ``method`` = "expected_gradients (approximate)", and each row carries its
@@ -81,7 +85,7 @@ def _expected_gradients(flat: nn.Module, xs: list[torch.Tensor], baselines: list
 
 
 def fusion_shap(model, X: pd.DataFrame, background: pd.DataFrame, tensors=None, seed: int = 0,
-                n_baselines: int = 8, steps: int = 4, chunk: int = 128) -> Explanation:
+                n_baselines: int = 4, steps: int = 2, chunk: int = 256) -> Explanation:
     tensors = tensors if tensors is not None else model.tensors_
     xs, wave, image = _inputs(model, X, tensors)
     bg, _, _ = _inputs(model, background, tensors)
