@@ -22,8 +22,8 @@ import pandas as pd
 
 from data_schemas.modalities import NOTES
 from pipeline.errors import DataError, Quarantine
-from pipeline.sources.discover import find_table
 from pipeline.sources.raw_checks import gunzip_capped
+from pipeline.sources.tables import find_table
 
 SOURCE = "notes"
 REQUIRED = ["note_id", "subject_id", "charttime", "text"]
