@@ -79,8 +79,8 @@ def test_los7_labels_stays_over_seven_days(tables):
     p, a, _ = tables
     c, _ = build_cohort(p, a, None, TaskConfig(name="los7"))
     c = c.set_index("hadm_id")
-    # stays: 11 five days, 12 two days, 21 four days (died), 61 eight days
-    assert c["label"].to_dict() == {11: 0, 12: 0, 21: 0, 61: 1}
+    # stays: 11 five days, 12 two days, 21 four days ending in death (the competing event: 1), 61 eight days
+    assert c["label"].to_dict() == {11: 0, 12: 0, 21: 1, 61: 1}
     assert (c["prediction_time"] == a.set_index("hadm_id").loc[c.index, "admittime"] + pd.Timedelta(hours=24)).all()
 
 
@@ -105,9 +105,9 @@ def test_eicu_offsets_go_on_one_timeline_per_hospital_stay(tmp_path):
     ingest_eicu(tmp_path, tmp_path / "out", Quarantine())
     adm = pd.read_parquet(tmp_path / "out" / "admissions.parquet").set_index("hadm_id")
     ev = pd.read_parquet(tmp_path / "out" / "events.parquet").set_index("value")["time"]
-    t0 = pd.Timestamp("2100-01-01")
-    # hospital stay 10 starts at 2100-01-01; the later stay 20 a year on
-    assert adm.loc[10, "admittime"] == t0 and adm.loc[20, "admittime"] == t0 + pd.Timedelta(days=365)
+    t0 = pd.Timestamp("2014-01-01")
+    # each hospital stay on 1 January of its discharge year: 10 in 2014, the later stay 20 in 2015
+    assert adm.loc[10, "admittime"] == t0 and adm.loc[20, "admittime"] == pd.Timestamp("2015-01-01")
     # both of stay 10's units are placed after the same hospital admission: unit 1 at +60 min, unit 2 at +3000
     assert ev[10.0] == t0 + pd.Timedelta(minutes=60 + 30) and ev[20.0] == t0 + pd.Timedelta(minutes=3000 - 10)
     # discharge from the first unit's offsets; Expired: deathtime = dischtime, flag 1
