@@ -105,12 +105,18 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
               {"ehr": cfg.ehr.model_dump(mode="json"), "codes": codes},
               lambda tmp, q: featurize_ehr(cohort, dirs["ingest_ehr"], cfg.ehr, tmp, codes=codes))
 
-    if "ecg" in modalities and sources.paths["ecg"] is not None:
-        from pipeline.sources.ecg import read_record_list
+    if "ecg" in modalities and (sources.paths["ecg"] is not None or sources.dicom_ecg_folders):
         from pipeline.stages.featurize_ecg import featurize_ecg
         eroot = sources.paths["ecg"]
-        idx = index("index_ecg", {"record_list": tree_hash(eroot, "record_list.csv*")}, {},
-                    lambda q: read_record_list(eroot, q), "ecg_index.parquet")
+        if eroot is not None:
+            from pipeline.sources.ecg import read_record_list
+            idx = index("index_ecg", {"record_list": tree_hash(eroot, "record_list.csv*")}, {},
+                        lambda q: read_record_list(eroot, q), "ecg_index.parquet")
+        else:  # folders of DICOM ECGs: subject and time from their tags
+            from pipeline.sources.ecg_dicom import index_dicom_ecg_folders
+            folders = sources.dicom_ecg_folders
+            idx = index("index_ecg", {str(f): tree_hash(f, "*.dcm") for f in folders}, {},
+                        lambda q: index_dicom_ecg_folders(folders, q), "ecg_index.parquet")
         featurize("ecg", {"index": output_hash(dirs["index_ecg"])}, {"ecg": cfg.ecg.model_dump(mode="json")},
                   lambda tmp, q: featurize_ecg(cohort, idx, cfg.ecg, tmp, q))
 
