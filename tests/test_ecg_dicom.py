@@ -134,7 +134,6 @@ def dicom_root(mimic_demo, tmp_path_factory) -> Path:
 
 def test_dicom_ecg_end_to_end_inspect_train_score(dicom_root, tmp_path):
     from pipeline.jobs.score import score
-    from pipeline.jobs.train import train
     root = dicom_root / "train"
     r = subprocess.run([sys.executable, "-m", "pipeline.cli", "inspect", "--data", str(root), "--json",
                         str(tmp_path / "inspect.json")], capture_output=True, text=True, timeout=600)
@@ -148,8 +147,20 @@ def test_dicom_ecg_end_to_end_inspect_train_score(dicom_root, tmp_path):
 
     cfg = RunConfig.model_validate({"modalities": ["ehr", "ecg"], "model": {
         "gbm_estimators": 30, "fusion_models": ["gbm_early"], "single_modality_baselines": False}})
-    run = tmp_path / "run"
-    metrics = train(root, run, cfg, report=False)
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    run, events = tmp_path / "run", tmp_path / "events.jsonl"
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "--quiet", "--log-json", str(events), "train",
+                        "--data", str(root), "--out", str(run), "--config", str(tmp_path / "cfg.json"),
+                        "--no-report"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "", "--quiet printed progress lines"
+    metrics = json.loads((run / "metrics.json").read_text())
+    ev = [json.loads(line) for line in events.read_text().splitlines()]
+    done = {e["stage"]: e for e in ev if e["event"] == "done"}
+    assert {"ingest_ehr", "cohort", "features_ehr", "index_ecg", "features_ecg", "train"} <= set(done)
+    assert done["features_ecg"]["rows"]["features.parquet"] >= 60 and done["features_ecg"]["seconds"] > 0
+    loops = [e for e in ev if e["event"] == "loop" and e["stage"] == "features_ecg"]
+    assert loops and sum(e["rows"] for e in loops) == done["features_ecg"]["rows"]["qc.parquet"]
     feats = pd.read_parquet(run / "stages" / "features_ecg" / "features.parquet")
     # an ECG serves every admission of its subject within the lookback, so rows can exceed files
     qc = pd.read_parquet(run / "stages" / "features_ecg" / "qc.parquet")

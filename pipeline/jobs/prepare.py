@@ -12,13 +12,15 @@ import pandas as pd
 from data_schemas.modalities import COHORT, QUARANTINE
 from pipeline.artifacts import output_hash, read_parquet, run_stage, tree_hash, write_parquet
 from pipeline.config import RunConfig
+from pipeline import progress
 from pipeline.errors import Quarantine
 from pipeline.sources.discover import Sources
 from pipeline.stages.align import align
 
 
 def log(msg: str) -> None:
-    print(msg, flush=True)
+    """A progress line (silent with ``mmpipe --quiet``)."""
+    progress.log(msg)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pipeline.models.calibration import Calibrator
 from pipeline.models.gbm import GBMClassifier, LateFusionGBM
 from pipeline.models.linear import LinearClassifier
 from pipeline.models.metrics import age_band, availability_pattern, by_group, evaluate
+from pipeline.progress import event
 from pipeline.sources.discover import discover
 from pipeline.stages import leakage
 from pipeline.stages.align import feature_columns, mask_col, modality_of
@@ -200,6 +201,7 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
         results[name] = evaluate(te["label"], p, seed=cfg.model.seed)
         results[name]["calibration_method_used"] = cal.method_used_
         log(f"[train] {name}: test AUROC {_fmt(results[name]['auroc'])} CI {results[name].get('auroc_ci')}")
+        event("train", "model", model=name, auroc=results[name]["auroc"], n=results[name]["n"])
 
     primary = cfg.model.primary if cfg.model.primary in models else next(iter(models))
     model, cal = models[primary], calibrators[primary]
@@ -257,6 +259,8 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
         "sources": sources.to_json(), "seconds": round(time.time() - t0, 1),
     }
     write_json(metrics, out / "metrics.json")
+    event("train", "done", seconds=metrics["seconds"], rows=len(t), primary=primary,
+          auroc=results[primary]["auroc"], quarantined=len(quarantine))
     log(f"[train] quarantined records: {len(quarantine)} " + json.dumps(metrics["quarantine_counts"]))
     log(f"[train] primary model {primary}: test AUROC {_fmt(results[primary]['auroc'])} "
         f"(95% CI {results[primary].get('auroc_ci')}) on {results[primary]['n']} admissions")

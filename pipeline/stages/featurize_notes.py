@@ -33,6 +33,7 @@ from sklearn.base import BaseEstimator
 from pipeline.artifacts import read_json, write_json, write_parquet
 from pipeline.config import NotesConfig
 from pipeline.errors import DataError, Quarantine
+from pipeline.progress import track
 from pipeline.stages.cohort import cross_fit_feature
 
 CHUNK_WORDS = 256
@@ -408,7 +409,9 @@ def featurize_notes(cohort: pd.DataFrame, notes: pd.DataFrame, cfg: NotesConfig,
     note_owner: list[int] = []  # hadm_id of each embedded note
     per_adm: dict[int, dict] = {}
     docs: dict[int, str] = {}   # an admission's cleaned text, for notes.text_risk
-    for hadm, g in sel.groupby("hadm_id", sort=True):
+    groups = sel.groupby("hadm_id", sort=True)
+    for hadm, g in track(groups, total=groups.ngroups, desc="notes (admissions)", unit="admission",
+                         stage="features_notes"):
         cleaned = dedupe_sentences([clean(t, nt) for t, nt in zip(g["text"], g["note_type"])])
         if cfg.text_risk:
             docs[int(hadm)] = "\n".join(cleaned)
