@@ -19,7 +19,7 @@ from pipeline.jobs.prepare import Prepared, collect_quarantine, load_tensors, lo
 from pipeline.models.calibration import Calibrator
 from pipeline.models.gbm import GBMClassifier, LateFusionGBM
 from pipeline.models.linear import LinearClassifier
-from pipeline.models.metrics import age_band, availability_pattern, by_group, evaluate
+from pipeline.models.metrics import age_band, availability_pattern, by_group, decision_curve, evaluate
 from pipeline.progress import event
 from pipeline.sources.discover import discover
 from pipeline.stages import leakage
@@ -208,6 +208,10 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
     mdir = out / "model"
     codes_table = pd.read_parquet(prep.stage_dirs["ingest_ehr"] / "codes.parquet")
     labels = feature_labels(codes_table)
+    notes_dir = prep.stage_dirs.get("features_notes")
+    if notes_dir is not None and (notes_dir / "encoder" / "encoder.json").exists():
+        from pipeline.stages.featurize_notes import notes_feature_labels
+        labels.update(notes_feature_labels(notes_dir / "encoder"))   # notes components named by their terms
     ehr_codes = load_codes(prep.stage_dirs["features_ehr"])
     meta = {
         "code_version": CODE_VERSION, "primary": primary, "kind": type(model).__name__,
@@ -215,7 +219,7 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
         "band_thresholds": list(cfg.model.band_thresholds), "top_k_reasons": cfg.model.top_k_reasons,
         "calibrator": cal.to_json(), "config": cfg.model_dump(mode="json"),
         "ehr_codes": ehr_codes,
-        "code_labels": {c: labels[c] for c in ehr_codes
+        "code_labels": {c: labels[c] for c in [*ehr_codes, *(f for f in labels if f.startswith("notes__"))]
                         if c in labels},
         "trained_on": sources.to_json(),
     }
@@ -255,6 +259,7 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
         "top_features": exp.feature_importance().head(20).round(5).to_dict(),
         "cohort": cohort_counts, "splits": t["split"].value_counts().to_dict(),
         "n_features": len(feats), "quarantine_counts": _reason_counts(quarantine),
+        "decision_curve": decision_curve(y, p_primary),
         "leakage_passed": audit["passed"], "leakage_warnings": len(audit["warnings"]),
         "sources": sources.to_json(), "seconds": round(time.time() - t0, 1),
     }
