@@ -176,3 +176,18 @@ def test_dicom_ecg_end_to_end_inspect_train_score(dicom_root, tmp_path):
     both = feats.merge(sfeats, on="hadm_id", suffixes=("", "_s"))
     assert len(both) == len(feats) and np.allclose(both["ecg__hr"], both["ecg__hr_s"])
     assert len(scores) > len(feats) and (scores["ecg"].abs() > 0).any() and scores["risk"].between(0, 1).all()
+
+
+def test_dicom_ecg_folder_index_takes_ids_from_tags_and_quarantines_the_rest(tmp_path):
+    from pipeline.errors import Quarantine
+    ds, rng = pydicom.dcmread(FIXTURE), np.random.default_rng(1)
+    _write_ecg(ds, 42, pd.Timestamp("2150-01-02 03:04:05"), rng, tmp_path / "a.dcm")
+    _write_ecg(ds, 43, pd.Timestamp("2150-01-03"), rng, tmp_path / "b.dcm")
+    bad = pydicom.dcmread(tmp_path / "b.dcm")
+    bad.PatientID = "MRN-0043"
+    bad.save_as(tmp_path / "b.dcm")
+    q = Quarantine()
+    idx = index_dicom_ecg_folder(tmp_path, q)
+    assert idx["subject_id"].tolist() == [42] and idx["ecg_time"].tolist() == [pd.Timestamp("2150-01-02 03:04:05")]
+    [row] = q.rows
+    assert row.field == "PatientID" and "not an integer subject_id" in row.reason and row.file.endswith("b.dcm")

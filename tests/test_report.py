@@ -148,6 +148,8 @@ def test_patient_cards_show_waterfall_ecg_and_xray(synth_run):
     assert re.search(r"notes: [a-z]", html) and not re.search(r">notes \d+<|notes \d+ =|notes \d+\)", html)
     meta = json.loads((synth_run / "model" / "model.json").read_text())
     assert meta["code_labels"]["notes__0"].startswith("notes: ")
+    from pipeline.jobs.train import pretty_namer                 # the score files' reasons use the same names
+    assert pretty_namer(meta["code_labels"])("notes__0") == meta["code_labels"]["notes__0"]
 
 
 def test_show_signals_false_leaves_waveforms_and_images_out(synth_run, tmp_path):
