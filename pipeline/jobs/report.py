@@ -1,8 +1,12 @@
 """``mmpipe report``: a self-contained HTML report of a run (jinja2 + matplotlib,
 images embedded as base64 PNG).  Reads only the run folder's artifacts.
 
-The report never prints note text: it shows feature names, metrics, ids and
-quarantine reasons (truncated), never the rows of a notes table.
+The report never prints note text: it shows feature names (notes components by their
+top TF-IDF terms), metrics, ids and quarantine reasons (truncated), never the rows of a
+notes table.  Plots: ROC / PR / calibration, SHAP importance and per-patient values,
+modality attribution, the decision curve, and per patient card a SHAP waterfall plus (unless
+``report.show_signals`` is off) its ECG and chest X-ray (``report_cards``).  A print
+stylesheet keeps plots, tables and cards whole on a page.
 """
 from __future__ import annotations
 
