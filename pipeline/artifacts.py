@@ -19,6 +19,7 @@ import pandas as pd
 
 from data_schemas.base import Schema
 from pipeline.errors import DataError
+from pipeline.progress import event
 
 _PKG = Path(__file__).resolve().parent
 
@@ -221,6 +222,7 @@ def run_stage(name: str, out_dir: Path, inputs: dict[str, str], config: dict,
         m = read_json(manifest_path)
         if m.get("inputs") == inputs and m.get("config_hash") == chash and m.get("code_version") == CODE_VERSION:
             log(f"[{name}] up to date, skipped")
+            event(name, "skipped", reason="inputs and config unchanged")
             return out_dir
         log(f"[{name}] inputs or config changed, rerunning")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
@@ -229,6 +231,7 @@ def run_stage(name: str, out_dir: Path, inputs: dict[str, str], config: dict,
     tmp.mkdir(parents=True)
     t0 = time.time()
     log(f"[{name}] running")
+    event(name, "start")
     try:
         extra = fn(tmp) or {}
     except BaseException:
@@ -249,6 +252,8 @@ def run_stage(name: str, out_dir: Path, inputs: dict[str, str], config: dict,
     os.replace(tmp, out_dir)
     if old.exists():
         shutil.rmtree(old)
+    event(name, "done", seconds=manifest["seconds"], rows=manifest["row_counts"],
+          quarantined=manifest.get("quarantined"))
     log(f"[{name}] done in {manifest['seconds']:.1f}s " +
         ", ".join(f"{k}={v}" for k, v in manifest["row_counts"].items()))
     return out_dir

@@ -110,6 +110,13 @@ class ModelConfig(_Strict):
     seed: int = 0
 
 
+class ReportConfig(_Strict):
+    # the patient cards show each patient's 12-lead ECG and chest X-ray thumbnail; turn off
+    # for a report that leaves the site (the waveforms and images are patient data)
+    show_signals: bool = True
+    patient_cards: int = Field(default=6, ge=0)   # highest- and lowest-risk test admissions shown
+
+
 class RunConfig(_Strict):
     sources: SourcePaths = Field(default_factory=SourcePaths)
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -118,6 +125,7 @@ class RunConfig(_Strict):
     notes: NotesConfig = Field(default_factory=NotesConfig)
     imaging: ImagingConfig = Field(default_factory=ImagingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     modalities: tuple[str, ...] = MODALITIES
 
     @classmethod

@@ -141,11 +141,15 @@ def _ecg_chunk(rows: list[dict], fs: int) -> list[dict]:
 
 
 def _verdict_counts(rows: list[dict]) -> dict:
-    return {v: sum(r["verdict"] == v for r in rows) for v in ("ok", "warn", "bad")}
+    out = {v: sum(r["verdict"] == v for r in rows) for v in ("ok", "warn", "bad")}
+    skipped = sum(r["verdict"] == "skipped" for r in rows)
+    return {**out, "skipped": skipped} if skipped else out
 
 
-def inspect_ecg_source(root: Path | None, folders: list[Path], cfg: RunConfig, n_jobs: int = 2) -> dict:
+def inspect_ecg_source(root: Path | None, folders: list[Path], cfg: RunConfig, n_jobs: int = 2,
+                       dicom_folders: list[Path] = ()) -> dict:
     from pipeline.sources.ecg import index_wfdb_folder, inspect_ecg, read_record_list
+    from pipeline.sources.ecg_dicom import index_dicom_ecg_folder
     out: dict = {"records": []}
     if root is not None:
         q = Quarantine()
@@ -156,6 +160,8 @@ def inspect_ecg_source(root: Path | None, folders: list[Path], cfg: RunConfig, n
         out["records"] += _parallel(partial(_ecg_chunk, fs=cfg.ecg.fs), idx.to_dict("records"), n_jobs)
     for folder in folders:
         out["records"] += inspect_ecg(index_wfdb_folder(folder), fs=cfg.ecg.fs)
+    for folder in dicom_folders:
+        out["records"] += inspect_ecg(index_dicom_ecg_folder(folder), fs=cfg.ecg.fs)
     # a record may be found twice (a folder inside another): keep one verdict per record
     seen, uniq = set(), []
     for r in out["records"]:
@@ -225,6 +231,8 @@ def inspect_data(data: Path, cfg: RunConfig, json_out: Path | None = None, deep:
         src.add_row("wfdb folder", str(f))
     for f in sources.image_folders:
         src.add_row("image folder", str(f))
+    for f in sources.dicom_ecg_folders:
+        src.add_row("DICOM ECG folder", str(f))
     console.print(src)
 
     def guarded(name, fn):
@@ -250,8 +258,9 @@ def inspect_data(data: Path, cfg: RunConfig, json_out: Path | None = None, deep:
             console.print(t)
             console.print(f"id consistency: {m.get('id_consistency')}; bad rows: {m.get('bad_row_count', 0)}")
             _print_problems(console, "EHR", m.get("bad_rows", []))
-    if sources.paths["ecg"] or sources.wfdb_folders:
-        guarded("ecg", lambda: inspect_ecg_source(sources.paths["ecg"], sources.wfdb_folders, cfg))
+    if sources.paths["ecg"] or sources.wfdb_folders or sources.dicom_ecg_folders:
+        guarded("ecg", lambda: inspect_ecg_source(sources.paths["ecg"], sources.wfdb_folders, cfg,
+                                                  dicom_folders=sources.dicom_ecg_folders))
         e = report["ecg"]
         if "records" in e:
             console.print(f"ECG records: {len(e['records'])} — verdicts {e['verdicts']}")
@@ -275,8 +284,9 @@ def inspect_data(data: Path, cfg: RunConfig, json_out: Path | None = None, deep:
             console.print(f"images: {len(im['images'])} — verdicts {im['verdicts']}")
             _print_problems(console, "CXR metadata", im.get("index_problems", []))
             for r in [r for r in im["images"] if r["verdict"] != "ok"][:10]:
-                console.print(f"  [red]bad[/] {r['file']}: {'; '.join(r['reasons'])}")
-    if not sources.found and not sources.wfdb_folders and not sources.image_folders:
+                tag = "[yellow]skipped[/]" if r["verdict"] == "skipped" else "[red]bad[/]"
+                console.print(f"  {tag} {r['file']}: {'; '.join(r['reasons'])}")
+    if not (sources.found or sources.wfdb_folders or sources.image_folders or sources.dicom_ecg_folders):
         console.print("[yellow]nothing recognisable found under this folder[/]")
     report["seconds"] = round(time.time() - t0, 2)
     console.print(f"inspected in {report['seconds']} s")

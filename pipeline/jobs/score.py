@@ -21,6 +21,7 @@ from pipeline.config import RunConfig
 from pipeline.errors import DataError, Quarantine
 from pipeline.jobs.prepare import aligned_shards, collect_quarantine, load_tensors, log, prepare
 from pipeline.models.calibration import Calibrator
+from pipeline.progress import event, track
 from pipeline.sources.discover import discover
 from pipeline.stages.align import modality_of
 from pipeline.stages.tensorize import TensorWriter, iter_shards, shard_table, shard_tensors
@@ -145,12 +146,13 @@ def _score(model: Path, input_root: Path, output: Path, work: Path, engine: str,
     else:
         raise DataError(f"unknown engine {engine!r}", field="--engine", hint="local or dask")
     with ParquetShardWriter(output, SCORES) as out:
-        for part in tqdm(parts, total=n_shards, unit="shard"):
+        for part in track(parts, total=n_shards, desc="score shards", unit="shard", stage="score"):
             out.write(part)
     qpath = output.with_name(f"{output.stem}_quarantine.parquet")
     write_parquet(q, qpath, QUARANTINE)
     rate = out.rows / max(time.time() - t0, 1e-9)
     log(f"[score] wrote {output} ({out.rows} rows, {rate:.0f}/s overall); quarantine {qpath} ({len(q)} rows)")
+    event("score", "done", seconds=round(time.time() - t0, 3), rows=out.rows, quarantined=len(q), output=output)
     return pd.read_parquet(output) if return_frame else out.rows
 
 

@@ -10,10 +10,13 @@ Policy (what ``load_ecg`` does with an imperfect record):
 
 * Leads are mapped by name, case-insensitively: ``I II III aVR aVL aVF V1..V6``,
   with the aliases MLI/MLII/MLIII (MIT-BIH modified limb leads), DI/DII/DIII and
-  D1/D2/D3 (European notation) and a ``lead`` prefix ("Lead II").  A bare ``V``
-  (a precordial lead of unknown position, e.g. PhysioNet Challenge 2015) is not
-  mapped, nor are ``ECG 1``, Frank leads ``vx vy vz``, PLETH, RESP, ...: they are
-  listed in ``ignored_signals`` and in the reasons.
+  D1/D2/D3 (European notation) and a ``lead`` prefix ("Lead II").  MCL1 (modified
+  chest lead 1, Holter / telemetry) is used as V1 with a warn reason (it approximates
+  V1).  A bare ``V`` (a precordial lead of unknown position, e.g. PhysioNet Challenge
+  2015) is not mapped and gets its own reason, nor are ``ECG 1``, Frank leads
+  ``vx vy vz``, PLETH, RESP, ...: they are listed in ``ignored_signals`` and in the reasons.
+* A ``.dcm`` path is a DICOM waveform ECG, read by ``pipeline.sources.ecg_dicom`` into the
+  same form (and then the same QC as a WFDB record).
 * Fewer than 12 usable leads: used with its lead mask (verdict warn), unless
   fewer than ``min_leads`` remain (bad).  No mappable ECG lead at all: bad.
 * Sampling rate other than ``fs``: resampled with ``scipy.signal.resample_poly``
@@ -54,7 +57,11 @@ LEAD_INDEX = {name: i for i, name in enumerate(STANDARD_LEADS)}
 
 _LEAD_KEYS = {name.lower(): name for name in STANDARD_LEADS}
 _LEAD_KEYS.update({"mli": "I", "mlii": "II", "mliii": "III", "di": "I", "dii": "II", "diii": "III",
-                   "d1": "I", "d2": "II", "d3": "III"})
+                   "d1": "I", "d2": "II", "d3": "III", "mcl1": "V1"})
+# aliases that stand in for a lead without being it: used, with a warn reason
+_APPROXIMATE = {"mcl1": "modified chest lead MCL1 used as V1 (a bipolar approximation of V1)"}
+# names that are an ECG lead of unknown position: ignored, with this reason
+_UNPLACED = {"v": "a precordial lead of unknown position (V1..V6?)"}
 
 # WFDB signal formats: bytes per sample, digital range, and the invalid-sample (NaN) code.
 # https://www.physionet.org/physiotools/wag/signal-5.htm
@@ -72,10 +79,14 @@ SATURATION_PLATEAU_S = 0.08       # run length at the lead's own extreme (away f
 PLATEAU_MIN_MV = 0.3
 
 
+def _lead_key(name: str) -> str:
+    return re.sub(r"^lead[\s_\-]*", "", name.strip().lower()).replace(" ", "")
+
+
 def map_lead(name: str) -> str | None:
-    """The standard lead a signal name stands for, or None ('MLII' -> 'II', 'avr' -> 'aVR', 'V' -> None)."""
-    key = re.sub(r"^lead[\s_\-]*", "", name.strip().lower()).replace(" ", "")
-    return _LEAD_KEYS.get(key)
+    """The standard lead a signal name stands for, or None ('MLII' -> 'II', 'avr' -> 'aVR',
+    'MCL1' -> 'V1', 'V' -> None)."""
+    return _LEAD_KEYS.get(_lead_key(name))
 
 
 @dataclass(frozen=True)
@@ -305,6 +316,11 @@ def _map_signals(hdr) -> tuple[list[int], list[str], list[str], list[Issue]]:
     chans, leads, ignored, dupes, issues = [], [], [], [], []
     for c, name in enumerate(hdr.sig_name):
         lead = map_lead(name or "")
+        key = _lead_key(name or "")
+        if key in _UNPLACED:
+            issues.append(Issue("info", "leads", f"signal {name} ignored: {_UNPLACED[key]}"))
+        elif lead is not None and key in _APPROXIMATE and lead not in leads:
+            issues.append(Issue("warn", f"lead:{lead}", _APPROXIMATE[key]))
         unit = (hdr.units[c] if hdr.units else "") or ""
         if lead is not None and unit.strip().lower() not in _VOLT_UNITS:
             issues.append(Issue("info", "units", f"signal {name} has units {unit!r}, not a voltage: ignored"))
@@ -485,9 +501,14 @@ def _fs_text(fs: float) -> str:
 
 
 def load_ecg(path: str | Path, fs: int = 500, seconds: float = 10.0, min_leads: int = 1) -> ECGRecord:
-    """Read one WFDB record (path without extension) into the standard 12-lead form; see module doc."""
+    """Read one WFDB record (path without extension), or a DICOM ECG (.dcm, read by
+    ``pipeline.sources.ecg_dicom``), into the standard 12-lead form; see module doc."""
     path = Path(path)
-    hdr, n_total, d, chans, leads, ignored, issues = _read(path, seconds)
+    if path.suffix.lower() == ".dcm":
+        from pipeline.sources.ecg_dicom import read_dicom_ecg
+        hdr, n_total, d, chans, leads, ignored, issues = read_dicom_ecg(path, seconds)
+    else:
+        hdr, n_total, d, chans, leads, ignored, issues = _read(path, seconds)
     n_out = round(fs * seconds)
     fs_orig = float(hdr.fs)
     n_want = math.ceil(seconds * fs_orig)

@@ -35,6 +35,7 @@ REQUIRED = ["dicom_id", "subject_id", "study_id", "StudyDate", "StudyTime"]
 FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".dcm": "dicom", ".nii": "nifti"}
 KEY = "image"
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+NOT_AN_IMAGE = "modality"   # DataError field of a file that is data of another source (a DICOM ECG)
 
 
 def image_format(path: str | Path) -> str | None:
@@ -222,6 +223,10 @@ def _check_file(path: Path, fmt: str | None) -> None:
             raise DataError(f"unreadable DICOM ({type(e).__name__})", file=path, field="image") from None
         if not dicom_like:
             raise DataError("not a DICOM file (no DICOM tags found)", file=path, field="image")
+        from pipeline.sources.ecg_dicom import is_ecg_dataset
+        if not has_pixels and is_ecg_dataset(ds):
+            raise DataError("a DICOM ECG waveform, not an image: skipped here, the ECG source reads it",
+                            file=path, field=NOT_AN_IMAGE)
         if not has_pixels:
             raise DataError("DICOM has no pixel data", file=path, field="pixel data",
                             hint=f"Modality {ds.get('Modality', 'unknown')}: structured reports, RT plans and "
@@ -320,7 +325,8 @@ def quick_check(path: str | Path) -> None:
 
 
 def inspect_images(paths, deep: bool = False, size: int = 32) -> list[dict]:
-    """Per file {"file", "verdict" ("ok"/"bad"), "reasons", "shape"}; never raises.
+    """Per file {"file", "verdict" ("ok"/"bad", or "skipped" for a DICOM ECG), "reasons", "shape"};
+    never raises.
 
     ``deep`` decodes every file through MONAI (shape = the loaded [size, size] array);
     otherwise structure checks only (shape None)."""
@@ -333,7 +339,7 @@ def inspect_images(paths, deep: bool = False, size: int = 32) -> list[dict]:
             else:
                 quick_check(p)
         except DataError as e:
-            rec.update(verdict="bad", reasons=[e.reason])
+            rec.update(verdict="skipped" if e.field == NOT_AN_IMAGE else "bad", reasons=[e.reason])
         except Exception as e:  # a verdict for every file: an unexpected failure is a "bad" with its type
             rec.update(verdict="bad", reasons=[f"unexpected {type(e).__name__}: {str(e)[:120]}"])
         out.append(rec)

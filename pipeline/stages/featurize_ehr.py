@@ -147,7 +147,10 @@ def feature_labels(codes_table: pd.DataFrame) -> dict[str, str]:
 
 
 def pretty_feature(name: str, labels: dict[str, str]) -> str:
-    """'ehr__lab:50813__last' -> 'Lactate (last)'."""
+    """'ehr__lab:50813__last' -> 'Lactate (last)'; a full feature name in ``labels`` (e.g. a notes
+    component named by its top terms) -> its label."""
+    if name in labels:
+        return labels[name]
     parts = name.split("__")
     if len(parts) == 3 and parts[0] == "ehr":
         code, agg = parts[1], parts[2]
