@@ -32,6 +32,7 @@ from pipeline.artifacts import read_json, write_json
 from pipeline.errors import DataError
 from pipeline.models import require_features, require_two_classes
 from pipeline.models.fusion_net import FusionEnsemble, FusionNet, load_weights
+from pipeline.progress import track
 from pipeline.stages.align import mask_col, modality_of
 
 WAVE_FS = 100  # the CNN sees ECGs decimated to 100 Hz
@@ -153,7 +154,7 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         return b
 
     # ------------------------------------------------------------------ fit / predict
-    def fit(self, X: pd.DataFrame, y, eval_set=None, tensors: dict | None = None):
+    def fit(self, X: pd.DataFrame, y, eval_set=None, tensors: dict | None = None, groups=None):
         started = time.perf_counter()
         y = require_two_classes(y).astype(np.float32)
         if int(self.n_members) < 1:
@@ -175,7 +176,7 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         if self.linear_base:
             from pipeline.models.linear import cross_fitted
             ev = (eval_set[0][feats], np.asarray(eval_set[1])) if eval_set is not None else None
-            self.base_, oof = cross_fitted(X[feats], y, ev, random_state=self.random_state)
+            self.base_, oof = cross_fitted(X[feats], y, ev, random_state=self.random_state, groups=groups)
             offset = oof.astype(np.float32)
             if eval_set is not None:
                 valid_offset = self.base_.decision_function(eval_set[0]).astype(np.float32)
@@ -223,7 +224,9 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         if valid is not None and self.base_ is not None:   # the base alone is a candidate too
             best = valid_loss()
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        for epoch in range(self.max_epochs):
+        epochs = track(range(self.max_epochs), total=self.max_epochs, desc=f"fused net epochs (seed {seed})",
+                       unit="epoch", stage="fusion")
+        for epoch in epochs:
             net.train()
             order = rng.permutation(len(y))
             total = 0.0
@@ -278,6 +281,13 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X, tensors=None):
         return (self.predict_proba(X, tensors)[:, 1] >= 0.5).astype(int)
+
+    def explain(self, X: pd.DataFrame, background: pd.DataFrame | None = None):
+        """Approximate SHAP values (batched expected gradients, pipeline.explain.deep) against
+        100 rows of ``background`` (default: X), with each row's additivity error."""
+        from pipeline.explain.deep import fusion_shap
+        bg = background if background is not None else X
+        return fusion_shap(self, X, bg.sample(min(100, len(bg)), random_state=0))
 
     def with_tensors(self, tensors: dict | None) -> "FusionNetClassifier":
         """Attach raw tensors used when decision_function is called without them."""

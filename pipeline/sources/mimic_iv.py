@@ -18,7 +18,8 @@ import pandas as pd
 from data_schemas.tables import ADMISSIONS, CODES, EVENTS, ICUSTAYS, PATIENTS
 from pipeline.artifacts import write_parquet
 from pipeline.errors import DataError, Quarantine
-from pipeline.sources.discover import find_table
+from pipeline.sources.raw_checks import checked_scan
+from pipeline.sources.tables import find_table
 from pipeline.sources.units import harmonise_units
 
 SOURCE = "mimic_iv"
@@ -45,8 +46,11 @@ def _read_text_table(path: Path, required: list[str]) -> pd.DataFrame:
     if path.suffix == ".parquet":
         df = pd.read_parquet(path).astype("string")
     else:
-        df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""],
-                         encoding_errors="replace")
+        try:
+            df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""], encoding_errors="replace")
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, EOFError, OSError) as e:
+            raise DataError(f"cannot read the table ({type(e).__name__}: {str(e).splitlines()[-1][:160]})",
+                            file=path, hint="an empty, truncated or malformed CSV") from None
     df = df.rename(columns={k: v for k, v in RENAMES.items() if k in df.columns and v not in df.columns})
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -244,7 +248,7 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     out_dir/admissions.parquet (their rows are known at the coded admission's dischtime)."""
     from pipeline.sources.mimic_extra import drug_maps, extra_parts
     con = con or connect(temp_dir=out_dir)
-    parts, found, absent, fallback = [], [], [], {}
+    parts, found, absent, raw, fallback = [], [], [], {}, {}
     for table, (required, sql) in EVENT_QUERIES.items():
         path = table_path(root, table)
         if path is None:
@@ -252,19 +256,22 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
             continue
         _require(con, path, required)
         cols = _columns(con, path)
-        rowref = ({"labevents": "'labevent_id=' || labevent_id"}.get(table) if "labevent_id" in cols else None) \
-            or "'subject_id=' || subject_id || ' charttime=' || charttime"
+        raw[table] = checked_scan(con, table, path, q, SOURCE)   # the user's file, line-numbered and checked
+        rowref = "'line ' || _line"
         if "hadm_id" not in cols:
             sql = sql.replace("TRY_CAST(hadm_id AS DOUBLE)", "NULL::DOUBLE")
+        if "valueuom" not in cols:
+            sql = sql.replace("valueuom unit", "NULL::VARCHAR unit")
         known = STORED
         if "storetime" not in cols:  # an extract without the column: charted time, reported
             known, fallback[table] = "TRY_CAST(charttime AS TIMESTAMP)", "no storetime column: known at charttime"
-        parts.append((table, path, sql.format(scan=_scan(path), rowref=rowref, known=known)))
+        parts.append((table, path, sql.format(scan=raw[table].scan, rowref=rowref, known=known)))
         found.append(table)
     omr = table_path(root, "omr")
     if omr is not None:
         _require(con, omr, ["subject_id", "chartdate", "result_name", "result_value"])
-        parts.append(("omr", omr, _omr_query(_scan(omr))))
+        raw["omr"] = checked_scan(con, "omr", omr, q, SOURCE)
+        parts.append(("omr", omr, _omr_query(raw["omr"].scan)))
         found.append("omr")
     else:
         absent.append("omr")
@@ -314,10 +321,11 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     con.execute(f"COPY ({final}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
     stage.unlink()
     tmp.replace(out)
-    units = harmonise_units(out, q, SOURCE, con)
+    units = harmonise_units(out, q, SOURCE, con, raw=raw)
     n = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchall()[0][0]
     return {"event_tables_found": found, "event_tables_absent": absent, "event_rows": int(n),
-            "event_bad_rows": counts, "availability_fallback": fallback, **units}
+            "event_bad_rows": counts, "raw_checks": {t: r.counts for t, r in raw.items()},
+            "availability_fallback": fallback, **units}
 
 
 def read_codes(root: Path, con=None) -> pd.DataFrame:

@@ -132,7 +132,8 @@ def _featurize_shard(con, shard: pd.DataFrame, stage_in: Path, cfg: EHRConfig, c
           WHERE {known} <= c.prediction_time
             AND e.time >= c.prediction_time - INTERVAL {cfg.lookback_hours} HOUR
             AND (r.code IS NULL OR (e.value >= r.lo AND e.value <= r.hi)))
-        SELECT hadm_id, code, arg_max(value, (time, value)) AS last, min(value) AS min, max(value) AS max,
+        SELECT hadm_id, code, arg_max(value, struct_pack(t := time, v := value)) AS last,  -- ties: the larger value
+               min(value) AS min, max(value) AS max,
                sum(v)::DOUBLE / count(*) AS mean, count(*)::DOUBLE AS count,
                CASE WHEN count(*) * sum(x * x) - sum(x) * sum(x) > 0
                     THEN (count(*) * sum(x * v) - sum(x) * sum(v))::DOUBLE
@@ -220,7 +221,10 @@ def _default_label(code: str) -> str:
 def pretty_feature(name: str, labels: dict[str, str]) -> str:
     """'ehr__lab:50813__last' -> 'Lactate (last)'; 'ehr__med:norepinephrine__given' ->
     'Norepinephrine before prediction'; 'ehr__cmb:charlson:chf__earlier' -> 'Congestive heart
-    failure (earlier admission)'."""
+    failure (earlier admission)'; a full feature name in ``labels`` (e.g. a notes component
+    named by its top terms) -> its label."""
+    if name in labels:
+        return labels[name]
     parts = name.split("__")
     if len(parts) == 3 and parts[0] == "ehr":
         code, agg = parts[1], parts[2]
