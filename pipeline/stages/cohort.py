@@ -80,7 +80,9 @@ def _stay_task(adm: pd.DataFrame, icustays, task: TaskConfig, counts: dict) -> p
     pt = adm[task.anchor] + pd.to_timedelta(task.prediction_hours, unit="h")
     keep = _at_prediction(adm, pt, adm["dischtime"], task, counts, "discharged")
     died = adm["hospital_expire_flag"].eq(1).fillna(False).astype(bool) | adm["deathtime"].notna()
-    unknown = adm["dischtime"].isna() & ~died
+    # no dischtime although the outcome flag says alive: excluded; an OPEN admission (flag empty
+    # too, a live extract) stays: its label is marked unknown in build_cohort
+    unknown = adm["dischtime"].isna() & ~died & adm["hospital_expire_flag"].notna()
     counts["excluded_no_discharge_time"] = int((keep & unknown).sum())
     keep &= ~unknown
     if task.name == "mortality":
