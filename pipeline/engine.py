@@ -79,17 +79,18 @@ class Engine:
         self.close()
 
 
-def map_shards(fn: Callable, shards: Iterable, engine: Engine | None = None, **shared) -> Iterator:
+def map_shards(fn: Callable, shards: Iterable, engine: Engine | None = None, /, **shared) -> Iterator:
     """``fn(shard, **shared)`` for every shard, yielded in shard order.  Local: one after
-    the other in this process.  Dask: every shard a task (``shared`` values are scattered
-    to the workers once), results yielded in order as they arrive."""
+    the other in this process.  Dask: every shard a task carrying its own arguments (no
+    scattered data, which a dead worker could take with it), results yielded in order."""
     if engine is None or not engine.distributed:
         for s in shards:
             yield fn(s, **shared)
         return
+    from functools import partial
     client = engine.client()
-    shared = {k: client.scatter(v, broadcast=True) for k, v in shared.items()}
-    futures = [client.submit(fn, s, **shared, pure=False, retries=engine.retries) for s in shards]
+    task = partial(fn, **shared)
+    futures = [client.submit(task, s, pure=False, retries=engine.retries) for s in shards]
     try:
         for f in futures:
             yield f.result()
@@ -211,18 +212,22 @@ def _sum_counts(counts: list[dict]) -> dict:
     return out
 
 
-def map_frames(fn: Callable, shards: list, engine: Engine | None, folder: Path, **shared) -> Iterator[pd.DataFrame]:
+def map_frames(fn: Callable, shards: list, engine: Engine | None, folder: Path, /, **shared) -> Iterator[pd.DataFrame]:
     """``fn(shard, **shared) -> DataFrame`` per shard, in shard order.  Local: called here.
     Dask: each task writes its frame to ``folder/NNNNN.parquet`` and the driver reads it
     back (and deletes it) in order."""
     if engine is None or not engine.distributed:
         yield from map_shards(fn, shards, None, **shared)
         return
+    import shutil
     jobs = [(str(Path(folder) / f"{i:05d}.parquet"), s) for i, s in enumerate(shards)]
-    for path in map_shards(_frame_task, jobs, engine, fn=fn, **shared):
-        frame = pd.read_parquet(path)
-        Path(path).unlink()
-        yield frame
+    try:
+        for path in map_shards(_frame_task, jobs, engine, fn=fn, **shared):
+            frame = pd.read_parquet(path)
+            Path(path).unlink()
+            yield frame
+    finally:   # with whatever a lost worker left half-written
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _frame_task(job: tuple, fn: Callable, **shared) -> str:
@@ -234,17 +239,18 @@ def _frame_task(job: tuple, fn: Callable, **shared) -> str:
     return path
 
 
-def map_arrays(fn: Callable, items: list, engine: Engine | None, folder: Path, block: int, **shared) -> np.ndarray:
+def map_arrays(fn: Callable, items: list, engine: Engine | None, folder: Path, block: int, /, **shared) -> np.ndarray:
     """``fn(items[i:i + block], **shared) -> array`` over blocks, concatenated along the first
     axis.  Local: one call over all items.  Dask: one task per block, each writing its
     array to ``folder/NNNNN.npy``."""
     if engine is None or not engine.distributed:
         return fn(items, **shared)
+    import shutil
     jobs = [(str(Path(folder) / f"{i:05d}.npy"), items[s:s + block]) for i, s in enumerate(range(0, len(items), block))]
-    parts = []
-    for path in map_shards(_array_task, jobs, engine, fn=fn, **shared):
-        parts.append(np.load(path))
-        Path(path).unlink()
+    try:
+        parts = [np.load(path) for path in map_shards(_array_task, jobs, engine, fn=fn, **shared)]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return np.concatenate(parts) if parts else fn(items, **shared)
 
 
