@@ -107,6 +107,22 @@ def demo(patients: int = typer.Option(500, help="synthetic patients"),
         _fail(e)
 
 
+@app.command()
+def export(run: Path = typer.Option(..., help="run folder written by `mmpipe train`"),
+           to: str = typer.Option("meds", help="output format (meds)"),
+           out: Path = typer.Argument(..., help="output folder (replaced when it is an earlier export)")):
+    """Write a run's EHR events, pointers to its ECGs, notes and images, splits and labels as a MEDS dataset."""
+    from pipeline.jobs.export import export_meds
+    try:
+        if to != "meds":
+            raise DataError(f"unknown export format {to!r}", field="--to", hint="the one format is meds")
+        s = export_meds(run, out)
+        typer.echo(f"wrote {s['out']}: {s['rows']} rows, {s['subjects']} subjects, {s['labels']} labels "
+                   f"({s['task']}), valid MEDS")
+    except DataError as e:
+        _fail(e)
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="mmpipe")
 

@@ -23,6 +23,7 @@ class SourcePaths(_Strict):
     """Explicit paths per source; None = discover under --data."""
     mimic_iv: Path | None = None
     eicu: Path | None = None
+    meds: Path | None = None
     ecg: Path | None = None
     notes: Path | None = None
     cxr: Path | None = None
@@ -36,6 +37,9 @@ class TaskConfig(_Strict):
     test_fraction: float = 0.2
     valid_fraction: float = 0.15
     seed: int = 0
+    # a MEDS label file or folder (subject_id, prediction_time, boolean_value): the cohort is these
+    # labels, each in the admission in progress at its prediction time (the name's rules are not used)
+    labels: Path | None = None
 
 
 class EHRConfig(_Strict):

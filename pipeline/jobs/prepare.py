@@ -59,15 +59,20 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
     fitted = fitted or {}
     work = Path(work)
     dirs: dict[str, Path] = {}
-    if sources.paths["mimic_iv"] is None and sources.paths.get("eicu") is None:
+    if sources.paths["mimic_iv"] is None and sources.paths.get("eicu") is None and sources.paths.get("meds") is None:
         from pipeline.errors import DataError
-        raise DataError("no EHR source found (MIMIC-IV hosp/ or eICU tables): the cohort needs patients and "
-                        "admissions", file=sources.root, field="hosp/patients",
+        raise DataError("no EHR source found (MIMIC-IV hosp/, eICU tables or a MEDS dataset): the cohort needs "
+                        "patients and admissions", file=sources.root, field="hosp/patients",
                         hint="point --data at a folder holding hosp/patients.csv.gz and hosp/admissions.csv.gz")
     if sources.paths["mimic_iv"] is not None:
         mroot = sources.paths["mimic_iv"]
         dirs["ingest_ehr"] = _stage(work, "ingest_ehr", {"mimic_iv": tree_hash(mroot, "*.*")}, {},
                                     lambda tmp, q: ingest_mimic_iv(mroot, tmp, q))
+    elif sources.paths.get("meds") is not None:
+        from pipeline.sources.meds import ingest_meds
+        droot = sources.paths["meds"]
+        dirs["ingest_ehr"] = _stage(work, "ingest_ehr", {"meds": tree_hash(droot, "*.*")}, {"source": "meds"},
+                                    lambda tmp, q: ingest_meds(droot, tmp, q))
     else:
         from pipeline.sources.eicu import ingest_eicu
         eroot_ = sources.paths["eicu"]
@@ -77,13 +82,21 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
     def cohort_body(tmp, q):
         d = dirs["ingest_ehr"]
         icu = d / "icustays.parquet"
-        cohort, counts = build_cohort(pd.read_parquet(d / "patients.parquet"), pd.read_parquet(d / "admissions.parquet"),
-                                      pd.read_parquet(icu) if icu.exists() else None, cfg.task)
+        if cfg.task.labels is not None and mode == "train":  # a MEDS label file defines the cohort
+            from pipeline.sources.meds import cohort_from_labels
+            cohort, counts = cohort_from_labels(cfg.task.labels, pd.read_parquet(d / "patients.parquet"),
+                                                pd.read_parquet(d / "admissions.parquet"), cfg.task,
+                                                sources.paths.get("meds"), q)
+        else:
+            cohort, counts = build_cohort(pd.read_parquet(d / "patients.parquet"),
+                                          pd.read_parquet(d / "admissions.parquet"),
+                                          pd.read_parquet(icu) if icu.exists() else None, cfg.task)
         if mode == "score":
             cohort = score_cohort(cohort)
         write_parquet(cohort, tmp / "cohort.parquet", COHORT)
         return {"counts": counts}
-    dirs["cohort"] = _stage(work, "cohort", {"ingest_ehr": output_hash(dirs["ingest_ehr"])},
+    labels_in = {"labels": tree_hash(cfg.task.labels)} if cfg.task.labels is not None and mode == "train" else {}
+    dirs["cohort"] = _stage(work, "cohort", {"ingest_ehr": output_hash(dirs["ingest_ehr"]), **labels_in},
                             {"task": cfg.task.model_dump(mode="json"), "mode": mode}, cohort_body)
     cohort = read_parquet(dirs["cohort"] / "cohort.parquet", COHORT)
     cohort_hash = output_hash(dirs["cohort"])

@@ -4,7 +4,8 @@ MIMIC-IV: a folder with hosp/patients and hosp/admissions (.csv.gz, .csv or .par
 eICU-CRD: a folder with patient (with patientunitstayid) and lab tables;
 MIMIC-IV-ECG: a folder with record_list.csv; MIMIC-IV-Note: a folder with
 note/radiology.csv.gz or note/discharge.csv.gz; MIMIC-CXR-JPG: a folder with
-mimic-cxr-2.0.0-metadata.csv(.gz).  Plain folders of WFDB records or of images
+mimic-cxr-2.0.0-metadata.csv(.gz); MEDS: a folder with metadata/dataset.json and
+data/ (an alternative EHR source, like eICU).  Plain folders of WFDB records or of images
 (no index files) are reported too, for ``mmpipe inspect``.  Two candidates for
 one source is an error that lists both; a config may name each path instead.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 from pipeline.config import SourcePaths
 from pipeline.errors import DataError
 
-SOURCES = ("mimic_iv", "eicu", "ecg", "notes", "cxr")
+SOURCES = ("mimic_iv", "eicu", "meds", "ecg", "notes", "cxr")
+EHR_ALTERNATIVES = ("eicu", "meds")  # EHR sources other than MIMIC-IV, listed only when found
 TABLE_EXTS = (".csv.gz", ".csv", ".parquet")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
 _SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules"}
@@ -54,7 +56,13 @@ def _is_eicu(d: Path) -> bool:
     return is_eicu(d)
 
 
-_TESTS = {"mimic_iv": _is_mimic_iv, "eicu": _is_eicu, "ecg": _is_ecg, "notes": _is_notes, "cxr": _is_cxr}
+def _is_meds(d: Path) -> bool:
+    from pipeline.sources.meds import is_meds
+    return is_meds(d)
+
+
+_TESTS = {"mimic_iv": _is_mimic_iv, "eicu": _is_eicu, "meds": _is_meds, "ecg": _is_ecg, "notes": _is_notes,
+          "cxr": _is_cxr}
 
 
 @dataclass
@@ -70,12 +78,12 @@ class Sources:
 
     @property
     def absent(self) -> list[str]:
-        """Absent sources.  eICU is an alternative EHR source: a missing EHR shows as mimic_iv absent."""
-        return [k for k, v in self.paths.items() if v is None and k != "eicu"]
+        """Absent sources.  eICU and MEDS are alternative EHR sources: a missing EHR shows as mimic_iv absent."""
+        return [k for k, v in self.paths.items() if v is None and k not in EHR_ALTERNATIVES]
 
     def describe(self) -> str:
         lines = [f"  {k:9s} {'found at ' + str(v) if v else 'absent'}" for k, v in self.paths.items()
-                 if v or k != "eicu"]
+                 if v or k not in EHR_ALTERNATIVES]
         return "sources:\n" + "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -142,7 +150,8 @@ def discover(root: Path | None, explicit: SourcePaths | None = None) -> Sources:
                             file=root, field=f"sources.{s}",
                             hint=f"name one in the config under sources.{s}, or point --data lower")
         paths[s] = found[0] if found else None
-    if paths["mimic_iv"] and paths["eicu"]:
-        raise DataError(f"two EHR sources found: MIMIC-IV at {paths['mimic_iv']} and eICU at {paths['eicu']}",
+    ehr = [f"{k} at {paths[k]}" for k in ("mimic_iv",) + EHR_ALTERNATIVES if paths[k]]
+    if len(ehr) > 1:
+        raise DataError("two EHR sources found: " + " and ".join(ehr),
                         file=root, field="sources", hint="point --data at one, or name one in the config")
     return Sources(root=root, paths=paths, wfdb_folders=wfdb_folders, image_folders=image_folders)
