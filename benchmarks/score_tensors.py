@@ -91,7 +91,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     figures = {"rows": args.rows, "shard_size": args.shard_size, "features": len(meta["features"]),
                "modalities": meta["modalities"], "cpus": os.cpu_count()}
-    for engine in args.engines.split(","):
+    for engine in [e for e in args.engines.split(",") if e]:   # none: prepare the run and tensors only
         out = work / f"scores_{engine}.parquet"
         r = subprocess.run([sys.executable, "-c", CHILD, str(run), str(tensors), str(out), engine,
                             str(args.shard_size)], capture_output=True, text=True, cwd=REPO, env=env)
