@@ -148,7 +148,8 @@ def fit_dask(params: dict, X: np.ndarray, y: np.ndarray, init: np.ndarray | None
     rows = max(1, -(-len(X) // n_workers))
     p = dict(params)
     kwargs = {"init_score": da.from_array(init, chunks=rows)} if init is not None else {}
-    model = DaskLGBMClassifier(client=client, n_estimators=n_estimators, n_jobs=p.pop("num_threads"), **p)
+    p.pop("num_threads")   # each worker uses its own threads
+    model = DaskLGBMClassifier(client=client, n_estimators=n_estimators, **p)
     model.fit(da.from_array(X, chunks=(rows, X.shape[1])), da.from_array(y, chunks=rows),
               feature_name=names, **kwargs)
     booster = model.booster_
