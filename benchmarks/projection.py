@@ -26,22 +26,26 @@ FULL = {"patients": 300_000, "admissions": 430_000, "ecgs": 800_000, "cxrs": 377
 WORKERS = (1, 2, 8, 32, 128)
 
 
-def costs(etl: dict, stages: dict, score: dict) -> dict:
-    """Seconds per item, from the measured figures."""
-    return {"ingest_per_row": etl["ingest_s"] / etl["event_rows"],
-            "features_per_shard_row": etl["features_s"] / (etl["shards"] * etl["event_rows"]),
-            "ecg_per_record": 1.0 / stages["ecg"]["dask"]["per_cpu_s"],
-            "image_per_record": 1.0 / stages["imaging"]["dask"]["per_cpu_s"],
-            "score_per_admission": 1.0 / score["dask"]["per_cpu_s"]}
+def costs(etl: dict, stages: dict, score: dict | None) -> dict:
+    """Seconds per item, from the measured figures (scoring left out when not measured)."""
+    out = {"ingest_per_row": etl["ingest_s"] / etl["event_rows"],
+           "features_per_shard_row": etl["features_s"] / (etl["shards"] * etl["event_rows"]),
+           "ecg_per_record": 1.0 / stages["ecg"]["dask"]["per_cpu_s"],
+           "image_per_record": 1.0 / stages["imaging"]["dask"]["per_cpu_s"]}
+    if score is not None:
+        out["score_per_admission"] = 1.0 / score["dask"]["per_cpu_s"]
+    return out
 
 
 def project(c: dict, n: int, shard_rows: int = 5000) -> dict:
     shards = -(-FULL["admissions"] // shard_rows)
-    return {"EHR ingest (driver)": c["ingest_per_row"] * FULL["event_rows"],
-            "EHR features": c["features_per_shard_row"] * shards * FULL["event_rows"] / n,
-            "ECG (800k)": c["ecg_per_record"] * FULL["ecgs"] / n,
-            "imaging (377k)": c["image_per_record"] * FULL["cxrs"] / n,
-            "scoring (430k)": c["score_per_admission"] * FULL["admissions"] / n}
+    out = {"EHR ingest (driver)": c["ingest_per_row"] * FULL["event_rows"],
+           "EHR features": c["features_per_shard_row"] * shards * FULL["event_rows"] / n,
+           "ECG (800k)": c["ecg_per_record"] * FULL["ecgs"] / n,
+           "imaging (377k)": c["image_per_record"] * FULL["cxrs"] / n}
+    if "score_per_admission" in c:
+        out["scoring (430k)"] = c["score_per_admission"] * FULL["admissions"] / n
+    return out
 
 
 def fmt(seconds: float) -> str:
@@ -53,9 +57,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--etl", type=Path, required=True)
     ap.add_argument("--stages", type=Path, required=True)
-    ap.add_argument("--score", type=Path, required=True)
+    ap.add_argument("--score", type=Path, default=None)
     args = ap.parse_args()
-    c = costs(*(json.loads(p.read_text()) for p in (args.etl, args.stages, args.score)))
+    c = costs(json.loads(args.etl.read_text()), json.loads(args.stages.read_text()),
+              json.loads(args.score.read_text()) if args.score and args.score.exists() else None)
     print("measured: " + ", ".join(f"{k} {v:.3g} s" for k, v in c.items()))
     rows = {n: project(c, n) for n in WORKERS}
     steps = list(rows[WORKERS[0]])
