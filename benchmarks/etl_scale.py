@@ -3,7 +3,7 @@
 The replicate is written by ../shared/tools/replicate_mimic.py (needs polars: pip install
 -e '.[bench]'; about 1.5 CPU-seconds per copy) unless WORKDIR/demo_xK exists; the ETL runs
 in a fresh process (benchmarks/etl_ehr.py's child).  Printed: wall seconds per step, event
-rows, admissions, the child's peak RSS; ``--json FILE`` writes them for
+rows, admissions, the child's CPU seconds and peak RSS; ``--json FILE`` writes them for
 benchmarks/projection.py.  Targets (issue 18, x1000 = 100,000 patients, ~100 M event
 rows): under 6 minutes and under 2 GiB.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -36,14 +37,19 @@ def main() -> None:
         subprocess.run([sys.executable, str(SHARED / "tools" / "replicate_mimic.py"),
                         str(SHARED / "data" / "mimic-iv-demo"), str(src), str(k)], check=True, capture_output=True)
         print(f"replicated the demo x{k} in {time.time() - t:.0f} s", flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = run_child(src, args.workdir / f"run_x{k}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # the ETL process's CPU seconds (DuckDB's threads included): what a loaded machine does not inflate
+    res["cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     res["replicate"] = k
     res["admissions"] = res["features"]["rows"]
     res["shards"] = res["features"]["shards"]
     res["load_average"] = [round(x, 2) for x in os.getloadavg()]
     print(f"demo x{k}: {res['patients']:,} patients, {res['event_rows']:,} event rows, cohort {res['cohort']:,}; "
           f"ingest {res['ingest_s']:.1f} s, cohort {res['cohort_s']:.1f} s, features {res['features_s']:.1f} s "
-          f"({res['shards']} shards), total {res['total_s']:.1f} s ({res['event_rows'] / res['total_s']:,.0f} rows/s); "
+          f"({res['shards']} shards), total {res['total_s']:.1f} s ({res['event_rows'] / res['total_s']:,.0f} rows/s), "
+          f"{res['cpu_s']:.1f} CPU s; "
           f"peak RSS {res['peak_rss_gib']:.2f} GiB; load average {res['load_average']}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1, default=str))
