@@ -96,6 +96,9 @@ class ModelConfig(_Strict):
     fusion_models: tuple[str, ...] = ("gbm_early", "gbm_late", "linear_early", "fusion_attention")
     primary: str = "gbm_early"
     calibration: Literal["isotonic", "platt"] = "isotonic"
+    # share of the train split's subjects held out to fit the calibrator on: rows that no model
+    # fit, early stopping or penalty choice has used (the validation split drives those)
+    calibration_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     top_k_reasons: int = 3
     band_thresholds: tuple[float, float] = (0.10, 0.30)  # low < t0 <= medium < t1 <= high
     single_modality_baselines: bool = True

@@ -139,3 +139,19 @@ def test_weights_of_another_architecture_are_refused_with_the_file(tmp_path):
     with pytest.raises(DataError, match="earlier version|do not fit") as e:
         FusionNetClassifier.load(tmp_path / "f")
     assert "weights.safetensors" in str(e.value)
+
+
+def test_fused_net_shap_is_labelled_approximate_with_its_additivity_error_and_batch_free():
+    from pipeline.explain.deep import fusion_shap
+    X, y, T = _data(n=500)
+    m = FusionNetClassifier(fusion="hybrid", max_epochs=4, ecg_fs=100).fit(X[:400], y[:400], tensors=T)
+    exp = fusion_shap(m, X[400:], X[:100], T)
+    assert exp.method.startswith("expected_gradients") and "approximate" in exp.method
+    logit = m.decision_function(X[400:], T)
+    # the recorded error is exactly what the values miss of the output
+    assert np.allclose(exp.values.sum(axis=1) + exp.base_values + exp.additivity_error, logit, atol=1e-4)
+    spread = np.abs(logit - exp.base_values).mean()
+    assert np.abs(exp.additivity_error).mean() < 0.2 * spread
+    # a patient's values do not depend on the other rows of its batch
+    one = fusion_shap(m, X[405:406], X[:100], T)
+    assert np.allclose(one.values[0], exp.values[5], atol=1e-5)

@@ -192,3 +192,22 @@ def test_report_of_a_folder_that_is_not_a_run_names_the_file(tmp_path):
     from pipeline.jobs.report import write_report
     with pytest.raises(DataError, match="metrics.json is missing"):
         write_report(tmp_path)
+
+
+def test_metrics_and_report_carry_clustered_cis_paired_differences_and_calibration(report_run, html_path):
+    import json
+    m = json.loads((report_run / "metrics.json").read_text())
+    primary = m["primary"]
+    for name, r in m["models"].items():
+        assert r["bootstrap_unit"] == "subject"
+        assert r["calibration_rows"]["split"].startswith(("calibration", "valid"))
+        assert "cal_slope" in r and "cal_intercept_ci" in r
+        d = r["vs_primary"]
+        assert (d["dauroc"] == 0) if name == primary else ("dauroc_ci" in d and "significant" in d)
+    assert m["models"][primary]["calibration_rows"]["split"].startswith("calibration")
+    scored = [r for rows in m["subgroups"].values() for r in rows if r.get("auroc") is not None]
+    assert scored and all("auroc_ci" in r for r in scored)
+    assert all("auroc_ci" in r for r in m["availability"] if r.get("auroc") is not None)
+    assert "lo" in m["models"][primary]["curves"]["calibration"]
+    html = html_path.read_text(encoding="utf-8")
+    assert "&Delta;AUROC vs primary" in html and "cal. slope" in html and "patient-clustered" in html

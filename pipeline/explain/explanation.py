@@ -3,7 +3,9 @@
 Parallel arrays with the same first axis (one row per patient/admission):
 values (n, p) SHAP values in log-odds, base_values (n,), data (n, p), plus
 feature_names (p,), modality of each feature (p,), and the ids.  Modality
-contributions (n, M) are exact Shapley values over modality subsets.
+contributions (n, M) are exact Shapley values over modality subsets.  ``method`` says
+how the feature values were computed: "exact" (TreeSHAP, linear) or an approximation, which
+then carries its per-row ``additivity_error`` (output - base - sum of values).
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ class Explanation:
     hadm_id: np.ndarray
     modality_contrib: pd.DataFrame | None = None  # columns = modalities, index aligned with rows
     feature_modality: list[str] = field(default_factory=list)
+    method: str = "exact"
+    additivity_error: np.ndarray | None = None    # (n,) for approximate methods
 
     def __post_init__(self):
         n = len(self.hadm_id)
@@ -74,14 +78,16 @@ class Explanation:
         vals = pd.DataFrame(self.values, columns=self.feature_names)
         vals.insert(0, "hadm_id", self.hadm_id)
         vals.insert(1, "base_value", self.base_values)
+        if self.additivity_error is not None:
+            vals.insert(2, "additivity_error", self.additivity_error)
         write_parquet(vals, folder / "shap_values.parquet")
         data = pd.DataFrame(self.data, columns=self.feature_names)
         data.insert(0, "hadm_id", self.hadm_id)
         write_parquet(data, folder / "shap_data.parquet")
         if self.modality_contrib is not None:
             write_parquet(self.modality_contrib.assign(hadm_id=self.hadm_id), folder / "modality_contrib.parquet")
-        write_json({"feature_names": self.feature_names, "feature_modality": self.feature_modality},
-                   folder / "explanation.json")
+        write_json({"feature_names": self.feature_names, "feature_modality": self.feature_modality,
+                    "method": self.method}, folder / "explanation.json")
 
     @classmethod
     def load(cls, folder: Path) -> "Explanation":
@@ -95,7 +101,9 @@ class Explanation:
         names = meta["feature_names"]
         return cls(values=vals[names].to_numpy(), base_values=vals["base_value"].to_numpy(),
                    data=data[names].to_numpy(), feature_names=names, hadm_id=vals["hadm_id"].to_numpy(),
-                   modality_contrib=mc, feature_modality=meta["feature_modality"])
+                   modality_contrib=mc, feature_modality=meta["feature_modality"],
+                   method=meta.get("method", "exact"),
+                   additivity_error=vals["additivity_error"].to_numpy() if "additivity_error" in vals else None)
 
 
 def tree_shap(model, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

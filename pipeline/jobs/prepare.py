@@ -74,7 +74,8 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
         dirs["ingest_ehr"] = _stage(work, "ingest_ehr", {"meds": tree_hash(droot, "*.*")}, {"source": "meds"},
                                     lambda tmp, q: ingest_meds(droot, tmp, q))
     else:
-        from pipeline.sources.eicu import ingest_eicu
+        from pipeline.sources.eicu import check_task, ingest_eicu
+        check_task(cfg.task)
         eroot_ = sources.paths["eicu"]
         dirs["ingest_ehr"] = _stage(work, "ingest_ehr", {"eicu": tree_hash(eroot_, "*.*")}, {"source": "eicu"},
                                     lambda tmp, q: ingest_eicu(eroot_, tmp, q))

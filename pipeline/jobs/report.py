@@ -51,6 +51,10 @@ def _curves_plot(metrics: dict) -> str | None:
         axes[0].plot(c["roc"]["fpr"], c["roc"]["tpr"], label=f"{name} ({r['auroc']:.3f})", **kw)
         axes[1].plot(c["pr"]["recall"], c["pr"]["precision"], label=f"{name} ({r['auprc']:.3f})", **kw)
         axes[2].plot(c["calibration"]["prob_pred"], c["calibration"]["prob_true"], "o-", ms=4, label=name, **kw)
+        lo, hi = c["calibration"].get("lo"), c["calibration"].get("hi")
+        if name == metrics["primary"] and lo and None not in lo + hi:   # reliability: clustered 95% CI per bin
+            axes[2].fill_between(c["calibration"]["prob_pred"], lo, hi, color=kw["color"], alpha=0.15,
+                                 label=f"{name} 95% CI")
         top = max(top, *c["calibration"]["prob_pred"], *c["calibration"]["prob_true"])
     axes[0].plot([0, 1], [0, 1], "k--", lw=0.8)
     axes[2].plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
@@ -58,7 +62,7 @@ def _curves_plot(metrics: dict) -> str | None:
     axes[1].axhline(prevalence, color="k", ls="--", lw=0.8, label=f"prevalence ({prevalence:.3f})")
     titles = [("False positive rate", "True positive rate", "ROC (test)", "lower right"),
               ("Recall", "Precision", "Precision-recall (test)", "upper right"),
-              ("Predicted risk", "Observed rate", "Calibration (test, quantile bins)", "upper left")]
+              ("Predicted risk", "Observed rate", "Reliability (test, quantile bins)", "upper left")]
     for ax, (xl, yl, t, loc) in zip(axes, titles):
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)

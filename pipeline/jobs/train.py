@@ -14,12 +14,13 @@ from pipeline.artifacts import CODE_VERSION, output_hash, read_json, run_stage, 
 from pipeline.config import RunConfig
 from pipeline.errors import DataError
 from pipeline.explain.explanation import Explanation
-from pipeline.explain.modality import modality_shapley
+from pipeline.explain.modality import AbsenceTemplate, modality_shapley
 from pipeline.jobs.prepare import Prepared, collect_quarantine, load_tensors, log, prepare
 from pipeline.models.calibration import Calibrator
 from pipeline.models.gbm import GBMClassifier, LateFusionGBM
 from pipeline.models.linear import LinearClassifier
-from pipeline.models.metrics import age_band, availability_pattern, by_group, evaluate
+from pipeline.models.folds import calibration_subjects
+from pipeline.models.metrics import age_band, availability_pattern, by_group, evaluate, paired_difference
 from pipeline.sources.discover import discover
 from pipeline.stages import leakage
 from pipeline.stages.align import feature_columns, mask_col, modality_of
@@ -48,31 +49,42 @@ def imputed(est, cfg: RunConfig):
     return ImputedClassifier(imp, est)
 
 
+def model_rows(t: pd.DataFrame, cfg: RunConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(fit rows, validation rows, calibration rows): the calibration rows are
+    ``model.calibration_fraction`` of the train split's subjects, used for nothing but the
+    calibrator; the validation split drives early stopping and penalty choice."""
+    train = t[t.split == "train"]
+    held = calibration_subjects(train, cfg.model.calibration_fraction, cfg.model.seed)
+    return train[~held], t[t.split == "valid"], train[held]
+
+
 def fit_models(prep: Prepared, cfg: RunConfig, feats: list[str]) -> dict:
     t = prep.table
-    tr, va = t[t.split == "train"], t[t.split == "valid"]
+    tr, va, _ = model_rows(t, cfg)
     ev = (va[feats], va["label"].to_numpy())
+    g = tr["subject_id"].to_numpy()   # groups every cross-fitting inside the models
     models = {}
     for name in cfg.model.fusion_models:
         log(f"[train] fitting {name}")
         if name == "gbm_early":
             models[name] = imputed(GBMClassifier(random_state=cfg.model.seed, linear_base=cfg.model.linear_base,
-                                                 **_gbm(cfg)), cfg).fit(tr[feats], tr["label"], ev)
+                                                 **_gbm(cfg)), cfg).fit(tr[feats], tr["label"], ev, groups=g)
         elif name == "gbm_late":
             models[name] = imputed(LateFusionGBM(gbm_params=_gbm(cfg), random_state=cfg.model.seed), cfg).fit(
-                tr[feats], tr["label"], ev)
+                tr[feats], tr["label"], ev, groups=g)
         elif name == "linear_early":
             models[name] = imputed(LinearClassifier(random_state=cfg.model.seed), cfg).fit(tr[feats], tr["label"], ev)
         elif name == "linear_late":
             models[name] = imputed(LateFusionGBM(head="linear", random_state=cfg.model.seed), cfg).fit(
-                tr[feats], tr["label"], ev)
+                tr[feats], tr["label"], ev, groups=g)
         elif name.startswith("fusion_"):
             from pipeline.models.fusion import FusionNetClassifier, epochs_per_net
             tensors = load_tensors(prep.stage_dirs)
             cols = ["hadm_id"] + feats
             t0 = time.time()
             models[name] = imputed(FusionNetClassifier.from_config(name, cfg, prep), cfg).fit(
-                tr[cols], tr["label"], eval_set=(va[cols], va["label"]), tensors=tensors).with_tensors(tensors)
+                tr[cols], tr["label"], eval_set=(va[cols], va["label"]), tensors=tensors, groups=g
+            ).with_tensors(tensors)
             epochs = epochs_per_net(models[name].history_)
             log(f"[train] {name} trained in {time.time() - t0:.0f}s ({len(epochs)} net(s), epochs {epochs})")
         else:
@@ -82,7 +94,7 @@ def fit_models(prep: Prepared, cfg: RunConfig, feats: list[str]) -> dict:
             cols = [c for c in feats if modality_of(c) == m]
             log(f"[train] fitting single-modality baseline gbm_only_{m}")
             models[f"gbm_only_{m}"] = imputed(GBMClassifier(random_state=cfg.model.seed, **_gbm(cfg)), cfg).fit(
-                tr[cols], tr["label"], (va[cols], va["label"].to_numpy()))
+                tr[cols], tr["label"], (va[cols], va["label"].to_numpy()), groups=g)
     return models
 
 
@@ -92,49 +104,19 @@ def band(risk: np.ndarray, thresholds) -> np.ndarray:
 
 
 def feature_shap(model, X: pd.DataFrame, background: pd.DataFrame | None = None) -> Explanation:
-    """Per-feature SHAP values (log-odds) for any of the project's models."""
-    from pipeline.models.fusion import FusionNetClassifier
-    from pipeline.models.impute import ImputedClassifier
-    hadm = X["hadm_id"].to_numpy() if "hadm_id" in X.columns else np.arange(len(X))
-    if isinstance(model, ImputedClassifier):
-        bg = model._t(background) if background is not None else None
-        exp = feature_shap(model.model_, model._t(X), bg)
-        return model.fold_explanation(exp, X)
-    if isinstance(model, (GBMClassifier, LinearClassifier)):
-        vals, base = model.shap_values(X)
-        names = list(model.feature_names_in_)
-        return Explanation(values=vals, base_values=base, data=X[names].to_numpy(dtype=float),
-                           feature_names=names, hadm_id=hadm)
-    if isinstance(model, LateFusionGBM):
-        # logit = b + sum_m (w_m * mask_m * logit_m + v_m * mask_m): TreeSHAP of each
-        # modality model scaled by its stacking weight is exact for the stacked logit.
-        names = [c for c in model.feature_names_in_ if c != "hadm_id"]
-        vals = np.zeros((len(X), len(names)))
-        coef = model.stacker_.coef_[0]
-        base = np.full(len(X), float(model.stacker_.intercept_[0]))
-        for i, (m, sub) in enumerate(model.models_.items()):
-            mask = X[mask_col(m)].to_numpy(dtype=float) if mask_col(m) in X.columns else np.ones(len(X))
-            v, b = sub.shap_values(X)
-            for j, f in enumerate(sub.feature_names_in_):
-                vals[:, names.index(f)] += coef[2 * i] * mask * v[:, j]
-            base += coef[2 * i] * mask * b
-            vals[:, names.index(mask_col(m))] += coef[2 * i + 1] * mask
-        return Explanation(values=vals, base_values=base, data=X[names].to_numpy(dtype=float),
-                           feature_names=names, hadm_id=hadm)
-    if isinstance(model, FusionNetClassifier):
-        from pipeline.explain.deep import fusion_shap
-        bg = background if background is not None else X
-        bg = bg.sample(min(100, len(bg)), random_state=0)
-        return fusion_shap(model, X, bg)
-    raise TypeError(f"no SHAP path for {type(model).__name__}")
+    """Per-feature SHAP values (log-odds): each model kind explains itself (``model.explain``)."""
+    return model.explain(X, background)
 
 
 def explain(model, X: pd.DataFrame, hadm: np.ndarray, modalities: list[str],
-            background: pd.DataFrame | None = None) -> Explanation:
+            background: pd.DataFrame | None = None, absence: AbsenceTemplate | None = None) -> Explanation:
+    """Feature SHAP and modality Shapley values; ``absence``: how a training row without each
+    modality looks (the model folder's ``absence``), so hiding one stays in distribution."""
     exp = feature_shap(model, X, background)
     exp.hadm_id = np.asarray(hadm)
     cols = [c for c in model.feature_names_in_]
-    exp.modality_contrib = modality_shapley(model.decision_function, X[cols], modalities).reset_index(drop=True)
+    exp.modality_contrib = modality_shapley(model.decision_function, X[cols], modalities,
+                                            absence).reset_index(drop=True)
     return exp
 
 
@@ -154,7 +136,8 @@ def score_rows(rows: pd.DataFrame, model, calibrator: Calibrator, meta: dict, pr
         for m in ("ehr", "ecg", "notes", "imaging"):
             out[m] = np.nan
         return out, None
-    exp = explain(model, X, rows["hadm_id"].to_numpy(), meta["modalities"], background)
+    exp = explain(model, X, rows["hadm_id"].to_numpy(), meta["modalities"], background,
+                  AbsenceTemplate.from_json(meta.get("absence")))
     out["reasons"] = exp.top_reasons(meta["top_k_reasons"], pretty)
     for m in ("ehr", "ecg", "notes", "imaging"):
         out[m] = exp.modality_contrib[m].to_numpy() if m in exp.modality_contrib.columns else 0.0
@@ -196,18 +179,26 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=Non
         lambda tmp: tensorize(prep.table, prep.modalities, tmp, load_tensors(prep.stage_dirs)), log=log)
     models = fit_models(prep, cfg, feats)
     t = prep.table
-    va, te = t[t.split == "valid"], t[t.split == "test"]
-    results, calibrators = {}, {}
+    _, va, ca = model_rows(t, cfg)
+    cal_rows, cal_split = (ca, "calibration (held-out train subjects)") if ca["label"].nunique() == 2 else \
+        (va, "valid (too few held-out train subjects of both classes)")
+    te = t[t.split == "test"]
+    subjects = te["subject_id"].to_numpy()   # every CI resamples test patients, not admissions
+    results, calibrators, test_risk = {}, {}, {}
     for name, model in models.items():
         cols = list(model.feature_names_in_)
-        cal = Calibrator(cfg.model.calibration).fit(model.decision_function(va[cols]), va["label"])
+        cal = Calibrator(cfg.model.calibration).fit(model.decision_function(cal_rows[cols]), cal_rows["label"])
         calibrators[name] = cal
-        p = cal.transform(model.decision_function(te[cols]))
-        results[name] = evaluate(te["label"], p, seed=cfg.model.seed)
+        test_risk[name] = cal.transform(model.decision_function(te[cols]))
+        results[name] = evaluate(te["label"], test_risk[name], clusters=subjects, seed=cfg.model.seed)
         results[name]["calibration_method_used"] = cal.method_used_
+        results[name]["calibration_rows"] = {"split": cal_split, "n": len(cal_rows)}
         log(f"[train] {name}: test AUROC {_fmt(results[name]['auroc'])} CI {results[name].get('auroc_ci')}")
 
     primary = cfg.model.primary if cfg.model.primary in models else next(iter(models))
+    for name in models:   # paired, patient-clustered bootstrap of each model's difference to the primary
+        results[name]["vs_primary"] = paired_difference(te["label"], test_risk[name], test_risk[primary],
+                                                        subjects, seed=cfg.model.seed)
     model, cal = models[primary], calibrators[primary]
     mdir = out / "model"
     codes_table = pd.read_parquet(prep.stage_dirs["ingest_ehr"] / "codes.parquet")
@@ -222,6 +213,9 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=Non
         "code_labels": {c: labels[c] for c in ehr_codes
                         if c in labels},
         "trained_on": sources.to_json(),
+        # what a training row without each modality looks like: modality Shapley hides by it
+        "absence": AbsenceTemplate.learn(t[t.split == "train"][list(model.feature_names_in_)],
+                                         prep.modalities).to_json(),
     }
     model.save(mdir / "primary")
     # SHAP background for models that need one (the fused net): 100 train rows, features only.
@@ -243,20 +237,23 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=Non
 
     p_primary = scores["risk"].to_numpy()
     y = te["label"].to_numpy()
-    subgroups = {"sex": by_group(y, p_primary, te["gender"].fillna("unknown").reset_index(drop=True)),
-                 "age_band": by_group(y, p_primary, age_band(te["age"]).reset_index(drop=True))}
+    subgroups = {"sex": by_group(y, p_primary, te["gender"].fillna("unknown").reset_index(drop=True), subjects),
+                 "age_band": by_group(y, p_primary, age_band(te["age"]).reset_index(drop=True), subjects)}
     if "race" in te.columns:
-        subgroups["race"] = by_group(y, p_primary, te["race"].fillna("unknown").reset_index(drop=True))
+        subgroups["race"] = by_group(y, p_primary, te["race"].fillna("unknown").reset_index(drop=True), subjects)
     pattern = availability_pattern(te.reset_index(drop=True), prep.modalities)
     quarantine = collect_quarantine(prep.stage_dirs)
     write_parquet(quarantine, out / "quarantine.parquet", QUARANTINE)
     cohort_counts = read_json(prep.stage_dirs["cohort"] / "manifest.json").get("counts", {})
     metrics = {
         "task": cfg.task.name, "primary": primary, "models": results, "subgroups": subgroups,
-        "availability": by_group(y, p_primary, pattern, min_n=5),
+        "availability": by_group(y, p_primary, pattern, subjects, min_n=5),
         "modality_presence": {m: float(t[mask_col(m)].mean()) for m in prep.modalities},
         "modality_importance": exp.modality_importance(),
         "top_features": exp.feature_importance().head(20).round(5).to_dict(),
+        "shap": {"method": exp.method, **({} if exp.additivity_error is None else {
+            "additivity_error_mean_abs": float(np.abs(exp.additivity_error).mean()),
+            "additivity_error_max_abs": float(np.abs(exp.additivity_error).max())})},
         "cohort": cohort_counts, "splits": t["split"].value_counts().to_dict(),
         "n_features": len(feats), "quarantine_counts": _reason_counts(quarantine),
         "leakage_passed": audit["passed"], "leakage_warnings": len(audit["warnings"]),

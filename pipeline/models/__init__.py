@@ -44,6 +44,19 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X):
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
+    def explain(self, X: pd.DataFrame, background: pd.DataFrame | None = None):
+        """Exact per-feature SHAP values (log-odds) from ``shap_values`` as an ``Explanation``."""
+        return explanation_of(self, X, *self.shap_values(X))
+
+
+def explanation_of(model, X: pd.DataFrame, values: np.ndarray, base: np.ndarray, names=None):
+    """An ``Explanation`` of ``values`` over ``names`` (default: the model's features)."""
+    from pipeline.explain.explanation import Explanation
+    names = list(model.feature_names_in_) if names is None else names
+    hadm = X["hadm_id"].to_numpy() if "hadm_id" in X.columns else np.arange(len(X))
+    return Explanation(values=values, base_values=base, data=X[names].to_numpy(dtype=float),
+                       feature_names=names, hadm_id=hadm)
+
 
 def load_model(folder: Path):
     """Load any saved model folder by the ``kind`` its model.json records."""

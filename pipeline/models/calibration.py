@@ -1,4 +1,5 @@
-"""Probability calibration fitted on the validation split, saved as JSON.
+"""Probability calibration fitted on the calibration rows (held-out train subjects that no model
+fit, early stopping or penalty choice used; see jobs/train.model_rows), saved as JSON.
 
 ``isotonic`` needs enough positives to be stable; with fewer than
 ``MIN_POSITIVES_ISOTONIC`` validation positives the calibrator uses Platt

@@ -153,7 +153,7 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         return b
 
     # ------------------------------------------------------------------ fit / predict
-    def fit(self, X: pd.DataFrame, y, eval_set=None, tensors: dict | None = None):
+    def fit(self, X: pd.DataFrame, y, eval_set=None, tensors: dict | None = None, groups=None):
         started = time.perf_counter()
         y = require_two_classes(y).astype(np.float32)
         if int(self.n_members) < 1:
@@ -175,7 +175,7 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         if self.linear_base:
             from pipeline.models.linear import cross_fitted
             ev = (eval_set[0][feats], np.asarray(eval_set[1])) if eval_set is not None else None
-            self.base_, oof = cross_fitted(X[feats], y, ev, random_state=self.random_state)
+            self.base_, oof = cross_fitted(X[feats], y, ev, random_state=self.random_state, groups=groups)
             offset = oof.astype(np.float32)
             if eval_set is not None:
                 valid_offset = self.base_.decision_function(eval_set[0]).astype(np.float32)
@@ -278,6 +278,13 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X, tensors=None):
         return (self.predict_proba(X, tensors)[:, 1] >= 0.5).astype(int)
+
+    def explain(self, X: pd.DataFrame, background: pd.DataFrame | None = None):
+        """Approximate SHAP values (batched expected gradients, pipeline.explain.deep) against
+        100 rows of ``background`` (default: X), with each row's additivity error."""
+        from pipeline.explain.deep import fusion_shap
+        bg = background if background is not None else X
+        return fusion_shap(self, X, bg.sample(min(100, len(bg)), random_state=0))
 
     def with_tensors(self, tensors: dict | None) -> "FusionNetClassifier":
         """Attach raw tensors used when decision_function is called without them."""

@@ -63,14 +63,15 @@ class GBMClassifier(LogitClassifier):
                     colsample_bytree=self.colsample_bytree, reg_lambda=self.reg_lambda, seed=self.random_state,
                     deterministic=True, force_col_wise=True, num_threads=self.n_jobs, verbose=-1)
 
-    def fit(self, X: pd.DataFrame, y, eval_set: tuple[pd.DataFrame, np.ndarray] | None = None):
+    def fit(self, X: pd.DataFrame, y, eval_set: tuple[pd.DataFrame, np.ndarray] | None = None, groups=None):
+        """``groups``: the subject of each row, grouping the linear base's folds."""
         y = require_two_classes(y)
         self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
         self.base_ = None
         init = None
         if self.linear_base:
             from pipeline.models.linear import cross_fitted
-            self.base_, init = cross_fitted(X, y, eval_set, self.base_folds, self.random_state)
+            self.base_, init = cross_fitted(X, y, eval_set, self.base_folds, self.random_state, groups)
         if self.distributed:
             valid = None
             if eval_set is not None and len(np.unique(eval_set[1])) == 2:
@@ -206,10 +207,15 @@ class LateFusionGBM(ClassifierMixin, BaseEstimator):
                 groups.setdefault(m, []).append(c)
         return groups
 
-    def fit(self, X: pd.DataFrame, y, eval_set=None):
+    def fit(self, X: pd.DataFrame, y, eval_set=None, groups=None):
+        """``groups``: the subject of each row; the stacker's out-of-fold logits come from
+        folds that keep a subject's admissions together."""
         from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold
+
+        from pipeline.models.folds import n_folds as count_folds
+        from pipeline.models.folds import subject_folds
         y = np.asarray(y)
+        groups = np.arange(len(X)) if groups is None else np.asarray(groups)
         self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
         self.models_ = {}
         oof = {}
@@ -227,11 +233,10 @@ class LateFusionGBM(ClassifierMixin, BaseEstimator):
             # fold with the rounds (or penalty) the validation set chose for the full model.
             Xm, ym = X.loc[rows, cols], y[rows]
             logit = np.zeros(len(Xm))
-            n_folds = int(min(self.n_folds, np.bincount(ym).min()))
+            n_folds = count_folds(ym, groups[rows], self.n_folds)
             if n_folds >= 2:
                 settings = self._fold_settings(model)
-                folds = StratifiedKFold(n_folds, shuffle=True, random_state=self.random_state)
-                for fit_idx, out_idx in folds.split(Xm, ym):
+                for fit_idx, out_idx in subject_folds(ym, groups[rows], n_folds, self.random_state):
                     fold = self._new_head(**settings).fit(Xm.iloc[fit_idx], ym[fit_idx])
                     logit[out_idx] = fold.decision_function(Xm.iloc[out_idx])
             else:
@@ -275,6 +280,23 @@ class LateFusionGBM(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+    def explain(self, X: pd.DataFrame, background: pd.DataFrame | None = None):
+        """Exact SHAP values of the stacked logit: logit = b + sum_m (w_m * mask_m * logit_m +
+        v_m * mask_m), so each modality model's exact values scaled by its stacking weight add up."""
+        from pipeline.models import explanation_of
+        names = [c for c in self.feature_names_in_ if c != "hadm_id"]
+        vals = np.zeros((len(X), len(names)))
+        coef = self.stacker_.coef_[0]
+        base = np.full(len(X), float(self.stacker_.intercept_[0]))
+        for i, (m, sub) in enumerate(self.models_.items()):
+            mask = X[mask_col(m)].to_numpy(dtype=float) if mask_col(m) in X.columns else np.ones(len(X))
+            v, b = sub.shap_values(X)
+            for j, f in enumerate(sub.feature_names_in_):
+                vals[:, names.index(f)] += coef[2 * i] * mask * v[:, j]
+            base += coef[2 * i] * mask * b
+            vals[:, names.index(mask_col(m))] += coef[2 * i + 1] * mask
+        return explanation_of(self, X, vals, base, names)
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)

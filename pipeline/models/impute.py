@@ -187,6 +187,11 @@ class ImputedClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X):
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
+    def explain(self, X: pd.DataFrame, background: pd.DataFrame | None = None):
+        """The inner model's explanation on the imputed rows, folded back onto the raw features."""
+        bg = self._t(background) if background is not None else None
+        return self.fold_explanation(self.model_.explain(self._t(X), bg), X)
+
     def fold_explanation(self, exp, X: pd.DataFrame):
         """An explanation of the inner model (imputed features + indicators) restated over the
         raw features: indicator values added to their feature, data = the recorded values.

@@ -113,19 +113,21 @@ class LinearClassifier(LogitClassifier):
         return est
 
 
-def cross_fitted(X: pd.DataFrame, y, eval_set=None, folds: int = 5, random_state: int = 0
+def cross_fitted(X: pd.DataFrame, y, eval_set=None, folds: int = 5, random_state: int = 0, groups=None
                  ) -> tuple[LinearClassifier, np.ndarray]:
     """A ``LinearClassifier`` fitted on all of X (penalty chosen on ``eval_set``) and its
     out-of-fold logits for X's rows: the base another model learns a residual over (its
-    in-sample logits would leave that model nothing honest to learn)."""
-    from sklearn.model_selection import StratifiedKFold
+    in-sample logits would leave that model nothing honest to learn).  Folds are grouped by
+    ``groups`` (subject ids); each fold reuses the full model's penalty, so nothing is
+    tuned on the rows a fold scores."""
+    from pipeline.models.folds import n_folds, subject_folds
     y = np.asarray(y).astype(int)
     base = LinearClassifier(random_state=random_state).fit(X, y, eval_set=eval_set)
-    n_folds = int(min(folds, np.bincount(y).min()))
-    if n_folds < 2:
+    k = n_folds(y, groups, folds)
+    if k < 2:
         return base, base.decision_function(X)
     oof = np.zeros(len(X))
-    for fit_idx, out_idx in StratifiedKFold(n_folds, shuffle=True, random_state=random_state).split(X, y):
+    for fit_idx, out_idx in subject_folds(y, groups, k, random_state):
         fold = LinearClassifier(C=base.C_, random_state=random_state).fit(X.iloc[fit_idx], y[fit_idx])
         oof[out_idx] = fold.decision_function(X.iloc[out_idx])
     return base, oof

@@ -17,22 +17,14 @@ from pathlib import Path
 
 from pipeline.config import SourcePaths
 from pipeline.errors import DataError
+from pipeline.sources.eicu import is_eicu
+from pipeline.sources.tables import find_table
 
 SOURCES = ("mimic_iv", "eicu", "meds", "ecg", "notes", "cxr")
 EHR_ALTERNATIVES = ("eicu", "meds")  # EHR sources other than MIMIC-IV, listed only when found
-TABLE_EXTS = (".csv.gz", ".csv", ".parquet")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
 _SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules"}
 MAX_DEPTH = 7
-
-
-def find_table(folder: Path, name: str) -> Path | None:
-    """folder/name with any of the accepted extensions, or None."""
-    for ext in TABLE_EXTS:
-        p = Path(folder) / f"{name}{ext}"
-        if p.exists():
-            return p
-    return None
 
 
 def _is_mimic_iv(d: Path) -> bool:
@@ -52,7 +44,6 @@ def _is_cxr(d: Path) -> bool:
 
 
 def _is_eicu(d: Path) -> bool:
-    from pipeline.sources.eicu import is_eicu
     return is_eicu(d)
 
 

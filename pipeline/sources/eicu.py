@@ -1,10 +1,14 @@
 """eICU-CRD (v2.0 and its demo) into the same canonical tables as MIMIC-IV.
 
 eICU has no absolute times: every time is a minute offset from the unit admission
-of one ``patientunitstayid``.  The adapter puts each hospital stay
-(``patienthealthsystemstayid`` -> hadm_id) on its own timeline: hospital admission
-at 2100-01-01 plus one year per earlier stay of the same patient, unit admissions
-at ``-hospitaladmitoffset`` minutes after it.  Ids: uniquepid -> subject_id (its rank,
+of one ``patientunitstayid``.  The adapter puts a patient's hospital stays
+(``patienthealthsystemstayid`` -> hadm_id) on one timeline per patient: each stay in its
+real ``hospitaldischargeyear`` (admitted on 1 January of that year, or ``STAY_GAP_DAYS``
+after the patient's previous discharge if that is later; stays in the same year are in
+``hadm_id`` order), its unit stays (``unitvisitnumber``) at ``-hospitaladmitoffset``
+minutes after the hospital admission.  Ages therefore follow the real years.  eICU
+records no time between two hospital stays, so the gaps are not data: a 30-day
+readmission cannot be derived and ``check_task`` refuses ``readmission30``.  Ids: uniquepid -> subject_id (its rank,
 1-based), patientunitstayid -> stay_id.  Ages "> 89" become 90.  A hospital
 discharge status "Expired" sets hospital_expire_flag and deathtime = dischtime.
 Labs become events ``lab:<labname>``.
@@ -19,10 +23,10 @@ import pandas as pd
 from data_schemas.tables import ADMISSIONS, CODES, EVENTS, ICUSTAYS, PATIENTS
 from pipeline.artifacts import write_parquet
 from pipeline.errors import DataError, Quarantine
-from pipeline.sources.discover import find_table
+from pipeline.sources.tables import find_table
 
 SOURCE = "eicu"
-BASE = pd.Timestamp("2100-01-01")
+STAY_GAP_DAYS = 90   # spacing of stays in one year: longer than any lookback (real gap not recorded)
 PATIENT_COLS = ["patientunitstayid", "patienthealthsystemstayid", "uniquepid", "gender", "age",
                 "hospitaladmitoffset", "hospitaldischargeoffset", "unitdischargeoffset",
                 "hospitaldischargestatus", "hospitaldischargeyear"]
@@ -46,6 +50,38 @@ def _read(path: Path, required: list[str]) -> pd.DataFrame:
     return df
 
 
+def check_task(task) -> None:
+    """A DataError for a task eICU's timeline cannot define (readmission30: the time between
+    a patient's hospital stays is not recorded)."""
+    if task.name == "readmission30":
+        raise DataError("eICU records no time between a patient's hospital stays, so 30-day readmission is "
+                        "undefined on it", field="task.name", hint="use mortality, icu_mortality, los3 or los7")
+
+
+def _stay_starts(p: pd.DataFrame, path: Path) -> pd.Series:
+    """Hospital admission time of each hadm_id on its patient's timeline (see the module doc)."""
+    year = pd.to_numeric(p["hospitaldischargeyear"], errors="coerce")
+    if year.isna().any():
+        i = int(np.flatnonzero(year.isna().to_numpy())[0])
+        raise DataError("hospitaldischargeyear is missing or not a year", file=path, row=i + 2,
+                        field="hospitaldischargeyear")
+    unit = p.assign(year=year.astype(int),
+                    before=pd.to_numeric(p["hospitaladmitoffset"], errors="coerce").fillna(0),
+                    after=pd.to_numeric(p["hospitaldischargeoffset"], errors="coerce").fillna(0))
+    # a stay's length: from its hospital admission to its hospital discharge (minutes)
+    length = (unit["after"] - unit["before"]).groupby(unit["hadm_id"]).max()
+    stays = unit.drop_duplicates("hadm_id").sort_values(["subject_id", "year", "hadm_id"])
+    starts, prev_subject, prev_end = {}, None, None
+    gap = pd.Timedelta(days=STAY_GAP_DAYS)
+    for subject, hadm, yr in stays[["subject_id", "hadm_id", "year"]].itertuples(index=False):
+        start = pd.Timestamp(year=int(yr), month=1, day=1)
+        if subject == prev_subject and prev_end + gap > start:
+            start = prev_end + gap
+        starts[hadm] = start
+        prev_subject, prev_end = subject, start + pd.to_timedelta(length[hadm], unit="m")
+    return pd.Series(starts)
+
+
 def ingest_eicu(root: Path, out_dir: Path, q: Quarantine) -> dict:
     root, out_dir = Path(root), Path(out_dir)
     ppath = find_table(root, "patient")
@@ -58,10 +94,7 @@ def ingest_eicu(root: Path, out_dir: Path, q: Quarantine) -> dict:
     subj = {u: i + 1 for i, u in enumerate(sorted(p["uniquepid"].astype(str).unique()))}
     p["subject_id"] = p["uniquepid"].astype(str).map(subj).astype("int64")
     p["hadm_id"] = p["patienthealthsystemstayid"].astype("int64")
-    # one timeline per hospital stay; earlier stays of a patient get earlier years
-    stays = p.drop_duplicates("hadm_id").sort_values(["subject_id", "hospitaldischargeyear", "hadm_id"])
-    rank = pd.Series(stays.groupby("subject_id").cumcount().to_numpy(), index=stays["hadm_id"].to_numpy())
-    hosp_admit = BASE + pd.to_timedelta(p["hadm_id"].map(rank) * 365, unit="D")
+    hosp_admit = p["hadm_id"].map(_stay_starts(p, ppath))
     p["unit_admit"] = hosp_admit - pd.to_timedelta(p["hospitaladmitoffset"], unit="m")
     p["admittime"] = hosp_admit
     p["dischtime"] = p["unit_admit"] + pd.to_timedelta(p["hospitaldischargeoffset"], unit="m")
@@ -72,7 +105,7 @@ def ingest_eicu(root: Path, out_dir: Path, q: Quarantine) -> dict:
     patients = (p.sort_values("hadm_id").drop_duplicates("subject_id")
                  .assign(gender=lambda d: d["gender"].astype(str).str[:1].str.upper(),
                          anchor_age=lambda d: d["age"].astype("int64"),
-                         anchor_year=BASE.year, dod=pd.NaT))
+                         anchor_year=lambda d: d["admittime"].dt.year.astype("int64"), dod=pd.NaT))
     patients = patients[["subject_id", "gender", "anchor_age", "anchor_year", "dod"]].reset_index(drop=True)
     patients["dod"] = patients["dod"].astype("datetime64[ns]")
     adm = (p.assign(hospital_expire_flag=expired.astype("int64"),

@@ -18,7 +18,7 @@ import pandas as pd
 from data_schemas.tables import ADMISSIONS, CODES, EVENTS, ICUSTAYS, PATIENTS
 from pipeline.artifacts import write_parquet
 from pipeline.errors import DataError, Quarantine
-from pipeline.sources.discover import find_table
+from pipeline.sources.tables import find_table
 from pipeline.sources.units import harmonise_units
 
 SOURCE = "mimic_iv"

@@ -23,7 +23,7 @@ import pandas as pd
 
 from data_schemas.modalities import NOTES
 from pipeline.errors import DataError, Quarantine
-from pipeline.sources.discover import find_table
+from pipeline.sources.tables import find_table
 
 SOURCE = "notes"
 REQUIRED = ["note_id", "subject_id", "charttime", "text"]

@@ -1,17 +1,29 @@
 """Cohort and task definitions: one row per prediction with its time, label and split.
 
-Tasks (``TaskConfig.name``), each with a prediction time and exclusion rules:
-- mortality: in-hospital death; prediction at admittime + H hours; adults alive and
-  still in hospital at that time.
-- icu_mortality: death before ICU outtime; prediction at the first ICU intime + H;
-  adults alive and still in the ICU then.
-- los3 / los7: hospital stay longer than 3 / 7 days; prediction at admittime + H;
-  adults alive and in hospital then.
-- readmission30: a new admission within 30 days of discharge; prediction at
-  dischtime; adults discharged alive.
-Exclusions only use what is known at the prediction time (alive, still admitted);
-the label is the outcome after it.  Splits are by subject, stratified on whether the
-subject has any positive label, seeded, and stored in the cohort table.
+Tasks (``TaskConfig.name``), each with a prediction time, exclusion rules and a label:
+- mortality: death in hospital; prediction at the anchor + H hours (``TaskConfig.anchor``:
+  admittime, or the first ICU intime, admissions without an ICU stay then excluded);
+  adults alive and still in hospital at that time.
+- icu_mortality: death in the ICU or within 6 hours of leaving it (a death just after a
+  transfer out counts); prediction at the first ICU intime + H (whatever the anchor);
+  adults alive and still in the ICU then.  A stay without an ICU outtime is excluded.
+- los3 / los7: the stay lasts more than 3 / 7 days OR ends in death in hospital (a
+  death is the competing event and is not a short stay: label 1); prediction at the
+  anchor + H; adults alive and in hospital then.
+- readmission30: a new episode within 30 days of discharge; prediction at discharge.
+  Overlapping admissions and transfers (the next admission begins before, or within
+  ``TRANSFER_HOURS`` of, the discharge) are one episode: only its last admission is an
+  index stay (earlier ones excluded, counted), and a transfer is never a readmission.
+  Index stays of adults discharged alive.  Death after discharge is a competing event:
+  a patient who dies within the 30 days without being readmitted first is excluded
+  (counted); readmitted before death is label 1.  Censoring: an index stay whose 30-day
+  window runs past the end of the data (the latest time in the admissions table) is
+  excluded (counted), whatever was seen before.
+An outcome that is unknown is never a silent 0: a stay without a discharge time (and
+without a recorded death) is excluded and counted.  Exclusions at the prediction time
+only use what is known then (alive, still admitted); the label is the outcome after it.
+Splits are by subject, stratified on whether the subject has any positive label, seeded,
+and stored in the cohort table.
 """
 from __future__ import annotations
 
@@ -24,9 +36,116 @@ from data_schemas.modalities import COHORT
 from pipeline.config import TaskConfig
 from pipeline.errors import DataError
 
+TRANSFER_HOURS = 6     # a next admission this close to a discharge continues the same episode
+READMIT_DAYS = 30
+ICU_DEATH_GRACE_HOURS = 6
+
 
 def _age(adm: pd.DataFrame, patients: pd.DataFrame) -> pd.Series:
     return (adm["anchor_age"] + (adm["admittime"].dt.year - adm["anchor_year"])).astype(float)
+
+
+def _first_icu(icustays: pd.DataFrame | None, task: TaskConfig) -> pd.DataFrame:
+    if icustays is None or icustays.empty:
+        raise DataError(f"task {task.name} with the ICU anchor needs icu/icustays, which is absent",
+                        field="icustays")
+    first = icustays.dropna(subset=["hadm_id"]).sort_values("intime").drop_duplicates("hadm_id")
+    return first.assign(hadm_id=first["hadm_id"].astype("int64"))[["hadm_id", "intime", "outtime"]]
+
+
+def _death(adm: pd.DataFrame) -> pd.Series:
+    """Death time in hospital: deathtime, else the date of death when the hospital reports one."""
+    return adm["deathtime"].where(adm["deathtime"].notna(), adm["dod"].where(adm["hospital_expire_flag"] == 1))
+
+
+def _at_prediction(adm: pd.DataFrame, pt: pd.Series, until: pd.Series, task: TaskConfig, counts: dict,
+                   place: str) -> pd.Series:
+    """Adults alive and still in ``place`` (until ``until``) at the prediction time ``pt``."""
+    keep = adm["age"] >= task.min_age
+    counts["excluded_minor"] = int((~keep).sum())
+    death = _death(adm)
+    alive = death.isna() | (death > pt)
+    counts["excluded_died_before_prediction"] = int((keep & ~alive).sum())
+    inside = until.isna() | (until > pt)
+    counts[f"excluded_{place}_before_prediction"] = int((keep & alive & ~inside).sum())
+    return keep & alive & inside
+
+
+def _stay_task(adm: pd.DataFrame, icustays, task: TaskConfig, counts: dict) -> pd.DataFrame:
+    """mortality, los3, los7."""
+    if task.anchor == "intime":
+        n = len(adm)
+        adm = adm.merge(_first_icu(icustays, task)[["hadm_id", "intime"]], on="hadm_id", how="inner")
+        counts["excluded_no_icu_stay"] = n - len(adm)
+    pt = adm[task.anchor] + pd.to_timedelta(task.prediction_hours, unit="h")
+    keep = _at_prediction(adm, pt, adm["dischtime"], task, counts, "discharged")
+    died = (adm["hospital_expire_flag"] == 1) | adm["deathtime"].notna()
+    unknown = adm["dischtime"].isna() & ~died
+    counts["excluded_no_discharge_time"] = int((keep & unknown).sum())
+    keep &= ~unknown
+    if task.name == "mortality":
+        label = died.astype(int)
+    else:
+        days = 3 if task.name == "los3" else 7
+        label = (((adm["dischtime"] - adm["admittime"]) > pd.Timedelta(days=days)) | died).astype(int)
+    return adm.assign(prediction_time=pt, label=label)[keep]
+
+
+def _icu_task(adm: pd.DataFrame, icustays, task: TaskConfig, counts: dict) -> pd.DataFrame:
+    adm = adm.merge(_first_icu(icustays, task), on="hadm_id", how="inner")
+    pt = adm["intime"] + pd.to_timedelta(task.prediction_hours, unit="h")
+    keep = _at_prediction(adm, pt, adm["outtime"], task, counts, "left_icu")
+    counts["excluded_no_icu_outtime"] = int((keep & adm["outtime"].isna()).sum())
+    keep &= adm["outtime"].notna()
+    death = _death(adm)
+    label = (death.notna() & (death <= adm["outtime"] + pd.Timedelta(hours=ICU_DEATH_GRACE_HOURS))).astype(int)
+    return adm.assign(prediction_time=pt, label=label)[keep]
+
+
+def _readmission_task(adm: pd.DataFrame, task: TaskConfig, counts: dict) -> pd.DataFrame:
+    adm = adm.sort_values(["subject_id", "admittime", "hadm_id"]).reset_index(drop=True)
+    end = adm["dischtime"].fillna(adm["admittime"])
+    gap = pd.Timedelta(hours=TRANSFER_HOURS)
+    # episodes: an admission beginning before (or within TRANSFER_HOURS of) the latest
+    # discharge so far of the same subject continues that episode
+    prev_end = end.groupby(adm["subject_id"]).cummax().groupby(adm["subject_id"]).shift(1)
+    new = prev_end.isna() | (adm["admittime"] > prev_end + gap)
+    episode = new.groupby(adm["subject_id"]).cumsum()
+    key = [adm["subject_id"], episode]
+    ep_start = adm["admittime"].groupby(key).transform("min")
+    # one index stay per episode: the admission that ends it (the latest of equal ends)
+    last = adm.assign(_ep=episode, _end=end).sort_values(["subject_id", "_ep", "_end", "admittime"], kind="stable") \
+        .groupby(["subject_id", "_ep"]).tail(1).index
+    is_index = adm.index.isin(last)
+    counts["excluded_transfer_or_overlap"] = int((~is_index).sum())
+    starts = pd.DataFrame({"subject_id": adm["subject_id"], "episode": episode, "start": ep_start})
+    nxt_start = starts.drop_duplicates(["subject_id", "episode"]).assign(episode=lambda d: d["episode"] - 1)
+    nxt = adm.assign(episode=episode)[["subject_id", "episode"]].merge(
+        nxt_start, on=["subject_id", "episode"], how="left")["start"]
+    nxt.index = adm.index
+    pt = adm["dischtime"]
+    window_end = pt + pd.Timedelta(days=READMIT_DAYS)
+    readmitted = nxt.notna() & (nxt <= window_end)
+    keep = pd.Series(is_index, index=adm.index)
+    minor = keep & (adm["age"] < task.min_age)
+    counts["excluded_minor"] = int(minor.sum())
+    keep &= ~minor
+    died = keep & ((adm["hospital_expire_flag"] == 1) | adm["deathtime"].notna())
+    counts["excluded_died_in_hospital"] = int(died.sum())
+    keep &= ~died
+    no_disch = keep & pt.isna()
+    counts["excluded_no_discharge_time"] = int(no_disch.sum())
+    keep &= ~no_disch
+    # competing event: death (date only: known by the end of its day) within the window, no readmission before it
+    dod_end = adm["dod"] + pd.Timedelta(days=1)
+    died_first = keep & adm["dod"].notna() & (adm["dod"] <= window_end) & ~(readmitted & (nxt <= dod_end))
+    counts["excluded_died_within_30d_before_readmission"] = int(died_first.sum())
+    keep &= ~died_first
+    data_end = pd.concat([adm["admittime"], adm["dischtime"]]).max()
+    censored = keep & (window_end > data_end)
+    counts["excluded_censored_end_of_data"] = int(censored.sum())
+    keep &= ~censored
+    return adm.assign(prediction_time=pt, label=readmitted.astype(int))[keep]
 
 
 def build_cohort(patients: pd.DataFrame, admissions: pd.DataFrame, icustays: pd.DataFrame | None,
@@ -35,50 +154,13 @@ def build_cohort(patients: pd.DataFrame, admissions: pd.DataFrame, icustays: pd.
     adm = admissions.merge(patients[["subject_id", "gender", "anchor_age", "anchor_year", "dod"]],
                            on="subject_id", how="inner")
     adm["age"] = _age(adm, patients)
-    h = pd.to_timedelta(task.prediction_hours, unit="h")
-    death = adm["deathtime"].where(adm["deathtime"].notna(),
-                                   adm["dod"].where(adm["hospital_expire_flag"] == 1))
     counts = {"admissions": len(adm)}
     if task.name in ("mortality", "los3", "los7"):
-        pt = adm["admittime"] + h
-        keep = (adm["age"] >= task.min_age)
-        counts["excluded_minor"] = int((~keep).sum())
-        alive = death.isna() | (death > pt)
-        counts["excluded_died_before_prediction"] = int((keep & ~alive).sum())
-        in_hosp = adm["dischtime"].isna() | (adm["dischtime"] > pt)
-        counts["excluded_discharged_before_prediction"] = int((keep & alive & ~in_hosp).sum())
-        keep &= alive & in_hosp
-        if task.name == "mortality":
-            label = adm["hospital_expire_flag"]
-        else:
-            days = 3 if task.name == "los3" else 7
-            label = ((adm["dischtime"] - adm["admittime"]) > pd.Timedelta(days=days)).astype(int)
-        df = adm.assign(prediction_time=pt, label=label)[keep]
+        df = _stay_task(adm, icustays, task, counts)
     elif task.name == "icu_mortality":
-        if icustays is None or icustays.empty:
-            raise DataError("task icu_mortality needs icu/icustays, which is absent", field="icustays")
-        first = icustays.dropna(subset=["hadm_id"]).sort_values("intime").drop_duplicates("hadm_id")
-        first = first.assign(hadm_id=first["hadm_id"].astype("int64"))
-        adm = adm.merge(first[["hadm_id", "intime", "outtime"]], on="hadm_id", how="inner")
-        death = adm["deathtime"].where(adm["deathtime"].notna(), adm["dod"].where(adm["hospital_expire_flag"] == 1))
-        pt = adm["intime"] + h
-        keep = adm["age"] >= task.min_age
-        counts["excluded_minor"] = int((~keep).sum())
-        alive = death.isna() | (death > pt)
-        in_icu = adm["outtime"].isna() | (adm["outtime"] > pt)
-        counts["excluded_died_before_prediction"] = int((keep & ~alive).sum())
-        counts["excluded_left_icu_before_prediction"] = int((keep & alive & ~in_icu).sum())
-        keep &= alive & in_icu
-        label = (death.notna() & (death <= adm["outtime"] + pd.Timedelta(hours=6))).astype(int)
-        df = adm.assign(prediction_time=pt, label=label)[keep]
+        df = _icu_task(adm, icustays, task, counts)
     elif task.name == "readmission30":
-        adm = adm.sort_values(["subject_id", "admittime"])
-        nxt = adm.groupby("subject_id")["admittime"].shift(-1)
-        pt = adm["dischtime"]
-        keep = (adm["age"] >= task.min_age) & (adm["hospital_expire_flag"] == 0) & pt.notna()
-        counts["excluded_minor_or_died_or_no_discharge"] = int((~keep).sum())
-        label = (nxt.notna() & ((nxt - adm["dischtime"]) <= pd.Timedelta(days=30))).astype(int)
-        df = adm.assign(prediction_time=pt, label=label)[keep]
+        df = _readmission_task(adm, task, counts)
     else:  # pragma: no cover - pydantic restricts the names
         raise DataError(f"unknown task {task.name!r}", field="task.name")
     df = df[["subject_id", "hadm_id", "prediction_time", "label", "age", "gender"]
@@ -119,7 +201,8 @@ def score_cohort(cohort: pd.DataFrame) -> pd.DataFrame:
 def cross_fit_feature(model, items, hadms, cohort: pd.DataFrame, folder: Path) -> np.ndarray:
     """A supervised feature for the admissions ``hadms`` (``items``: their images array or
     texts list, same order), fitted on the TRAIN split only: ``model.fit_oof`` gives the
-    train admissions out-of-fold values, ``model.transform`` the others; the fitted model
+    train admissions out-of-fold values from folds grouped by subject (a patient's other
+    admissions never train the model that scores it), ``model.transform`` the others; the fitted model
     is saved to ``folder`` (and reused, never refitted, when scoring)."""
     c = cohort.drop_duplicates("hadm_id").set_index("hadm_id").reindex(hadms)
     train = (c["split"] == "train").to_numpy()
@@ -127,7 +210,7 @@ def cross_fit_feature(model, items, hadms, cohort: pd.DataFrame, folder: Path) -
     def take(rows: np.ndarray):
         return np.asarray(items[rows]) if isinstance(items, np.ndarray) else [x for x, k in zip(items, rows) if k]
     out = np.zeros(len(hadms))
-    out[train] = model.fit_oof(take(train), c["label"].to_numpy()[train])
+    out[train] = model.fit_oof(take(train), c["label"].to_numpy()[train], c["subject_id"].to_numpy()[train])
     if (~train).any():
         out[~train] = model.transform(take(~train))
     model.save(Path(folder))

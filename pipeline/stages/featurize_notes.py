@@ -33,6 +33,7 @@ from sklearn.base import BaseEstimator
 from pipeline.artifacts import read_json, write_json, write_parquet
 from pipeline.config import NotesConfig
 from pipeline.errors import DataError, Quarantine
+from pipeline.models.folds import n_folds, subject_folds
 from pipeline.stages.cohort import cross_fit_feature
 
 CHUNK_WORDS = 256
@@ -282,11 +283,11 @@ class TextRiskModel(BaseEstimator):
         from sklearn.feature_extraction.text import TfidfVectorizer
         return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True, dtype=np.float64, **kw)
 
-    def fit_oof(self, docs: list[str], y) -> np.ndarray:
+    def fit_oof(self, docs: list[str], y, groups=None) -> np.ndarray:
+        """Out-of-fold logits of ``docs``; folds grouped by ``groups`` (subject ids)."""
         from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold
         y = np.asarray(y).astype(int)
-        k = int(min(self.folds, np.bincount(y, minlength=2).min()))
+        k = n_folds(y, groups, self.folds)
         if k < 2:
             raise DataError(f"too few train admissions with notes of each class for notes.text_risk "
                             f"({np.bincount(y, minlength=2).tolist()})", field="notes.text_risk",
@@ -297,7 +298,7 @@ class TextRiskModel(BaseEstimator):
         self.idf_ = vec.idf_.astype(np.float64)
         oof = np.zeros(len(y))
         coefs, intercepts = [], []
-        for fit_idx, out_idx in StratifiedKFold(k, shuffle=True, random_state=self.seed).split(X, y):
+        for fit_idx, out_idx in subject_folds(y, groups, k, self.seed):
             lr = LogisticRegression(C=self.C, max_iter=2000).fit(X[fit_idx], y[fit_idx])
             oof[out_idx] = lr.decision_function(X[out_idx])
             coefs.append(lr.coef_[0])

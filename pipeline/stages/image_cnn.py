@@ -3,9 +3,10 @@
 ``ImageCNNEncoder`` trains the project's image encoder (``fusion_net.ImageEncoder``, a
 MONAI residual CNN) to predict the task label from the chosen image, on TRAIN-split
 admissions only, by cross-fitting: with K folds, each fold's CNN is trained on the other
-folds (early stopping on its own held-out fold), so every train admission gets an
-out-of-fold logit that no model trained on it produced.  Every other admission (valid,
-test, scoring) gets the mean logit of the K CNNs.  The logit becomes the feature
+folds (early stopping on a subject-grouped inner split of those folds), so every train
+admission gets an out-of-fold logit that no model trained or early-stopped on it (or on
+another admission of its patient) produced.  Every other admission (valid, test, scoring)
+gets the mean logit of the K CNNs.  The logit becomes the feature
 ``imaging__cnn_risk`` beside the intensity statistics (the fallback).  Weights are saved
 in safetensors with their sha256 (checked on load); nothing is pickled.
 """
@@ -55,6 +56,8 @@ class ImageCNNEncoder(BaseEstimator):
         lossf = torch.nn.BCEWithLogitsLoss()
         best, best_state, bad = np.inf, None, 0
         yh = torch.from_numpy(hold_y.astype(np.float32))
+        if len(hold_y) == 0:   # nothing to stop on: the full epoch budget
+            best_state = None
         for _ in range(self.max_epochs):
             net.train()
             for idx in np.array_split(rng.permutation(len(y)), max(1, -(-len(y) // self.batch_size))):
@@ -64,6 +67,8 @@ class ImageCNNEncoder(BaseEstimator):
                 loss = lossf(net(x).reshape(-1), torch.from_numpy(y[np.sort(idx)].astype(np.float32)))
                 loss.backward()
                 opt.step()
+            if len(hold_y) == 0:
+                continue
             val = float(lossf(torch.from_numpy(self._logits(net, hold_images)), yh))
             if val < best - 1e-4:
                 best, best_state, bad = val, {k: v.clone() for k, v in net.state_dict().items()}, 0
@@ -71,25 +76,31 @@ class ImageCNNEncoder(BaseEstimator):
                 bad += 1
                 if bad >= self.patience:
                     break
-        net.load_state_dict(best_state)
+        if best_state is not None:
+            net.load_state_dict(best_state)
         return net.eval()
 
-    def fit_oof(self, images: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def fit_oof(self, images: np.ndarray, y: np.ndarray, groups=None) -> np.ndarray:
         """Fit the K fold CNNs on ``images`` [n, 1, size, size] and labels ``y``; return
-        the out-of-fold logit of every row."""
-        from sklearn.model_selection import StratifiedKFold
+        the out-of-fold logit of every row.  Folds are grouped by ``groups`` (subject ids);
+        each fold's CNN early-stops on a subject-grouped inner split of its own training
+        rows, never on the rows it then scores."""
+        from pipeline.models.folds import inner_split, n_folds, subject_folds
         y = np.asarray(y).astype(int)
-        k = int(min(self.folds, np.bincount(y, minlength=2).min()))
+        k = n_folds(y, groups, self.folds)
         if k < 2:
             raise DataError(f"too few train images of each class to cross-fit the image CNN "
                             f"({np.bincount(y, minlength=2).tolist()})",
                             field="imaging.encoder", hint="use imaging.encoder: stats on a cohort this small")
         torch.set_num_threads(self.n_threads)
+        g = np.arange(len(y)) if groups is None else np.asarray(groups)
         oof = np.zeros(len(y), np.float32)
         self.nets_ = []
-        folds = StratifiedKFold(k, shuffle=True, random_state=self.random_state)
-        for i, (fit_idx, out_idx) in enumerate(folds.split(np.zeros(len(y)), y)):
-            net = self._train_one(images[fit_idx], y[fit_idx], images[out_idx], y[out_idx], self.random_state + i)
+        for i, (fit_idx, out_idx) in enumerate(subject_folds(y, g, k, self.random_state)):
+            inner, stop = inner_split(y[fit_idx], g[fit_idx], 0.2, self.random_state + i)
+            fit_rows, stop_rows = fit_idx[inner], fit_idx[stop]
+            net = self._train_one(images[fit_rows], y[fit_rows], images[stop_rows], y[stop_rows],
+                                  self.random_state + i)
             oof[out_idx] = self._logits(net, images[out_idx])
             self.nets_.append(net)
         return oof

@@ -1,27 +1,34 @@
-"""The generator's Bayes-optimal risk: P(death | what was drawn before the prediction time).
+"""The generator's reference posterior: P(death | the latents the files show before the prediction time).
 
 ``p_true`` in ground_truth.csv.gz is the risk given every latent, including the parts of
 modalities an admission never recorded and the noise between a latent and its records;
-no model of the files can reach its AUROC.  ``p_bayes`` is the posterior of the label given
-at least what the files show at the prediction time, and nothing they cannot show:
+no model of the files can reach its AUROC.  ``p_bayes`` is the posterior of the label given:
 
-- the admission's EHR severity ``z_ehr``, its acuity and age, exactly (the files show them
-  only through noisy labs, vitals and admission details);
+- the admission's EHR severity ``z_ehr``, its acuity, age and chronic conditions (heart
+  failure, CKD, cancer), exactly (the files show them only through noisy labs, vitals,
+  treatments, admission details and, for the chronic conditions, earlier admissions' codes);
 - for a patient with more than one admission, the patient's traits exactly (the other
   stays' files, diagnoses and summaries show them only in part, and a later stay's
   outpatient records can predate this one); nothing in a single-stay patient's files
   before the prediction time shows them;
+- whether each of ECG, radiology report and CXR was recorded before the prediction time
+  (its presence depends on its own hidden severity, so absence is evidence: the
+  likelihood ``sigmoid(latent.presence_logit)`` enters the posterior);
 - the parameters each ECG, CXR study and radiology report before the prediction time was
   rendered from: an ECG's heart rate, rhythm, QTc, QRS width, ST shift, T inversion and
   ectopic count; a study's opacity, edema, effusion and cardiothoracic ratio; a report's
   tier draws (the files add electrode and pixel noise and word choice, independent of the
   label).
 
-Every file before the prediction time is those quantities plus noise independent of the
-label, and a patient's other admissions are independent of this one given the traits, so by
-the Neyman-Pearson lemma no classifier of the files has a better ROC curve than ``p_bayes``:
-its AUROC is an upper bound on the Bayes-optimal AUROC of the pipeline's inputs, and a tight
-one where the parameters are legible in the files.
+It is a REFERENCE, not a bound no model can beat.  It is calibrated on simulated
+admissions (tests/test_synthetic.py) and it ranks above what the files support where it
+knows a latent exactly, but it conditions on less than the files hold in one respect: a
+stay that is followed by another stay of the same patient was survived, and the files show
+the later stay (its admission row, its outpatient labs and studies, which may predate this
+stay's discharge in the extract).  ``p_bayes`` ignores that, and its knowledge of the
+traits for multi-stay patients comes from all of the patient's stays, later ones included.
+A model that reads later stays (a leak a pipeline must not have) can beat it; a model that
+keeps to what was known at the prediction time should not, but that is not proven.
 
 How: a priori ``(z_ecg, z_notes, z_imaging) ~ N(0, I)``, or ``N(RHO * trait, (1 - RHO^2) I)``
 given the traits.  A record's severity is ``load * z (+ cross_load * z_imaging for a report)
@@ -30,9 +37,10 @@ is the generator's own formula (censored normals where it clips, a skew normal f
 rate in atrial fibrillation, Bernoulli and Poisson draws, ordered-probit tiers).  Both are
 integrated on grids: ``z_ecg`` on a 1-D grid, ``(z_notes, z_imaging)`` on a 2-D grid (a
 report also reflects ``z_imaging``), and the logit's distribution is their convolution on a
-fine grid; ``E[sigmoid(logit)]`` is a sum.  The cohort keeps an admission alive and in
-hospital at the prediction time, which depends on the label (deaths before it) and on
-acuity (short stays): the posterior is corrected for that selection.
+fine grid; ``E[sigmoid(logit)]`` is a sum.  The ECG's weight in the logit is
+``W_ECG + W_INT * z_ehr`` (the interaction term), known per admission.  The cohort keeps an
+admission alive and in hospital at the prediction time, which depends on the label (deaths
+before it) and on acuity (short stays): the posterior is corrected for that selection.
 """
 from __future__ import annotations
 
@@ -40,7 +48,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 from scipy.signal import fftconvolve
-from scipy.special import expit, log_ndtr
+from scipy.special import expit, log_expit, log_ndtr
 from scipy.stats import norm, poisson, skewnorm
 
 from pipeline.synthetic import latent
@@ -150,6 +158,18 @@ def _binning(values: np.ndarray, origin: float, n: int) -> sparse.csr_matrix:
                              shape=(len(values), n))
 
 
+def _binning_rows(values: np.ndarray, weights: np.ndarray, origin: float, n: int) -> np.ndarray:
+    """[rows, n]: each row's ``weights`` placed linearly at its ``values`` on the grid origin + k * DT."""
+    f = (values - origin) / DT
+    lo = np.floor(f).astype(int)
+    w = f - lo
+    rows = np.repeat(np.arange(len(values)), values.shape[1])
+    out = np.zeros((len(values), n))
+    np.add.at(out, (rows, lo.ravel()), (weights * (1 - w)).ravel())
+    np.add.at(out, (rows, lo.ravel() + 1), (weights * w).ravel())
+    return out
+
+
 def _pre(records: pd.DataFrame) -> pd.DataFrame:
     pre = records[records["before_prediction"].to_numpy(bool)]
     if pre["load"].isna().any():
@@ -174,6 +194,12 @@ def posterior_risk(adm: pd.DataFrame, patients: pd.DataFrame, records: dict[str,
         return -0.5 * (Z[None, :] - mean[:, None]) ** 2 / var[:, None]
 
     log_post = {m: prior(m) for m in ("ecg", "notes", "imaging")}
+    acuity = adm["acuity"].to_numpy(float)
+    for m in log_post:  # recorded or not before the prediction time: evidence about its own severity
+        pre = records[m]["before_prediction"].to_numpy(bool)
+        present = np.isin(np.arange(n), records[m]["adm"].to_numpy(int)[pre])
+        x = latent.presence_logit(m, acuity[:, None], Z[None, :])
+        log_post[m] += np.where(present[:, None], log_expit(x), log_expit(-x))
     for m, loglik in (("ecg", ecg_loglik), ("imaging", imaging_loglik)):
         r = _pre(records[m])
         lz = _over_latent(loglik(r), r["load"].to_numpy(float), r["noise_sd"].to_numpy(float), Z)
@@ -187,19 +213,21 @@ def posterior_risk(adm: pd.DataFrame, patients: pd.DataFrame, records: dict[str,
     coupled = np.flatnonzero(~own)
     by_adm = pd.Series(coupled).groupby(reports["adm"].to_numpy(int)[coupled]).apply(list).to_dict()
 
-    # The logit's latent part: W_ECG z_ecg + (W_NOTES z_notes + W_IMG z_imaging), on the DT grid.
-    w_e, w_n, w_i = latent.W_ECG, latent.W_NOTES, latent.W_IMG
-    e_origin, s_origin = w_e * Z[0] - DT, (w_n + w_i) * Z[0] - DT
-    n_e = int(np.ceil(2 * w_e * Z[-1] / DT)) + 3
+    # The logit's latent part: w_e z_ecg + (W_NOTES z_notes + W_IMG z_imaging), on the DT grid,
+    # where the ECG's weight w_e = W_ECG + W_INT * z_ehr is the admission's own (the interaction).
+    w_e = latent.W_ECG + latent.W_INT * adm["z_ehr"].to_numpy(float)
+    w_n, w_i = latent.W_NOTES, latent.W_IMG
+    w_max = max(float(np.abs(w_e).max()), 1e-3) if n else 1.0
+    e_origin, s_origin = -w_max * Z[-1] - DT, (w_n + w_i) * Z[0] - DT
+    n_e = int(np.ceil(2 * w_max * Z[-1] / DT)) + 3
     n_s = int(np.ceil(2 * (w_n + w_i) * Z[-1] / DT)) + 3
-    bin_e = _binning(w_e * Z, e_origin, n_e)
     zn, zi = np.meshgrid(Z, Z, indexing="ij")
     bin_s = _binning((w_n * zn + w_i * zi).ravel(), s_origin, n_s)
     t_grid = e_origin + s_origin + DT * np.arange(n_e + n_s - 1)
 
     age_z = (adm["age"].to_numpy(float) - 60) / 18
     known = latent.B0 + latent.W_EHR * adm["z_ehr"].to_numpy() + latent.W_AGE * age_z \
-        + latent.W_ACUITY * adm["acuity"].to_numpy()
+        + latent.W_ACUITY * acuity + latent.chronic_part(adm)
     p = np.empty(n)
     for lo in range(0, n, CHUNK):
         idx = np.arange(lo, min(n, lo + CHUNK))
@@ -210,7 +238,7 @@ def posterior_risk(adm: pd.DataFrame, patients: pd.DataFrame, records: dict[str,
         joint = np.exp(joint.reshape(len(idx), -1) - joint.reshape(len(idx), -1).max(axis=1, keepdims=True))
         ps = (bin_s.T @ (joint / joint.sum(axis=1, keepdims=True)).T).T
         pe = np.exp(log_post["ecg"][idx] - log_post["ecg"][idx].max(axis=1, keepdims=True))
-        pe = (bin_e.T @ (pe / pe.sum(axis=1, keepdims=True)).T).T
+        pe = _binning_rows(w_e[idx, None] * Z[None, :], pe / pe.sum(axis=1, keepdims=True), e_origin, n_e)
         pt = np.clip(fftconvolve(pe, ps, axes=1), 0, None)
         p[idx] = (pt * expit(known[idx, None] + t_grid[None, :])).sum(axis=1) / pt.sum(axis=1)
     # Selection: a death is in the cohort unless it came before the prediction time; a survivor

@@ -2,8 +2,9 @@
 
 Layout under ``out``::
 
-    mimic-iv/hosp/{patients,admissions,labevents,d_labitems,diagnoses_icd}.csv.gz
-    mimic-iv/icu/{icustays,chartevents,d_items}.csv.gz
+    mimic-iv/hosp/{patients,admissions,labevents,d_labitems,diagnoses_icd,procedures_icd,d_icd_diagnoses,
+                   d_icd_procedures,prescriptions,emar,microbiologyevents}.csv.gz
+    mimic-iv/icu/{icustays,chartevents,inputevents,outputevents,procedureevents,d_items}.csv.gz
     mimic-iv-ecg/record_list.csv, mimic-iv-ecg/files/pNNNN/pSUBJECT/sSTUDY/STUDY.{hea,dat}
     mimic-iv-note/note/{radiology,discharge}.csv.gz
     mimic-cxr-jpg/mimic-cxr-2.0.0-{metadata,chexpert}.csv.gz, mimic-cxr-jpg/files/pNN/pSUBJECT/sSTUDY/DICOM.jpg
@@ -26,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.synthetic import bayes, ecg, ehr, imaging, latent, notes
+from pipeline.synthetic import bayes, care, codes, ecg, ehr, imaging, latent, notes, orders
 from pipeline.synthetic._io import write_csv
 
 GROUND_TRUTH_COLUMNS = ["subject_id", "hadm_id", "logit", "p_true", "p_bayes", "ehr_part", "ecg_part", "notes_part",
-                        "imaging_part"]
+                        "imaging_part", "interaction_part"]
 CHUNK = 100            # records per worker task
 MIN_PARALLEL = 400     # fewer records than this are written in-process
 
@@ -86,8 +87,9 @@ def generate_cohort(out: Path, n_patients: int = 500, seed: int = 0, progress: b
         raise FileExistsError(f"{out} already holds {', '.join(clash)}; generate into an empty folder "
                               "(or delete those folders first)")
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
-    rng_latent, rng_ehr, rng_icu, rng_dx, rng_ecg, rng_rr, rng_ds, rng_cxr = streams
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(12)]
+    rng_latent, rng_ehr, rng_icu, rng_dx, rng_ecg, rng_rr, rng_ds, rng_cxr = streams[:8]
+    rng_care, rng_rx, rng_micro, rng_tx = streams[8:]
 
     patients, adm = latent.simulate(rng_latent, n_patients)
     counts: dict[str, int] = {"patients": len(patients), "admissions": len(adm)}
@@ -96,16 +98,23 @@ def generate_cohort(out: Path, n_patients: int = 500, seed: int = 0, progress: b
     mimic = out / "mimic-iv"
     ehr.write_patients(mimic, patients)
     ehr.write_admissions(mimic, adm, patients)
-    counts["diagnoses_icd"] = ehr.write_diagnoses(rng_dx, mimic, adm, patients)
+    plan = care.care_plan(rng_care, adm)
+    counts["diagnoses_icd"], counts["procedures_icd"] = codes.write_codes(rng_dx, mimic, adm, patients, plan)
     counts["labevents"] = ehr.write_labs(rng_ehr, mimic, adm, patients)
-    counts["icustays"], counts["chartevents"] = ehr.write_icu(rng_icu, mimic, adm)
+    counts["icustays"], counts["chartevents"], stays = ehr.write_icu(rng_icu, mimic, adm)
+    ehr.write_d_items(mimic, care.D_ITEMS_ROWS)
+    counts["inputevents"] = care.write_inputevents(rng_tx, mimic, adm, plan, stays)
+    counts["outputevents"] = care.write_outputevents(rng_tx, mimic, adm, plan, stays)
+    counts["procedureevents"] = care.write_procedureevents(rng_tx, mimic, adm, plan, stays)
+    counts["prescriptions"], counts["emar"] = orders.write_medications(rng_rx, mimic, adm, plan)
+    counts["microbiologyevents"] = orders.write_microbiology(rng_micro, mimic, adm, plan)
     _log(progress, t0, f"MIMIC-IV tables written ({counts['labevents']} labevents, "
-                       f"{counts['chartevents']} chartevents)")
+                       f"{counts['chartevents']} chartevents, {counts['emar']} emar)")
 
     ecg_root = out / "mimic-iv-ecg"
-    plan = ecg.plan_ecgs(rng_ecg, adm)
-    ecg.write_record_list(ecg_root, plan)
-    counts["ecg_records"] = _write_many(ecg.write_records, ecg_root, ecg.record_specs(plan), workers,
+    ecg_plan = ecg.plan_ecgs(rng_ecg, adm)
+    ecg.write_record_list(ecg_root, ecg_plan)
+    counts["ecg_records"] = _write_many(ecg.write_records, ecg_root, ecg.record_specs(ecg_plan), workers,
                                         "ECG records", progress)
     _log(progress, t0, f"{counts['ecg_records']} ECG records written")
 
@@ -123,9 +132,9 @@ def generate_cohort(out: Path, n_patients: int = 500, seed: int = 0, progress: b
                                        "CXR images", progress)
     _log(progress, t0, f"{counts['cxr_images']} CXR images written")
 
-    adm["p_bayes"] = bayes.posterior_risk(adm, patients, {"ecg": plan, "notes": rr_plan, "imaging": studies})
+    adm["p_bayes"] = bayes.posterior_risk(adm, patients, {"ecg": ecg_plan, "notes": rr_plan, "imaging": studies})
     write_csv(adm.sort_values("hadm_id"), out / "ground_truth.csv.gz", GROUND_TRUTH_COLUMNS)
-    present = {"ecg": _present(adm, plan), "notes": _present(adm, rr_plan.assign(hadm_id=adm["hadm_id"].to_numpy()[
+    present = {"ecg": _present(adm, ecg_plan), "notes": _present(adm, rr_plan.assign(hadm_id=adm["hadm_id"].to_numpy()[
         rr_plan["adm"].to_numpy()])), "imaging": _present(adm, studies)}
     summary = {**counts, **_risk_summary(adm, present), "seconds": round(time.time() - t0, 1)}
     _log(progress, t0, f"done: mortality {summary['mortality_rate']:.3f}, Bayes AUROC {summary['bayes_auroc']}")
@@ -144,6 +153,7 @@ def _risk_summary(adm: pd.DataFrame, present: dict[str, np.ndarray]) -> dict:
     y = adm["label"].to_numpy()[elig]
     parts = {m: adm[f"{m}_part"].to_numpy()[elig] for m in latent.MODALITIES}
     seen = {"ehr": parts["ehr"], **{m: parts[m] * present[m][elig] for m in ("ecg", "notes", "imaging")}}
+    interaction = adm["interaction_part"].to_numpy()[elig] * present["ecg"][elig]   # seen where the ECG is
 
     def r(x):
         return None if x is None else round(x, 4)
@@ -154,13 +164,13 @@ def _risk_summary(adm: pd.DataFrame, present: dict[str, np.ndarray]) -> dict:
         "excluded_minor": int((adm["age"] < 18).sum()),
         "excluded_died_before_prediction": int(((adm["age"] >= 18) & (adm["label"] == 1)
                                                 & (adm["los_hours"] <= latent.PREDICTION_HOURS)).sum()),
-        # The Bayes-optimal AUROC of what the files show before the prediction time (an upper
-        # bound: see synthetic.bayes), and that of the full latent risk, which no file shows.
+        # The AUROC of the reference posterior p_bayes (a reference, not a bound: see
+        # synthetic.bayes), and that of the full latent risk, which no file shows.
         "bayes_auroc": r(auroc(y, adm["p_bayes"].to_numpy()[elig])),
         "latent_risk_auroc": r(auroc(y, adm["logit"].to_numpy()[elig])),
         "latent_risk_auroc_all_admissions": r(auroc(adm["label"], adm["logit"])),
         "present_before_prediction": {m: round(float(p[elig].mean()), 3) for m, p in present.items()},
         # The best AUROC from each modality's own component where it is observed, and from all observed parts.
         "oracle_auroc": {**{m: r(auroc(y, s)) for m, s in seen.items()},
-                         "all_observed": r(auroc(y, sum(seen.values())))},
+                         "all_observed": r(auroc(y, sum(seen.values()) + interaction))},
     }

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.synthetic._io import child_seeds, fmt_time, minutes, sigmoid, write_csv
-from pipeline.synthetic.latent import PREDICTION_HOURS
+from pipeline.synthetic.latent import PREDICTION_HOURS, presence_logit
 
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 FS, N_SAMPLES, ADC_GAIN = 500, 5000, 200.0
@@ -183,10 +183,11 @@ def ecg_severity_params(rng: np.random.Generator, c: np.ndarray) -> pd.DataFrame
 
 
 def plan_ecgs(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
-    """0-3 ECGs per admission: before the prediction time (acuity-dependent), later in the stay, after discharge."""
+    """0-3 ECGs per admission: before the prediction time (present depending on acuity and z_ecg),
+    later in the stay, after discharge."""
     rows = []
     n = len(adm)
-    present = rng.random(n) < sigmoid(0.95 + 0.8 * adm["acuity"].to_numpy())
+    present = rng.random(n) < sigmoid(presence_logit("ecg", adm["acuity"], adm["z_ecg"]))
     n_pre = np.where(present, np.where(rng.random(n) < 0.8, 1, 2), 0)
     n_post = rng.choice([0, 1, 2], size=n, p=[0.55, 0.35, 0.10])
     los = adm["los_hours"].to_numpy()

@@ -5,7 +5,13 @@ the whole stay and hourly ICU vitals.  Up to the prediction time (admittime +
 24 h) a value depends on the admission's severity ``z_ehr + 0.3 * acuity`` and
 noise only; after it, values drift toward the outcome (worse for those who die,
 better for survivors), so a pipeline that reads past the prediction time leaks.
-Diagnoses are coded at discharge and also know the outcome.
+Lab results are known at their ``storetime``: most arrive 20 min to 3 h after the draw,
+a few (batched or sent out) many hours later, about 1 % of rows have no storetime at all,
+and about 0.5 % of rows appear twice (exact duplicates, as in a re-exported extract).
+The result trap: in about half the admissions one lactate is drawn in the 3 h before the
+prediction time but only resulted after it, and its value reflects the outcome (the
+specimen of a patient who is about to die); a pipeline placing labs at ``charttime``
+reads the future.
 """
 from __future__ import annotations
 
@@ -26,12 +32,16 @@ LABEVENT_COLUMNS = ["labevent_id", "subject_id", "hadm_id", "specimen_id", "item
                     "charttime", "storetime", "value", "valuenum", "valueuom", "ref_range_lower",
                     "ref_range_upper", "flag", "priority", "comments"]
 D_LABITEMS_COLUMNS = ["itemid", "label", "fluid", "category"]
-DIAGNOSES_COLUMNS = ["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"]
 ICUSTAY_COLUMNS = ["subject_id", "hadm_id", "stay_id", "first_careunit", "last_careunit", "intime", "outtime", "los"]
 CHARTEVENT_COLUMNS = ["subject_id", "hadm_id", "stay_id", "caregiver_id", "charttime", "storetime", "itemid",
                       "value", "valuenum", "valueuom", "warning"]
 D_ITEMS_COLUMNS = ["itemid", "label", "abbreviation", "linksto", "category", "unitname", "param_type",
                    "lownormalvalue", "highnormalvalue"]
+
+
+LATE_LACTATE = 0.5          # share of admissions with the drawn-before, resulted-after lactate
+LATE_OUTCOME_SHIFT = 2.5    # its severity shift in those who die (lactate x 2.5)
+DUPLICATE_FRACTION = 0.005
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,7 @@ def severity_at(hours: np.ndarray, s0: np.ndarray, died: np.ndarray, end_h: np.n
     return s0 + np.where(died, 2.6 * ramp, -0.6 * np.maximum(s0, 0) * ramp)
 
 
-# ------------------------------------------------------------------ patients, admissions, diagnoses
+# ------------------------------------------------------------------ patients, admissions
 
 def write_patients(root: Path, patients: pd.DataFrame) -> int:
     df = patients.assign(dod=fmt_time(patients["dod"]).astype(str))
@@ -107,44 +117,6 @@ def write_admissions(root: Path, adm: pd.DataFrame, patients: pd.DataFrame) -> i
     return write_csv(df, root / "hosp" / "admissions.csv.gz", ADMISSION_COLUMNS)
 
 
-def write_diagnoses(rng: np.random.Generator, root: Path, adm: pd.DataFrame, patients: pd.DataFrame) -> int:
-    """ICD-10 codes coded at discharge: tied to the latents, the chronic conditions and the outcome."""
-    pat = patients.set_index("subject_id")
-    chronic = {"diabetes": "E119", "hypertension": "I10", "ckd": "N183", "chf": "I5022", "copd": "J449"}
-    filler = ("E785", "K219", "F329", "Z87891", "D649", "E039", "M545", "G4733", "Z7901", "F419", "N400",
-              "Z794", "E669", "K5900", "R0789", "Z86718")
-    rows = []
-    for r, u in zip(adm.itertuples(index=False), rng.random((len(adm), 12))):
-        died = r.label == 1
-        codes = []
-        if r.z_ehr > 1.0 or (died and u[0] < 0.6):
-            codes += ["A419", "R6521"] if (r.z_ehr > 1.8 or died) and u[1] < 0.6 else ["A419"]
-        if r.z_ehr > 1.2 and u[2] < 0.7:
-            codes.append("N179")
-        if r.z_ecg > 1.0 and u[3] < 0.7:
-            codes.append("I4891")
-        if r.z_ecg > 1.5 and u[4] < 0.5:
-            codes.append("I214")
-        if r.z_imaging > 0.8 and u[5] < 0.7:
-            codes.append("J189")
-        if (r.z_imaging > 1.3 or r.z_notes > 1.3) and u[6] < 0.6:
-            codes.append("J9601")
-        if r.z_imaging > 1.0 and u[7] < 0.5:
-            codes.append("J910")
-        if died:
-            codes += ["Z66"] if u[8] < 0.6 else []
-            codes += ["Z515"] if u[9] < 0.4 else []
-        if not codes:
-            codes.append(("R0789", "R079", "K922", "S72001A", "N390", "R55", "I4891")[int(u[10] * 7)])
-        p = pat.loc[r.subject_id]
-        codes += [code for name, code in chronic.items() if p[name]]
-        codes += [str(c) for c in rng.choice(filler, size=int(u[11] * 5), replace=False)]
-        seen = list(dict.fromkeys(codes))
-        rows += [(r.subject_id, r.hadm_id, i + 1, c, 10) for i, c in enumerate(seen)]
-    df = pd.DataFrame(rows, columns=DIAGNOSES_COLUMNS)
-    return write_csv(df, root / "hosp" / "diagnoses_icd.csv.gz", DIAGNOSES_COLUMNS)
-
-
 # ------------------------------------------------------------------ labs
 
 def _panels(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
@@ -153,21 +125,25 @@ def _panels(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
     los = adm["los_hours"].to_numpy()
     icu_in = ((adm["intime"] - adm["admittime"]).dt.total_seconds() / 3600).to_numpy()
     icu_out = ((adm["outtime"] - adm["admittime"]).dt.total_seconds() / 3600).to_numpy()
-    first_p = rng.random(len(adm))
+    first_p, late_p = rng.random(len(adm)), rng.random(len(adm))
     for i in range(len(adm)):
         t = rng.uniform(-3, 2.5) if first_p[i] < 0.97 else rng.uniform(3, 20)
         first = True
         while t < los[i] - 0.5:
             in_icu = icu_in[i] <= t <= icu_out[i]
-            recs.append((i, t, first, in_icu, False))
+            recs.append((i, t, first, in_icu, False, False))
             first = False
             t += rng.uniform(4, 12) if in_icu else rng.uniform(6, 24)
         if first_p[i] > 0.88:  # an outpatient draw days before the admission (no hadm_id)
-            recs.append((i, -24 * rng.uniform(3, 25), False, False, True))
-    p = pd.DataFrame(recs, columns=["adm", "hours", "first", "icu", "outpatient"])
+            recs.append((i, -24 * rng.uniform(3, 25), False, False, True, False))
+        if los[i] > PREDICTION_HOURS + 0.5 and late_p[i] < LATE_LACTATE:  # drawn before, resulted after
+            t = PREDICTION_HOURS - rng.uniform(0.2, 3)
+            recs.append((i, t, False, icu_in[i] <= t <= icu_out[i], False, True))
+    p = pd.DataFrame(recs, columns=["adm", "hours", "first", "icu", "outpatient", "late"])
     a = adm.iloc[p["adm"].to_numpy()]
     s0 = a["z_ehr"].to_numpy() + 0.3 * a["acuity"].to_numpy()
     sev = severity_at(p["hours"].to_numpy(), s0, a["label"].to_numpy() == 1, a["los_hours"].to_numpy())
+    sev = sev + p["late"].to_numpy() * LATE_OUTCOME_SHIFT * (a["label"].to_numpy() == 1)  # tied to the outcome
     p["severity"] = np.where(p["outpatient"], 0.3 * a["z_ehr"].to_numpy(), sev) + rng.normal(0, 0.15, len(p))
     p["acuity"] = a["acuity"].to_numpy()
     return p
@@ -195,6 +171,8 @@ def write_labs(rng: np.random.Generator, root: Path, adm: pd.DataFrame, patients
         "gas": rng.random(n) < np.where(p["icu"], 0.5, np.where(p["first"], sigmoid(-1.6 + p["acuity"]), 0.03)),
     }
     draws = {g: m & ~(p["outpatient"].to_numpy() & (g in ("lactate", "gas"))) for g, m in draws.items()}
+    late = p["late"].to_numpy()
+    draws = {g: (m & ~late) | (late & (g == "lactate")) for g, m in draws.items()}  # the trap: a lactate alone
     # Specimens: one per draw and group, 8-digit unique ids.
     spec = rng.choice(90_000_000, size=(n, 4), replace=False) + 10_000_000
     spec_col = {"bmp": 0, "cbc": 1, "lactate": 2, "gas": 3}
@@ -219,7 +197,14 @@ def write_labs(rng: np.random.Generator, root: Path, adm: pd.DataFrame, patients
     ev["charttime"] = (a["admittime"].to_numpy()[r] + minutes(hours * 60))
     group_of = {lab.itemid: spec_col[lab.group] for lab in LABS}
     ev["specimen_id"] = spec[r, ev["itemid"].map(group_of).to_numpy()]
-    ev["storetime"] = ev["charttime"] + minutes(20 + ev["specimen_id"].to_numpy() % 130)  # one per specimen
+    # One storetime per specimen: 20 min to 2.5 h after the draw, 1 specimen in 20 batched or sent out
+    # (3 to 12 h later); the trap's lactate results 0.5 to 6 h after the prediction time.
+    sid = ev["specimen_id"].to_numpy()
+    delay = 20 + sid % 130 + (sid % 20 == 0) * (180 + sid % 540)
+    pt = PREDICTION_HOURS * 60 - hours * 60
+    delay = np.where(p["late"].to_numpy()[r], pt + 30 + sid % 330, delay)
+    ev["storetime"] = ev["charttime"] + minutes(delay)
+    ev.loc[(sid % 97 == 0) & ~p["late"].to_numpy()[r], "storetime"] = pd.NaT   # about 1 %: never stored
     ev = ev.sort_values(["subject_id", "charttime", "itemid"], kind="stable").reset_index(drop=True)
     lo = ev["itemid"].map({k: v.ref[0] for k, v in by_id.items()})
     hi = ev["itemid"].map({k: v.ref[1] for k, v in by_id.items()})
@@ -243,6 +228,8 @@ def write_labs(rng: np.random.Generator, root: Path, adm: pd.DataFrame, patients
     ev["labevent_id"] = np.arange(1, len(ev) + 1)
     ev["hadm_id"] = ev["hadm_id"].astype("Int64")
     ev["charttime"], ev["storetime"] = fmt_time(ev["charttime"]), fmt_time(ev["storetime"])
+    twice = np.flatnonzero(rng.random(len(ev)) < DUPLICATE_FRACTION)   # exact duplicate rows, next to the original
+    ev = ev.iloc[np.sort(np.concatenate([np.arange(len(ev)), twice]), kind="stable")]
     n_rows = write_csv(ev, root / "hosp" / "labevents.csv.gz", LABEVENT_COLUMNS)
     d = pd.DataFrame([(lab.itemid, lab.label, "Blood", lab.category) for lab in LABS] + list(EXTRA_LABITEMS),
                      columns=D_LABITEMS_COLUMNS).sort_values("itemid")
@@ -257,8 +244,14 @@ def _providers(rng: np.random.Generator, n: int) -> np.ndarray:
 
 # ------------------------------------------------------------------ ICU
 
-def write_icu(rng: np.random.Generator, root: Path, adm: pd.DataFrame) -> tuple[int, int]:
-    """icustays, chartevents (vitals about hourly through each stay) and d_items."""
+def write_icu(rng: np.random.Generator, root: Path, adm: pd.DataFrame) -> tuple[int, int, pd.DataFrame]:
+    """icustays and chartevents (vitals about hourly through each stay); returns the stays too."""
+    n_stays, icu = write_icustays(rng, root, adm)
+    return n_stays, write_chartevents(rng, root, icu), icu[["hadm_id", "stay_id"]]
+
+
+def write_icustays(rng: np.random.Generator, root: Path, adm: pd.DataFrame) -> tuple[int, pd.DataFrame]:
+    """icu/icustays; returns its row count and the stays (admission columns plus stay_id)."""
     icu = adm[adm["has_icu"]].copy()
     icu["stay_id"] = 30_000_000 + rng.choice(9_999_999, size=len(icu), replace=False)
     unit = np.array(CAREUNITS, dtype=object)[rng.choice(len(CAREUNITS), len(icu),
@@ -267,9 +260,11 @@ def write_icu(rng: np.random.Generator, root: Path, adm: pd.DataFrame) -> tuple[
     icu["last_careunit"] = np.where(rng.random(len(icu)) < 0.9, unit, "Medical Intensive Care Unit (MICU)")
     icu["los"] = (icu["outtime"] - icu["intime"]).dt.total_seconds() / 86400
     stays = icu.assign(intime=fmt_time(icu["intime"]), outtime=fmt_time(icu["outtime"])).sort_values("stay_id")
-    n_stays = write_csv(stays, root / "icu" / "icustays.csv.gz", ICUSTAY_COLUMNS)
+    return write_csv(stays, root / "icu" / "icustays.csv.gz", ICUSTAY_COLUMNS), icu
 
-    # Observation times: about hourly from intime to outtime.
+
+def write_chartevents(rng: np.random.Generator, root: Path, icu: pd.DataFrame) -> int:
+    """icu/chartevents: vitals about hourly from intime to outtime of each stay."""
     recs = []
     in_h = ((icu["intime"] - icu["admittime"]).dt.total_seconds() / 3600).to_numpy()
     out_h = ((icu["outtime"] - icu["admittime"]).dt.total_seconds() / 3600).to_numpy()
@@ -310,9 +305,14 @@ def write_icu(rng: np.random.Generator, root: Path, adm: pd.DataFrame) -> tuple[
     ev["caregiver_id"] = rng.integers(10_000, 99_999, size=len(ev))
     ev["warning"] = 0
     ev["charttime"], ev["storetime"] = fmt_time(ev["charttime"]), fmt_time(ev["storetime"])
-    n_chart = write_csv(ev, root / "icu" / "chartevents.csv.gz", CHARTEVENT_COLUMNS)
+    return write_csv(ev, root / "icu" / "chartevents.csv.gz", CHARTEVENT_COLUMNS)
+
+
+def write_d_items(root: Path, extra: tuple = ()) -> int:
+    """icu/d_items: the vitals' items and ``extra`` rows (itemid, label, abbreviation, linksto, category,
+    unitname, param_type)."""
     d = pd.DataFrame([(it, lab, abbr, "chartevents", cat, u, "Numeric", "", "") for it, lab, abbr, cat, u, *_ in VITALS]
                      + [(223762, "Temperature Celsius", "Temperature C", "chartevents", "Routine Vital Signs", "°C",
-                         "Numeric", "", "")], columns=D_ITEMS_COLUMNS).sort_values("itemid")
-    write_csv(d, root / "icu" / "d_items.csv.gz", D_ITEMS_COLUMNS)
-    return n_stays, n_chart
+                         "Numeric", "", "")] + [(*row, "", "") for row in extra],
+                     columns=D_ITEMS_COLUMNS).sort_values("itemid")
+    return write_csv(d, root / "icu" / "d_items.csv.gz", D_ITEMS_COLUMNS)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.synthetic._io import child_seeds, sigmoid, write_csv
-from pipeline.synthetic.latent import PREDICTION_HOURS
+from pipeline.synthetic.latent import PREDICTION_HOURS, presence_logit
 
 SIZE = 256
 METADATA_COLUMNS = ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
@@ -156,10 +156,9 @@ def _dicom_ids(rng: np.random.Generator, n: int) -> list[str]:
 
 
 def plan_studies(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
-    """CXR studies: before the prediction time (acuity-dependent presence) and later in the stay."""
+    """CXR studies: before the prediction time (presence depends on acuity and z_imaging) and later in the stay."""
     n = len(adm)
-    acuity = adm["acuity"].to_numpy()
-    present = rng.random(n) < sigmoid(0.45 + 0.8 * acuity)
+    present = rng.random(n) < sigmoid(presence_logit("imaging", adm["acuity"], adm["z_imaging"]))
     n_pre = np.where(present, np.where(rng.random(n) < 0.85, 1, 2), 0)
     los = adm["los_hours"].to_numpy()
     n_post = np.where(los > PREDICTION_HOURS + 2, rng.poisson(np.clip(los / 160, 0.05, 1.5)), 0).clip(0, 2)

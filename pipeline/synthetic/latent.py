@@ -8,16 +8,25 @@ patient-level trait (shared by the patient's admissions) and admission noise:
 plus an acuity ``a`` (correlated with the patient's frailty) and the age.  The
 true in-hospital mortality logit is
 
-    logit = B0 + ehr_part + ecg_part + notes_part + imaging_part
-    ehr_part = W_EHR * z_ehr + W_AGE * age_z + W_ACUITY * a      (age, acuity: visible in the EHR)
+    logit = B0 + ehr_part + ecg_part + notes_part + imaging_part + interaction_part
+    ehr_part = W_EHR * z_ehr + W_AGE * age_z + W_ACUITY * a
+               + W_CHF * chf + W_CKD * ckd + W_CANCER * cancer    (visible in the EHR; the chronic
+                                                                  conditions mainly through earlier
+                                                                  admissions' diagnosis codes)
     ecg_part = W_ECG * z_ecg,  notes_part = W_NOTES * z_notes,  imaging_part = W_IMG * z_img
+    interaction_part = W_INT * z_ehr * z_ecg       (not additive across modalities: an ECG
+                                                    severity weighs more in a sicker EHR)
 
 and the label is Bernoulli(sigmoid(logit)).  Each modality generator shows its own
 z only through its own data (labs/vitals, ECG morphology, report wording, CXR
 content) before the prediction time, so each modality carries a separate share
 of the signal.  Everything charted before admittime + 24 h depends on the latents
-and noise only, never on the label; after it, values drift toward the outcome
-(the leakage traps).  Missingness of ECG, notes and CXR depends on acuity.
+and noise only, never on the label (the one exception is a lab result that is
+charted before and stored after it: see synthetic.ehr); after it, values drift
+toward the outcome (the leakage traps).  Whether ECG, notes and CXR are recorded
+before the prediction time depends on acuity AND on the modality's own hidden
+severity (``PRESENCE``): missing not at random, so the sicker (and the more
+likely to die) an admission is, the more likely the modality is present.
 """
 from __future__ import annotations
 
@@ -28,9 +37,16 @@ from pipeline.synthetic._io import minutes, seconds, sigmoid
 
 PREDICTION_HOURS = 24
 RHO = 0.5                 # share of each latent that is a patient-level trait
-B0 = -5.1
+B0 = -6.0
 W_EHR, W_AGE, W_ACUITY = 1.75, 0.55, 0.45
+W_CHF, W_CKD, W_CANCER = 1.3, 1.0, 1.6
 W_ECG, W_NOTES, W_IMG = 2.10, 2.00, 2.25
+W_INT = 0.7
+# Presence of a modality before the prediction time: sigmoid(b0 + b_acuity * a + b_own * z_own).
+PRESENCE = {"ecg": (0.95, 0.8, 0.7), "notes": (1.23, 0.8, 0.5), "imaging": (0.45, 0.8, 0.7)}
+ADMISSIONS_PER_PATIENT = (1, 2, 3, 4, 5, 6, 7, 8)           # a tail of patients with long histories
+ADMISSIONS_P = (0.50, 0.26, 0.12, 0.04, 0.03, 0.02, 0.02, 0.01)
+ICD10_SWITCH = 2015.75    # the real (not shifted) year MIMIC's coding moved from ICD-9 to ICD-10
 MINOR_FRACTION = 0.03
 EARLY_DEATH_FRACTION = 0.08   # of in-hospital deaths, before the prediction time
 LOS_MEDIAN_HOURS, LOS_ACUITY, LOS_SD = 80.0, 0.25, 0.6   # a survivor's stay: lognormal, longer with acuity
@@ -42,6 +58,7 @@ RACES = (("WHITE", 0.62), ("BLACK/AFRICAN AMERICAN", 0.13), ("HISPANIC/LATINO - 
          ("PATIENT DECLINED TO ANSWER", 0.01))
 MARITAL = (("MARRIED", 0.42), ("SINGLE", 0.33), ("WIDOWED", 0.12), ("DIVORCED", 0.08), ("", 0.05))
 MODALITIES = ("ehr", "ecg", "notes", "imaging")
+CHRONIC = ("diabetes", "hypertension", "ckd", "chf", "copd", "cancer")
 
 
 def _pick(rng: np.random.Generator, table, n: int) -> np.ndarray:
@@ -76,15 +93,32 @@ def simulate_patients(rng: np.random.Generator, n: int) -> pd.DataFrame:
     })
     for m in MODALITIES:
         df[f"trait_{m}"] = rng.normal(size=n)
-    # Chronic conditions used for diagnoses and history text (do not enter the risk).
+    # Chronic conditions: diagnoses and history text; heart failure, CKD and cancer enter the risk.
     older = (age - 60) / 15
     df["diabetes"] = rng.random(n) < sigmoid(-1.2 + 0.3 * older)
     df["hypertension"] = rng.random(n) < sigmoid(-0.2 + 0.6 * older)
     df["ckd"] = rng.random(n) < sigmoid(-2.0 + 0.5 * older + 0.6 * df["trait_ehr"])
     df["chf"] = rng.random(n) < sigmoid(-2.2 + 0.5 * older + 0.6 * df["trait_ecg"])
     df["copd"] = rng.random(n) < sigmoid(-2.2 + 0.3 * older + 0.6 * df["trait_imaging"])
-    df.loc[minor, ["diabetes", "hypertension", "ckd", "chf", "copd"]] = False
+    df["cancer"] = rng.random(n) < sigmoid(-3.0 + 0.5 * older)
+    df.loc[minor, list(CHRONIC)] = False
+    # The real year of anchor_year (MIMIC shifts years per patient; anchor_year_group is the real
+    # 3-year window): the shifted date from which this patient's stays are coded in ICD-10.
+    real_anchor = df["anchor_year_group"].str.slice(0, 4).astype(int).to_numpy() + rng.uniform(0, 3, n)
+    df["icd10_from"] = pd.to_datetime((anchor_year + ICD10_SWITCH - real_anchor - 1970) * 365.2425 * 86400, unit="s")
     return df
+
+
+def chronic_part(adm: pd.DataFrame) -> np.ndarray:
+    """The chronic conditions' share of the logit (heart failure, CKD, cancer)."""
+    return (W_CHF * adm["chf"].to_numpy(float) + W_CKD * adm["ckd"].to_numpy(float)
+            + W_CANCER * adm["cancer"].to_numpy(float))
+
+
+def presence_logit(m: str, acuity, z) -> np.ndarray:
+    """The logit of P(modality ``m`` recorded before the prediction time | acuity, its own severity z)."""
+    b0, b_acuity, b_own = PRESENCE[m]
+    return b0 + b_acuity * np.asarray(acuity, dtype=float) + b_own * np.asarray(z, dtype=float)
 
 
 def _admission_type(rng, acuity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +140,7 @@ def _admission_type(rng, acuity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def simulate_admissions(rng: np.random.Generator, patients: pd.DataFrame) -> pd.DataFrame:
     """Admissions with timelines, the hidden components, the label and ICU stays' times."""
-    n_adm = rng.choice([1, 2, 3], size=len(patients), p=[0.55, 0.30, 0.15])
+    n_adm = rng.choice(ADMISSIONS_PER_PATIENT, size=len(patients), p=ADMISSIONS_P)
     subject = np.repeat(patients["subject_id"].to_numpy(), n_adm)
     adm = pd.DataFrame({"subject_id": subject,
                         "adm_index": np.concatenate([np.arange(k) for k in n_adm])})
@@ -139,11 +173,14 @@ def simulate_admissions(rng: np.random.Generator, patients: pd.DataFrame) -> pd.
     adm["age"] = ages
     age_z = (ages - 60) / 18
 
-    adm["ehr_part"] = W_EHR * adm["z_ehr"] + W_AGE * age_z + W_ACUITY * adm["acuity"]
+    for c in CHRONIC:
+        adm[c] = pat[c].to_numpy()
+    adm["ehr_part"] = W_EHR * adm["z_ehr"] + W_AGE * age_z + W_ACUITY * adm["acuity"] + chronic_part(adm)
     adm["ecg_part"] = W_ECG * adm["z_ecg"]
     adm["notes_part"] = W_NOTES * adm["z_notes"]
     adm["imaging_part"] = W_IMG * adm["z_imaging"]
-    adm["logit"] = B0 + adm[["ehr_part", "ecg_part", "notes_part", "imaging_part"]].sum(axis=1)
+    adm["interaction_part"] = W_INT * adm["z_ehr"] * adm["z_ecg"]
+    adm["logit"] = B0 + adm[["ehr_part", "ecg_part", "notes_part", "imaging_part", "interaction_part"]].sum(axis=1)
     adm["p_true"] = sigmoid(adm["logit"])
     died = rng.random(n) < adm["p_true"].to_numpy()
 

@@ -6,7 +6,8 @@ Radiology reports are assembled from phrase pools graded by severity tier
 carries the hidden notes component.  Reports after the prediction time drift
 toward the outcome ("interval worsening" / "interval improvement"), later
 reports copy sentences forward from earlier ones, and discharge summaries,
-charted at discharge, state the outcome and copy the impressions: the leakage
+charted on the discharge date (a date: 00:00:00, hours before the discharge, some without a
+storetime), state the outcome and copy the impressions: the leakage
 traps.  The reports are not the readings of the synthetic CXR images (whose
 content carries a separate, imaging component).
 """
@@ -18,10 +19,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline.synthetic._io import fmt_time, minutes, sigmoid, write_csv
-from pipeline.synthetic.latent import PREDICTION_HOURS
+from pipeline.synthetic.latent import PREDICTION_HOURS, presence_logit
 
 NOTE_COLUMNS = ["note_id", "subject_id", "hadm_id", "note_type", "note_seq", "charttime", "storetime", "text"]
 TIER_CUTS = (-0.3, 0.6, 1.4)
+NO_STORETIME_FRACTION = 0.1   # discharge summaries without a storetime
 REPORT_NOISE_SD = 0.3
 
 CHEST = {
@@ -145,9 +147,9 @@ def radiology_text(rng: np.random.Generator, level: float, exam: str, sex: str, 
 
 
 def plan_radiology(rng: np.random.Generator, adm: pd.DataFrame) -> pd.DataFrame:
-    """Report times: before the prediction time (acuity-dependent presence) and later in the stay."""
+    """Report times: before the prediction time (presence depends on acuity and z_notes) and later in the stay."""
     n = len(adm)
-    present = rng.random(n) < sigmoid(1.23 + 0.8 * adm["acuity"].to_numpy())
+    present = rng.random(n) < sigmoid(presence_logit("notes", adm["acuity"], adm["z_notes"]))
     n_pre = np.where(present, np.where(rng.random(n) < 0.7, 1, 2), 0)
     los = adm["los_hours"].to_numpy()
     n_post = np.where(los > PREDICTION_HOURS + 2, rng.poisson(np.clip(los / 120, 0.1, 2)), 0).clip(0, 3)
@@ -238,7 +240,8 @@ CHIEF = (("chest pain", "abdominal pain", "fall", "elective procedure"),
          ("hypoxia", "altered mental status", "sepsis"),
          ("respiratory failure", "hypotension", "cardiac arrest"))
 PMH = {"diabetes": "Type 2 diabetes mellitus", "hypertension": "Hypertension", "ckd": "Chronic kidney disease stage 3",
-       "chf": "Heart failure with reduced ejection fraction", "copd": "COPD on home inhalers"}
+       "chf": "Heart failure with reduced ejection fraction", "copd": "COPD on home inhalers",
+       "cancer": "Non-small cell lung cancer"}
 
 
 def _course(rng, r, died: bool, sex: str) -> str:
@@ -300,7 +303,7 @@ def discharge_text(rng, r, sex: str, history: list[str], impressions: list, died
 
 def write_discharge(rng: np.random.Generator, root: Path, adm: pd.DataFrame, patients: pd.DataFrame,
                     impressions: dict) -> int:
-    """One summary per admission (a few missing), charted at discharge, stating the outcome."""
+    """One summary per admission (a few missing), charted on the discharge date, stating the outcome."""
     pat = patients.set_index("subject_id")
     keep = rng.random(len(adm)) < 0.97
     rows = []
@@ -317,5 +320,9 @@ def write_discharge(rng: np.random.Generator, root: Path, adm: pd.DataFrame, pat
     df["note_seq"] = df.groupby("subject_id").cumcount() + 1
     df["note_id"] = df["subject_id"].astype(str) + "-DS-" + df["note_seq"].astype(str)
     df["note_type"] = "DS"
+    # As in MIMIC-IV-Note: the charttime of a discharge summary is the discharge DATE (00:00:00),
+    # which precedes the discharge itself, and some summaries have no storetime.
+    df["charttime"] = df["charttime"].dt.floor("D")
+    df.loc[rng.random(len(df)) < NO_STORETIME_FRACTION, "storetime"] = pd.NaT
     df["charttime"], df["storetime"] = fmt_time(df["charttime"]), fmt_time(df["storetime"])
     return write_csv(df, root / "note" / "discharge.csv.gz", NOTE_COLUMNS)
