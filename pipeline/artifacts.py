@@ -19,6 +19,7 @@ import pandas as pd
 
 from data_schemas.base import Schema
 from pipeline.errors import DataError
+from pipeline.progress import event
 
 _PKG = Path(__file__).resolve().parent
 
@@ -71,16 +72,55 @@ def tree_hash(path: Path, pattern: str = "*") -> str:
     return h.hexdigest()[:16]
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs (on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # it exists, owned by someone else
+        return True
+    return True
+
+
+def tmp_path(path: Path) -> Path:
+    """The temporary sibling ``.NAME.tmpPID`` a write goes to before its rename; leftovers of
+    killed writers (dead pids) are removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.tmp"
+    for old in path.parent.glob(f"{prefix}*"):
+        pid = old.name[len(prefix):]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+    return path.with_name(f"{prefix}{os.getpid()}")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` then rename to ``path``: a write that fails midway (disk full, a kill)
+    leaves the old file or none, never a partial one, and no temporary file behind."""
+    path = Path(path)
+    tmp = tmp_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_parquet(df: pd.DataFrame, path: Path, schema: Schema | None = None) -> Path:
     """Validate against ``schema`` then write atomically (tmp file + rename)."""
     path = Path(path)
     if schema is not None:
         schema.validate(df, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 class ParquetShardWriter:
@@ -93,7 +133,7 @@ class ParquetShardWriter:
 
     def __init__(self, path: Path, schema: Schema | None = None, row_group_size: int = 5000):
         self.path, self.schema, self.row_group_size = Path(path), schema, row_group_size
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self.tmp = tmp_path(self.path)
         self.writer = None
         self.rows = 0
         self.closed = False
@@ -148,12 +188,8 @@ def read_parquet(path: Path, schema: Schema | None = None, columns: list[str] | 
 
 
 def write_json(obj, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def read_json(path: Path):
@@ -186,6 +222,7 @@ def run_stage(name: str, out_dir: Path, inputs: dict[str, str], config: dict,
         m = read_json(manifest_path)
         if m.get("inputs") == inputs and m.get("config_hash") == chash and m.get("code_version") == CODE_VERSION:
             log(f"[{name}] up to date, skipped")
+            event(name, "skipped", reason="inputs and config unchanged")
             return out_dir
         log(f"[{name}] inputs or config changed, rerunning")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
@@ -194,7 +231,12 @@ def run_stage(name: str, out_dir: Path, inputs: dict[str, str], config: dict,
     tmp.mkdir(parents=True)
     t0 = time.time()
     log(f"[{name}] running")
-    extra = fn(tmp) or {}
+    event(name, "start")
+    try:
+        extra = fn(tmp) or {}
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)     # a failed stage leaves nothing (a kill: the next run clears it)
+        raise
     manifest = {
         "stage": name, "inputs": inputs, "config_hash": chash, "config": config,
         "code_version": CODE_VERSION, "row_counts": _row_counts(tmp),
@@ -210,6 +252,8 @@ def run_stage(name: str, out_dir: Path, inputs: dict[str, str], config: dict,
     os.replace(tmp, out_dir)
     if old.exists():
         shutil.rmtree(old)
+    event(name, "done", seconds=manifest["seconds"], rows=manifest["row_counts"],
+          quarantined=manifest.get("quarantined"))
     log(f"[{name}] done in {manifest['seconds']:.1f}s " +
         ", ".join(f"{k}={v}" for k, v in manifest["row_counts"].items()))
     return out_dir
@@ -218,3 +262,56 @@ def run_stage(name: str, out_dir: Path, inputs: dict[str, str], config: dict,
 def output_hash(stage_dir: Path) -> str:
     """The identity of a finished stage's output: hash of its manifest."""
     return file_hash(Path(stage_dir) / "manifest.json", full=True)
+
+
+class RunLock:
+    """``with RunLock(folder):`` -- one job at a time writes a RUN folder.
+
+    The lock is ``folder/.mmpipe.lock`` holding the owner's pid, created exclusively.  A second
+    job gets a ``DataError`` naming the lock file and the pid that holds it; a lock left by a
+    process that no longer runs (killed) is taken over."""
+
+    NAME = ".mmpipe.lock"
+
+    def __init__(self, folder: Path, job: str = "job"):
+        self.path, self.job = Path(folder) / self.NAME, job
+
+    def holder(self) -> dict | None:
+        """The live process holding the lock ({pid, job, since}), or None (free or stale)."""
+        try:
+            info = json.loads(self.path.read_text() or "{}")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            info = {}
+        pid = int(info.get("pid", 0) or 0)
+        return info if pid_alive(pid) and pid != os.getpid() else None
+
+    def check(self) -> None:
+        """Raise the lock error if another live process holds the lock (without taking it)."""
+        info = self.holder()
+        if info is not None:
+            raise DataError(f"the folder is in use by another mmpipe {info.get('job', 'job')} "
+                            f"(pid {info['pid']}, since {info.get('since', '?')})", file=self.path, field="lock",
+                            hint="wait for it to finish, or use another folder")
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self.check()
+                self.path.unlink(missing_ok=True)      # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "job": self.job, "since": time.strftime("%Y-%m-%dT%H:%M:%S")}, f)
+            return self
+        raise DataError("could not take the folder's lock", file=self.path, field="lock")
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if json.loads(self.path.read_text()).get("pid") == os.getpid():
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass

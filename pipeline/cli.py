@@ -14,6 +14,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Clinical multimodal prediction pipeline: EHR, ECG, notes and imaging.")
 
 
+@app.callback()
+def _options(quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars and no progress lines"),
+             log_json: Optional[Path] = typer.Option(None, "--log-json",
+                                                     help="write structured stage events to this file "
+                                                          "(one JSON object per line)")):
+    """Options for every command: mmpipe [--quiet] [--log-json FILE] COMMAND ..."""
+    from pipeline import progress
+    progress.configure(quiet=quiet, log_json=log_json)
+
+
 def _fail(err: Exception) -> None:
     typer.secho(f"error: {err}", fg="red", err=True)
     raise typer.Exit(2)

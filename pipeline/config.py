@@ -112,6 +112,13 @@ class ModelConfig(_Strict):
     seed: int = 0
 
 
+class ReportConfig(_Strict):
+    # the patient cards show each patient's 12-lead ECG and chest X-ray thumbnail; turn off
+    # for a report that leaves the site (the waveforms and images are patient data)
+    show_signals: bool = True
+    patient_cards: int = Field(default=6, ge=0)   # highest- and lowest-risk test admissions shown
+
+
 class RunConfig(_Strict):
     sources: SourcePaths = Field(default_factory=SourcePaths)
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -120,19 +127,34 @@ class RunConfig(_Strict):
     notes: NotesConfig = Field(default_factory=NotesConfig)
     imaging: ImagingConfig = Field(default_factory=ImagingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     modalities: tuple[str, ...] = MODALITIES
 
     @classmethod
     def load(cls, path: Path | None) -> "RunConfig":
+        """A JSON or YAML file (``yaml.safe_load``: no tags that build Python objects).
+        Unreadable text, a tag, an unknown key or a bad value: ``DataError`` naming the file and field."""
         if path is None:
             return cls()
-        text = Path(path).read_text()
-        if str(path).endswith((".yaml", ".yml")):
-            import yaml
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-        return cls.model_validate(data)
+        import yaml
+        from pydantic import ValidationError
+
+        from pipeline.errors import DataError
+        try:
+            text = Path(path).read_text()
+            data = (yaml.safe_load(text) if str(path).endswith((".yaml", ".yml")) else json.loads(text)) or {}
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
+            raise DataError(f"cannot read the config ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                            file=path, hint="a JSON or YAML mapping; YAML tags such as !!python/... are refused") from None
+        if not isinstance(data, dict):
+            raise DataError(f"the config must be a mapping, found {type(data).__name__}", file=path)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise DataError(f"{err['msg']} (found {str(err.get('input'))[:80]!r}); {e.error_count()} problem(s)",
+                            file=path, field=".".join(map(str, err["loc"])),
+                            hint="see the README's configuration section") from None
 
     def section_hash(self, *sections: str) -> str:
         data = self.model_dump(mode="json")

@@ -318,15 +318,25 @@ def test_read_record_list(tmp_path):
         "10000032,44458630,44458630,2180-07-23 09:54:00,files/p1000/p10000032/s44458630/44458630\n"
         "10000033,44458631,44458631,not a time,files/p1000/p10000033/s44458631/44458631\n"
         ",44458632,44458632,2180-07-23 09:54:00,files/p1000/p1000003x/s44458632/44458632\n"
-        "10000034,40689238,40689238,2181-01-01 00:00:00,files/p1000/p10000034/s40689238/40689238\n")
+        "10000034,40689238,40689238,2181-01-01 00:00:00,files/p1000/p10000034/s40689238/40689238\n"
+        "10000035,44458635,44458635,2181-01-01 00:00:00,files/p1000/p10000035/s44458635/44458635\n")
+    sig = np.sin(np.linspace(0, 20, 5000))[:, None].repeat(2, axis=1)
+    for rel in ("files/p1000/p10000032/s40689238/40689238", "files/p1000/p10000032/s44458630/44458630"):
+        (tmp_path / rel).parent.mkdir(parents=True)
+        wfdb.wrsamp((tmp_path / rel).name, fs=500, units=["mV"] * 2, sig_name=["I", "II"], p_signal=sig,
+                    fmt=["16"] * 2, write_dir=str((tmp_path / rel).parent))
     q = Quarantine()
     idx = read_record_list(tmp_path, q)
     assert idx["study_id"].tolist() == [40689238, 44458630]
     assert str(idx["ecg_time"].dtype).startswith("datetime64") and idx["subject_id"].dtype == np.int64
     assert idx["path"].iloc[0] == str(tmp_path.resolve() / "files/p1000/p10000032/s40689238/40689238")
     got = {(r.row, r.field) for r in q.rows}
-    assert got == {("4", "ecg_time"), ("5", "subject_id"), ("6", "study_id")}
-    assert all(r.source == "ecg" and r.file.endswith("record_list.csv") for r in q.rows)
+    # the last row is well formed but its files do not exist: quarantined with its line, naming the file
+    assert got == {("4", "ecg_time"), ("5", "subject_id"), ("6", "study_id"),
+                   ("study_id=44458635 (record_list.csv line 7)", "header")}
+    assert all(r.source == "ecg" for r in q.rows)
+    assert [r.file.endswith("record_list.csv") for r in q.rows] == [True, True, True, False]
+    assert q.rows[-1].file.endswith("44458635.hea") and "not found" in q.rows[-1].reason
     (tmp_path / "record_list.csv").write_text("subject_id,study_id,path\n1,2,x\n")
     with pytest.raises(DataError) as e:
         read_record_list(tmp_path, Quarantine())

@@ -39,8 +39,22 @@ def test_row_without_events_has_zero_count_and_nan_values(tmp_path):
 
 
 def test_codes_chosen_from_train_rows_only(tmp_path):
-    _, f = _run(tmp_path)
-    assert "ehr__lab:50813__last" in f.columns
+    from tests.ehr_fixtures import LABS
+    # lab 50813 is measured in admissions 11, 21 and 61; lab 50912 (creatinine) in 21 and 61 only.
+    # A code needs two train admissions: with 21 in test, 50912 has one and is left out.
+    extra = LABS.iloc[[3, 5]].assign(labevent_id=[7, 8], itemid=50912, valuenum=[1.0, 1.1], valueuom="mg/dL")
+    root = write_mimic(tmp_path / "m", labs=pd.concat([LABS, extra], ignore_index=True))
+    ingest_mimic_iv(root, tmp_path / "ing", Quarantine())
+    cohort, _ = build_cohort(pd.read_parquet(tmp_path / "ing" / "patients.parquet"),
+                             pd.read_parquet(tmp_path / "ing" / "admissions.parquet"), None, TaskConfig())
+    for name, test_hadm in (("a", 21), ("b", 11)):
+        c = cohort.assign(split=lambda d: d["hadm_id"].map(lambda h: "test" if h == test_hadm else "train"))
+        (tmp_path / name).mkdir()
+        featurize_ehr(c, tmp_path / "ing", EHRConfig(), tmp_path / name)
+        cols = pd.read_parquet(tmp_path / name / "features.parquet").columns
+        # a: one of 50912's admissions is test, so it is not a feature; b: both are train
+        assert ("ehr__lab:50912__last" in cols) == (name == "b"), name
+        assert "ehr__lab:50813__last" in cols
 
 
 def test_implausible_values_are_dropped(tmp_path):

@@ -93,8 +93,12 @@ def _cxr(root, rows):
         p = root / "files" / f"p{str(sid)[:2]}" / f"p{sid}" / f"s{study}"
         p.mkdir(parents=True, exist_ok=True)
         f = p / f"{dicom}.jpg"
-        if kind == "corrupt":
-            f.write_bytes(b"\xff\xd8\xff garbage")
+        if kind == "corrupt":   # a whole JPEG (passes the index checks) whose Huffman table is broken
+            Image.fromarray(np.full((32, 32), 99, np.uint8)).save(f, quality=95)
+            b = bytearray(f.read_bytes())
+            i = b.index(b"\xff\xc4")
+            b[i + 5:i + 25] = b"\xff" * 20
+            f.write_bytes(bytes(b))
         else:   # a bright square whose position tells the images apart
             a = np.zeros((32, 32), np.uint8)
             a[kind:kind + 8, kind:kind + 8] = 255

@@ -68,7 +68,7 @@ def test_unparseable_event_time_is_quarantined(tmp_path):
     q = Quarantine()
     ingest_mimic_iv(root, tmp_path / "out", q)
     assert len(pd.read_parquet(tmp_path / "out" / "events.parquet")) == 5
-    assert q.rows[0].row == "labevent_id=1" and q.rows[0].field == "time"
+    assert q.rows[0].row == "line 2" and q.rows[0].field == "time"  # the user's file and line
 
 
 def test_missing_event_column_is_an_error(tmp_path):

@@ -98,4 +98,16 @@ def test_metrics_undefined_for_one_class_is_none_not_zero():
     assert r["auroc"] is None and "one class" in r["note"]
     y = np.r_[np.zeros(50), np.ones(50)]
     r = evaluate(y, y * 0.8 + 0.1)
-    assert r["auroc"] == 1.0 and r["auroc_ci"][0] <= 1.0 and "curves" in r
+    assert r["auroc"] == 1.0 and r["auroc_ci"] == [1.0, 1.0] and "curves" in r   # every resample separates
+
+
+def test_auroc_ci_is_a_bootstrap_interval_around_the_estimate():
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300)
+    p = 1 / (1 + np.exp(-(1.2 * y + rng.normal(size=300))))
+    r = evaluate(y, p, n_boot=400, seed=3)
+    lo, hi = r["auroc_ci"]
+    assert r["auroc"] == roc_auc_score(y, p) and lo < r["auroc"] < hi and 0.02 < hi - lo < 0.2
+    assert r["bootstrap_used"] == 400 and evaluate(y, p, n_boot=400, seed=3)["auroc_ci"] == [lo, hi]
+    assert evaluate(y[:15], p[:15], n_boot=10)["auroc_ci"] is None      # under 20 resamples: no interval

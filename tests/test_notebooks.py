@@ -107,6 +107,29 @@ def test_notebooks_are_valid_v4_with_python3_kernel():
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path}: outputs not cleared"
 
 
+PUBLIC_API = {"Run", "PatientExplanation", "RunConfig", "synthesize"}
+
+
+def test_notebooks_import_only_the_public_api():
+    """Notebooks reach the project only through ``from pipeline import <public name>``."""
+    import ast
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        src = "\n".join(line for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()
+                        if not line.lstrip().startswith(("%", "!")))
+        used = set()
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, ast.Import):
+                bad = [a.name for a in node.names if a.name.split(".")[0] == "pipeline"]
+                assert not bad, f"{path.name}: 'import {bad[0]}' (use 'from pipeline import ...')"
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "pipeline":
+                assert node.module == "pipeline", f"{path.name}: imports from internal module {node.module}"
+                names = {a.name for a in node.names}
+                assert names <= PUBLIC_API, f"{path.name}: non-public names {names - PUBLIC_API}"
+                used |= names
+        assert "Run" in used, f"{path.name} does not use pipeline.Run"
+
+
 def test_quickstart(kernel, nb_data, tmp_path, monkeypatch):
     nb = run_notebook("quickstart.ipynb", kernel, tmp_path, monkeypatch, nb_data)
     text = _text(nb)

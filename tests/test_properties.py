@@ -1,7 +1,7 @@
 """Property tests: schema validation, alignment masks, and the point-in-time window."""
 import numpy as np
 import pandas as pd
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from data_schemas.base import Column, Schema
@@ -53,6 +53,7 @@ def test_alignment_masks_match_data(n, data):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(offsets=st.lists(st.integers(-72 * 60, 72 * 60), min_size=1, max_size=25))
+@example(offsets=[-24 * 60 - 1, -24 * 60, -1, 0, 1])     # just outside, on and inside both bounds
 def test_no_event_after_the_prediction_time_reaches_a_feature(tmp_path_factory, offsets):
     from pipeline.config import EHRConfig
     from pipeline.stages.featurize_ehr import featurize_ehr
@@ -64,9 +65,10 @@ def test_no_event_after_the_prediction_time_reaches_a_feature(tmp_path_factory, 
     cohort = pd.DataFrame({"subject_id": [1], "hadm_id": [11], "prediction_time": [pt], "label": [0],
                            "split": ["train"], "age": [50.0], "gender": ["F"]})
     (d / "fe").mkdir()
-    featurize_ehr(cohort, d, EHRConfig(), d / "fe", codes=["lab:1"])
+    cfg = EHRConfig(lookback_hours=24)   # offsets reach 72 h back: both window bounds are exercised
+    featurize_ehr(cohort, d, cfg, d / "fe", codes=["lab:1"])
     f = pd.read_parquet(d / "fe" / "features.parquet").iloc[0]
-    allowed = [i for i, o in enumerate(offsets) if o <= 0 and o >= -EHRConfig().lookback_hours * 60]
+    allowed = [i for i, o in enumerate(offsets) if o <= 0 and o >= -cfg.lookback_hours * 60]
     assert f["ehr__lab:1__count"] == len(allowed)
     if allowed:
         assert f["ehr__lab:1__max"] == max(allowed) and f["item_time"] <= pt

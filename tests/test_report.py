@@ -2,12 +2,15 @@
 and rendered by a real headless browser (Debian's chromium through playwright)."""
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.config import RunConfig
@@ -75,7 +78,8 @@ def test_report_is_self_contained_with_every_section(html_path):
     assert not external, f"the report references outside resources: {external}"
     assert "<link" not in html.lower() and "<script" not in html.lower() and "@import" not in html
     assert "url(" not in html.replace("data:image", ""), "CSS must not load anything"
-    assert len(refs.imgs) >= 4, f"expected curves, SHAP bar, SHAP swarm and modality plots, got {len(refs.imgs)}"
+    assert len(refs.imgs) >= 5, f"expected curves, SHAP bar and swarm, modality and decision plots, got {len(refs.imgs)}"
+    assert "@media print" in html, "no print stylesheet"
     assert all(src.startswith("data:image/png;base64,") for src in refs.imgs)
     for sid, title in SECTIONS.items():
         assert sid in refs.headings, f"section #{sid} ({title}) is missing"
@@ -101,28 +105,22 @@ def test_quarantine_reasons_are_truncated(report_run, tmp_path):
     assert secret[:MAX_REASON_CHARS] not in html and html.count("PATIENT NARRATIVE") <= MAX_REASON_CHARS // 18 + 1
 
 
-def test_report_never_prints_note_text(request, tmp_path):
-    """On a cohort with notes, no stretch of any note's text reaches the report."""
-    import importlib.util
-
-    import pandas as pd
-
-    import pipeline.synthetic
-    missing = [m for m in ("pipeline.sources.notes", "pipeline.stages.featurize_notes")
-               if importlib.util.find_spec(m) is None]
-    if not hasattr(pipeline.synthetic, "generate_cohort"):
-        missing.insert(0, "pipeline.synthetic.generate_cohort")
-    if missing:
-        pytest.skip(f"cannot train on a synthetic cohort with notes yet: {', '.join(missing)} missing")
-    synth_root = request.getfixturevalue("synth_root")
-    note_files = sorted(synth_root.rglob("note/*.csv.gz"))
-    if not note_files:
-        pytest.skip(f"the synthetic cohort at {synth_root} has no note/*.csv.gz")
-    cfg = RunConfig.model_validate({"modalities": ["ehr", "notes"],
-                                    "model": {"gbm_estimators": 30, "fusion_models": ["gbm_early"],
+@pytest.fixture(scope="module")
+def synth_run(synth_root, tmp_path_factory) -> Path:
+    """A run on the synthetic cohort with every modality (ECG, notes, chest X-rays), report written."""
+    cfg = RunConfig.model_validate({"model": {"gbm_estimators": 30, "fusion_models": ["gbm_early"],
                                               "single_modality_baselines": False}})
-    train(synth_root, tmp_path / "run", cfg, report=True)
-    html = (tmp_path / "run" / "report" / "index.html").read_text(encoding="utf-8")
+    run = tmp_path_factory.mktemp("synth_report") / "run"
+    train(synth_root, run, cfg, report=True)
+    return run
+
+
+def test_report_never_prints_note_text(synth_root, synth_run):
+    """On a cohort with notes, no stretch of any note's text reaches the report."""
+    import pandas as pd
+    note_files = sorted(synth_root.rglob("note/*.csv.gz"))
+    assert note_files, f"the synthetic cohort at {synth_root} has no note/*.csv.gz"
+    html = (synth_run / "report" / "index.html").read_text(encoding="utf-8")
     texts = pd.concat([pd.read_csv(f, usecols=["text"]) for f in note_files])["text"].dropna().astype(str)
     for text in texts.sample(min(len(texts), 300), random_state=0):
         words = text.split()
@@ -130,6 +128,53 @@ def test_report_never_prints_note_text(request, tmp_path):
             chunk = " ".join(words[k:k + 6])
             if len(chunk) >= 30:
                 assert chunk not in html, f"note text in the report: {chunk!r}"
+
+
+def _card_images(html: str) -> dict[str, int]:
+    refs = _Refs()
+    refs.feed(html)
+    alts = [a for a in re.findall(r'<img alt="([^"]*)"', html)]
+    return {kind: sum(a.startswith(kind) for a in alts) for kind in ("SHAP waterfall", "12-lead ECG", "Chest X-ray")}
+
+
+def test_patient_cards_show_waterfall_ecg_and_xray(synth_run):
+    html = (synth_run / "report" / "index.html").read_text(encoding="utf-8")
+    n = _card_images(html)
+    assert n["SHAP waterfall"] == 6, n                       # one per card
+    assert n["12-lead ECG"] >= 1 and n["Chest X-ray"] >= 1, n
+    assert "Leads that moved the score:" in html
+    assert "Decision curve" in html and 'alt="Decision curve"' in html
+    # notes features are named by their top TF-IDF terms, never "notes 3"
+    # (wherever a notes feature is named in the page or in the score reasons, it is by its terms)
+    assert not re.search(r">notes \d+<|notes \d+\s*=|notes \d+\)", html)
+    import pandas as pd
+    reasons = " ".join(pd.read_parquet(synth_run / "test_scores.parquet")["reasons"].astype(str))
+    assert not re.search(r"notes \d+\s*=", reasons)
+    meta = json.loads((synth_run / "model" / "model.json").read_text())
+    assert meta["code_labels"]["notes__0"].startswith("notes: ")
+    from pipeline.jobs.train import pretty_namer                 # the score files' reasons use the same names
+    assert pretty_namer(meta["code_labels"])("notes__0") == meta["code_labels"]["notes__0"]
+
+
+def test_show_signals_false_leaves_waveforms_and_images_out(synth_run, tmp_path):
+    from pipeline.jobs.report import write_report
+    run = tmp_path / "run"
+    shutil.copytree(synth_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["report"] = {"show_signals": False}
+    (run / "config.json").write_text(json.dumps(cfg))
+    html = write_report(run, tmp_path / "r.html").read_text(encoding="utf-8")
+    n = _card_images(html)
+    assert n["SHAP waterfall"] == 6 and n["12-lead ECG"] == 0 and n["Chest X-ray"] == 0, n
+    assert "report.show_signals: false" in html
+
+
+def test_lead_marking_follows_the_influence():
+    from pipeline.jobs.report_cards import marked_leads
+    infl = np.full(12, np.nan)
+    infl[[0, 3, 7]] = [0.30, -0.10, 0.05]
+    assert marked_leads(infl) == [0, 3]                     # >= 25 % of the largest, largest first
+    assert marked_leads(np.where(np.isnan(infl), np.nan, 0.001)) == []
 
 
 def _launch(p):
@@ -162,7 +207,8 @@ def test_report_renders_in_headless_chromium(html_path, tmp_path):
         finally:
             browser.close()
     assert not failed, f"requests failed while loading: {failed}"
-    assert len(images) >= 4
+    assert len(images) >= 5 and any(alt == "Decision curve" for alt, *_ in images)
+    assert sum(alt.startswith("SHAP waterfall") for alt, *_ in images) >= 1
     for alt, complete, w, h in images:
         assert complete and w > 0 and h > 0, f"plot {alt!r} did not load ({w}x{h})"
     assert overflow <= 0, f"the page scrolls sideways by {overflow}px: a table or plot is too wide"
@@ -192,6 +238,34 @@ def test_report_of_a_folder_that_is_not_a_run_names_the_file(tmp_path):
     from pipeline.jobs.report import write_report
     with pytest.raises(DataError, match="metrics.json is missing"):
         write_report(tmp_path)
+
+
+def test_cards_render_and_print_in_headless_chromium(synth_run, tmp_path):
+    """The synthetic run's report (ECG and X-ray in the cards) loads every picture in Chromium,
+    does not scroll sideways, and prints: the print stylesheet hides the navigation and the
+    PDF has pages."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    html_file = synth_run / "report" / "index.html"
+    with sync_api.sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(html_file.resolve().as_uri(), wait_until="load")
+            images = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+            overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            page.emulate_media(media="print")
+            nav = page.evaluate("getComputedStyle(document.querySelector('nav')).display")
+            card = page.evaluate("getComputedStyle(document.querySelector('.card')).breakInside")
+            pdf = page.pdf(format="A4")
+        finally:
+            browser.close()
+    assert overflow <= 0
+    assert all(ok and w > 0 for _, ok, w in images), [a for a, ok, w in images if not (ok and w > 0)]
+    kinds = {alt.split(" of hadm_id")[0] for alt, *_ in images}
+    assert {"Decision curve", "SHAP waterfall", "12-lead ECG", "Chest X-ray"} <= kinds, kinds
+    assert len(images) >= 5 + 6
+    assert nav == "none" and card == "avoid"
+    assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page") >= 3
 
 
 def test_metrics_and_report_carry_clustered_cis_paired_differences_and_calibration(report_run, html_path):

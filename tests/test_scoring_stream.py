@@ -15,16 +15,31 @@ from pipeline.jobs.train import train
 COLS = ["risk", "ehr", "ecg", "notes", "imaging"]
 
 
-@pytest.fixture(scope="module", params=["gbm_early", "fusion_early"])
-def synth_run(request, synth_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp(f"run_{request.param}")
+def _train_run(kind, synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"run_{kind}")
     # one net, not the default ensemble of three: sharding is what is tested here (test_fusion
     # tests ensembles, test_e2e_real the default configuration end to end)
-    cfg = RunConfig.model_validate({"model": {"gbm_estimators": 60, "fusion_models": [request.param],
-                                              "primary": request.param, "single_modality_baselines": False,
+    cfg = RunConfig.model_validate({"model": {"gbm_estimators": 60, "fusion_models": [kind],
+                                              "primary": kind, "single_modality_baselines": False,
                                               "fusion_members": 1}})
     train(synth_root, out / "run", cfg, report=False)
     return out / "run"
+
+
+@pytest.fixture(scope="module")
+def gbm_run(synth_root, tmp_path_factory):
+    return _train_run("gbm_early", synth_root, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def fusion_run(synth_root, tmp_path_factory):
+    return _train_run("fusion_early", synth_root, tmp_path_factory)
+
+
+@pytest.fixture(params=["gbm", "fusion"])
+def synth_run(request):
+    """Each model kind's run (trained once per module)."""
+    return request.getfixturevalue(f"{request.param}_run")
 
 
 def test_shard_size_does_not_change_scores_and_tensors_score_the_same(synth_run, synth_root, tmp_path):
@@ -48,9 +63,9 @@ def test_training_tensors_rescore_to_the_test_scores(synth_run, tmp_path):
     assert np.allclose(s.loc[test.index, COLS].to_numpy(), test[COLS].to_numpy(), atol=1e-6)
 
 
-def test_tensors_with_another_feature_set_are_refused(synth_run, synth_root, tmp_path):
-    if "fusion" in synth_run.parent.name:
-        pytest.skip("the feature check does not depend on the model kind; run once, with the GBM")
+def test_tensors_with_another_feature_set_are_refused(gbm_run, synth_root, tmp_path):
+    """The feature check does not depend on the model kind: run once, with the GBM."""
+    synth_run = gbm_run
     cfg = RunConfig.model_validate({"ehr": {"max_codes": 5}, "modalities": ["ehr"],
                                     "model": {"gbm_estimators": 20, "fusion_models": ["gbm_early"],
                                               "single_modality_baselines": False}})

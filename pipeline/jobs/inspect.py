@@ -96,17 +96,33 @@ def inspect_mimic(root: Path) -> dict:
         q = Quarantine()
         from pipeline.sources.mimic_iv import read_admissions, read_icustays, read_patients
         pats = read_patients(root, q)
-        adm = read_admissions(root, q)
+        adm = read_admissions(root, Quarantine())       # every parseable admission, for the consistency count
         out["id_consistency"]["admissions_subject_not_in_patients"] = int((~adm.subject_id.isin(pats.subject_id)).sum())
+        adm = read_admissions(root, q, pats)             # what a run quarantines, orphans included
         icu = read_icustays(root, q)
         if icu is not None:
             out["id_consistency"]["icustays_hadm_not_in_admissions"] = int(
                 (~icu.hadm_id.dropna().isin(adm.hadm_id)).sum())
-        out["bad_rows"] = [r.__dict__ for r in q.rows[:100]]
+        _event_checks(root, q, out)
+        out["bad_rows"] = [r.__dict__ for r in q.rows[:200]]
         out["bad_row_count"] = len(q)
+        out["bad_row_kinds"] = q.counts()
     except DataError as e:
         out["error"] = str(e)
     return out
+
+
+def _event_checks(root: Path, q: Quarantine, out: dict) -> None:
+    """The event tables go through the same ingest as a run (into a scratch folder that is
+    deleted): non-numeric values, duplicates, unknown units, bad ids and times, each named
+    by the user's file and line, exactly as a run would quarantine them."""
+    import tempfile
+
+    from pipeline.sources.mimic_iv import ingest_events
+    with tempfile.TemporaryDirectory(prefix="mmpipe-inspect-") as tmp:
+        info = ingest_events(root, Path(tmp), q)
+    out["event_checks"] = {k: info.get(k) for k in ("event_rows", "event_bad_rows", "raw_checks",
+                                                    "unit_converted", "unit_unknown_dropped")}
 
 
 def _parallel(fn, items: list, n_jobs: int, chunk: int = 256) -> list:
@@ -125,20 +141,27 @@ def _ecg_chunk(rows: list[dict], fs: int) -> list[dict]:
 
 
 def _verdict_counts(rows: list[dict]) -> dict:
-    return {v: sum(r["verdict"] == v for r in rows) for v in ("ok", "warn", "bad")}
+    out = {v: sum(r["verdict"] == v for r in rows) for v in ("ok", "warn", "bad")}
+    skipped = sum(r["verdict"] == "skipped" for r in rows)
+    return {**out, "skipped": skipped} if skipped else out
 
 
-def inspect_ecg_source(root: Path | None, folders: list[Path], cfg: RunConfig, n_jobs: int = 2) -> dict:
+def inspect_ecg_source(root: Path | None, folders: list[Path], cfg: RunConfig, n_jobs: int = 2,
+                       dicom_folders: list[Path] = ()) -> dict:
     from pipeline.sources.ecg import index_wfdb_folder, inspect_ecg, read_record_list
+    from pipeline.sources.ecg_dicom import index_dicom_ecg_folder
     out: dict = {"records": []}
     if root is not None:
         q = Quarantine()
         idx = read_record_list(root, q)
         out["record_list"] = str(root)
-        out["index_problems"] = [r.__dict__ for r in q.rows[:100]]
+        out["index_problems"] = [r.__dict__ for r in q.rows[:200]]
+        out["index_problem_count"] = len(q)
         out["records"] += _parallel(partial(_ecg_chunk, fs=cfg.ecg.fs), idx.to_dict("records"), n_jobs)
     for folder in folders:
         out["records"] += inspect_ecg(index_wfdb_folder(folder), fs=cfg.ecg.fs)
+    for folder in dicom_folders:
+        out["records"] += inspect_ecg(index_dicom_ecg_folder(folder), fs=cfg.ecg.fs)
     # a record may be found twice (a folder inside another): keep one verdict per record
     seen, uniq = set(), []
     for r in out["records"]:
@@ -158,7 +181,8 @@ def inspect_images_source(root: Path | None, folders: list[Path], n_jobs: int = 
         q = Quarantine()
         idx = read_cxr_metadata(root, q)
         out["metadata"] = str(root)
-        out["index_problems"] = [r.__dict__ for r in q.rows[:100]]
+        out["index_problems"] = [r.__dict__ for r in q.rows[:200]]
+        out["index_problem_count"] = len(q)
         paths += idx["path"].astype(str).tolist()
     for folder in folders:
         paths += index_image_folder(folder)["path"].astype(str).tolist()
@@ -178,6 +202,19 @@ def inspect_notes_source(root: Path, cfg: RunConfig) -> dict:
             "problems": [r.__dict__ for r in q.rows[:200]], "problem_count": len(q)}
 
 
+def _print_problems(console, title: str, rows: list[dict], n: int = 15) -> None:
+    """The first ``n`` quarantine rows (file, row, field, reason) as a table."""
+    if not rows:
+        return
+    from rich.table import Table
+    t = Table(title=f"{title}: records that a run would quarantine (first {min(n, len(rows))})")
+    for c in ("file", "row", "field", "reason"):
+        t.add_column(c)
+    for r in rows[:n]:
+        t.add_row(Path(r["file"]).name, r["row"], r["field"], r["reason"][:100])
+    console.print(t)
+
+
 def inspect_data(data: Path, cfg: RunConfig, json_out: Path | None = None, deep: bool = False) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -194,6 +231,8 @@ def inspect_data(data: Path, cfg: RunConfig, json_out: Path | None = None, deep:
         src.add_row("wfdb folder", str(f))
     for f in sources.image_folders:
         src.add_row("image folder", str(f))
+    for f in sources.dicom_ecg_folders:
+        src.add_row("DICOM ECG folder", str(f))
     console.print(src)
 
     def guarded(name, fn):
@@ -218,11 +257,14 @@ def inspect_data(data: Path, cfg: RunConfig, json_out: Path | None = None, deep:
                 t.add_row(name, "[yellow]absent[/]", "", "")
             console.print(t)
             console.print(f"id consistency: {m.get('id_consistency')}; bad rows: {m.get('bad_row_count', 0)}")
-    if sources.paths["ecg"] or sources.wfdb_folders:
-        guarded("ecg", lambda: inspect_ecg_source(sources.paths["ecg"], sources.wfdb_folders, cfg))
+            _print_problems(console, "EHR", m.get("bad_rows", []))
+    if sources.paths["ecg"] or sources.wfdb_folders or sources.dicom_ecg_folders:
+        guarded("ecg", lambda: inspect_ecg_source(sources.paths["ecg"], sources.wfdb_folders, cfg,
+                                                  dicom_folders=sources.dicom_ecg_folders))
         e = report["ecg"]
         if "records" in e:
             console.print(f"ECG records: {len(e['records'])} — verdicts {e['verdicts']}")
+            _print_problems(console, "ECG record_list", e.get("index_problems", []))
             bad = [r for r in e["records"] if r["verdict"] != "ok"][:15]
             if bad:
                 t = Table(title="ECG records not ok (first 15)")
@@ -240,9 +282,11 @@ def inspect_data(data: Path, cfg: RunConfig, json_out: Path | None = None, deep:
         im = report["images"]
         if "images" in im:
             console.print(f"images: {len(im['images'])} — verdicts {im['verdicts']}")
+            _print_problems(console, "CXR metadata", im.get("index_problems", []))
             for r in [r for r in im["images"] if r["verdict"] != "ok"][:10]:
-                console.print(f"  [red]bad[/] {r['file']}: {'; '.join(r['reasons'])}")
-    if not sources.found and not sources.wfdb_folders and not sources.image_folders:
+                tag = "[yellow]skipped[/]" if r["verdict"] == "skipped" else "[red]bad[/]"
+                console.print(f"  {tag} {r['file']}: {'; '.join(r['reasons'])}")
+    if not (sources.found or sources.wfdb_folders or sources.image_folders or sources.dicom_ecg_folders):
         console.print("[yellow]nothing recognisable found under this folder[/]")
     report["seconds"] = round(time.time() - t0, 2)
     console.print(f"inspected in {report['seconds']} s")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from data_schemas.modalities import COHORT, QUARANTINE
+from pipeline import progress
 from pipeline.artifacts import output_hash, read_parquet, run_stage, tree_hash, write_parquet
 from pipeline.config import RunConfig
 from pipeline.engine import Engine
@@ -19,7 +20,8 @@ from pipeline.stages.align import align
 
 
 def log(msg: str) -> None:
-    print(msg, flush=True)
+    """A progress line (silent with ``mmpipe --quiet``)."""
+    progress.log(msg)
 
 
 @dataclass
@@ -124,12 +126,20 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
               {"ehr": cfg.ehr.model_dump(mode="json"), "codes": codes},
               lambda tmp, q: featurize_ehr(cohort, dirs["ingest_ehr"], cfg.ehr, tmp, codes=codes, engine=engine))
 
-    if "ecg" in modalities and sources.paths["ecg"] is not None:
-        from pipeline.sources.ecg import read_record_list
+    if "ecg" in modalities and (sources.paths["ecg"] is not None or sources.dicom_ecg_folders):
         from pipeline.stages.featurize_ecg import featurize_ecg
         eroot = sources.paths["ecg"]
-        idx = index("index_ecg", {"record_list": tree_hash(eroot, "record_list.csv*")}, {},
-                    lambda q: read_record_list(eroot, q), "ecg_index.parquet")
+        if eroot is not None:
+            from pipeline.sources.ecg import read_record_list
+            # the index checks every listed record's files: their listing (names, sizes, times) keys the stage
+            idx = index("index_ecg", {"record_list": tree_hash(eroot, "record_list.csv*"),
+                                      "files": tree_hash(eroot)}, {},
+                        lambda q: read_record_list(eroot, q), "ecg_index.parquet")
+        else:  # folders of DICOM ECGs: subject and time from their tags
+            from pipeline.sources.ecg_dicom import index_dicom_ecg_folders
+            folders = sources.dicom_ecg_folders
+            idx = index("index_ecg", {str(f): tree_hash(f, "*.dcm") for f in folders}, {},
+                        lambda q: index_dicom_ecg_folders(folders, q), "ecg_index.parquet")
         featurize("ecg", {"index": output_hash(dirs["index_ecg"])}, {"ecg": cfg.ecg.model_dump(mode="json")},
                   lambda tmp, q: featurize_ecg(cohort, idx, cfg.ecg, tmp, q, engine=engine))
 
@@ -149,7 +159,7 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
         from pipeline.sources.imaging import read_cxr_metadata
         from pipeline.stages.featurize_imaging import featurize_imaging
         croot = sources.paths["cxr"]
-        iidx = index("index_imaging", {"metadata": tree_hash(croot, "mimic-cxr-2.0.0-*")}, {},
+        iidx = index("index_imaging", {"metadata": tree_hash(croot, "mimic-cxr-2.0.0-*"), "files": tree_hash(croot)}, {},
                      lambda q: read_cxr_metadata(croot, q), "imaging_index.parquet")
         featurize("imaging", {"index": output_hash(dirs["index_imaging"])},
                   {"imaging": cfg.imaging.model_dump(mode="json"), "encoder": fitted.get("imaging_encoder_hash")},

@@ -1,8 +1,12 @@
 """``mmpipe report``: a self-contained HTML report of a run (jinja2 + matplotlib,
 images embedded as base64 PNG).  Reads only the run folder's artifacts.
 
-The report never prints note text: it shows feature names, metrics, ids and
-quarantine reasons (truncated), never the rows of a notes table.
+The report never prints note text: it shows feature names (notes components by their
+top TF-IDF terms), metrics, ids and quarantine reasons (truncated), never the rows of a
+notes table.  Plots: ROC / PR / calibration, SHAP importance and per-patient values,
+modality attribution, the decision curve, and per patient card a SHAP waterfall plus (unless
+``report.show_signals`` is off) its ECG and chest X-ray (``report_cards``).  A print
+stylesheet keeps plots, tables and cards whole on a page.
 """
 from __future__ import annotations
 
@@ -23,10 +27,10 @@ AGE_ORDER = ["<40", "40-59", "60-74", "75+"]
 MAX_REASON_CHARS = 160  # quarantine reasons are truncated: they must never carry a record's text
 
 
-def _png(fig) -> str:
+def _png(fig, dpi: int = 110) -> str:
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
@@ -145,17 +149,40 @@ def _shap_plots(exp, labels: dict) -> dict[str, str]:
     return plots
 
 
-def _plots(metrics: dict, run: Path, labels: dict) -> dict[str, str]:
-    import matplotlib
-    matplotlib.use("Agg")
+def _decision_plot(metrics: dict) -> str | None:
+    """Net benefit of the primary model against treat-all and treat-none (test split)."""
+    import matplotlib.pyplot as plt
+    dc = metrics.get("decision_curve")
+    if not dc:
+        return None
+    t = np.asarray(dc["threshold"])
+    model, treat_all = np.asarray(dc["model"]), np.asarray(dc["treat_all"])
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(t, model, lw=2.4, color="C0", label=f"{metrics['primary']} (treat if risk \u2265 threshold)")
+    ax.plot(t, treat_all, lw=1.2, color="C3", ls="--", label="treat all")
+    ax.axhline(0, color="k", lw=1.0, label="treat none")
+    top = max(float(np.max(model)), dc["prevalence"], 0.01)
+    ax.set_ylim(-0.25 * top, 1.15 * top)
+    ax.set_xlim(0, float(t.max()))
+    ax.set_xlabel("threshold probability")
+    ax.set_ylabel("net benefit (true positives per patient, net of harms)")
+    ax.set_title("Decision curve (test split)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _plots(metrics: dict, exp, labels: dict) -> dict[str, str]:
     plots = {}
     curves = _curves_plot(metrics)
     if curves:
         plots["curves"] = curves
-    exp_dir = run / "explanation"
-    if (exp_dir / "shap_values.parquet").exists():
-        from pipeline.explain.explanation import Explanation
-        plots.update(_shap_plots(Explanation.load(exp_dir), labels))
+    decision = _decision_plot(metrics)
+    if decision:
+        plots["decision"] = decision
+    if exp is not None:
+        plots.update(_shap_plots(exp, labels))
     return plots
 
 
@@ -165,12 +192,16 @@ def _num(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def _patient_cards(run: Path, modalities: list[str], n: int = 6) -> list[dict]:
+def _patient_cards(run: Path, modalities: list[str], exp, pretty, report_cfg) -> list[dict]:
+    """The highest- and lowest-risk test admissions, each with its pictures (report_cards)."""
+    from pipeline.jobs.report_cards import card_pictures
     p = run / "test_scores.parquet"
-    if not p.exists():
+    n = report_cfg.patient_cards
+    if not p.exists() or n == 0:
         return []
     s = pd.read_parquet(p).sort_values("risk", ascending=False)
     pick = pd.concat([s.head(n // 2), s.tail(n - n // 2)]) if len(s) > n else s
+    pictures = card_pictures(run, [int(h) for h in pick["hadm_id"]], exp, pretty, _png, report_cfg.show_signals)
     cards = []
     for r in pick.itertuples():
         contrib = []
@@ -181,7 +212,7 @@ def _patient_cards(run: Path, modalities: list[str], n: int = 6) -> list[dict]:
                             "sign": ("pos" if v > 0 else "neg" if v < 0 else "") if ok else ""})
         reasons = [x for x in str(r.reasons or "").split("; ") if x]
         cards.append({"hadm_id": int(r.hadm_id), "risk": f"{r.risk:.3f}", "band": r.band,
-                      "reasons": reasons, "contrib": contrib})
+                      "reasons": reasons, "contrib": contrib, **pictures[int(r.hadm_id)]})
     return cards
 
 
@@ -211,6 +242,21 @@ def _quarantine(run: Path) -> tuple[list[dict], int]:
     return rows, len(q)
 
 
+def _report_config(run: Path):
+    """The run's ``report`` settings (defaults for a run written before they existed)."""
+    from pipeline.config import ReportConfig
+    cfg = read_json(run / "config.json") if (run / "config.json").exists() else {}
+    return ReportConfig.model_validate(cfg.get("report", {}))
+
+
+def _explanation(run: Path):
+    exp_dir = run / "explanation"
+    if not (exp_dir / "shap_values.parquet").exists():
+        return None
+    from pipeline.explain.explanation import Explanation
+    return Explanation.load(exp_dir)
+
+
 def write_report(run: Path, out: Path | None = None) -> Path:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
@@ -226,12 +272,17 @@ def write_report(run: Path, out: Path | None = None) -> Path:
     modalities = meta.get("modalities") or list(metrics.get("modality_presence", {})) or ["ehr"]
     quarantine, n_quarantine = _quarantine(run)
     primary = metrics["models"][metrics["primary"]]
+    report_cfg = _report_config(run)
+    exp = _explanation(run)
+    import matplotlib
+    matplotlib.use("Agg")
     env = Environment(loader=PackageLoader("pipeline", "jobs/templates"), autoescape=select_autoescape())
     html = env.get_template("report.html.j2").render(
-        run=run.name, m=metrics, plots=_plots(metrics, run, labels), leakage=leakage,
+        run=run.name, m=metrics, plots=_plots(metrics, exp, labels), leakage=leakage,
         model_order=_model_order(metrics), subgroups=_subgroups(metrics),
         quarantine=quarantine, n_quarantine=n_quarantine,
-        cards=_patient_cards(run, modalities), modalities=modalities,
+        cards=_patient_cards(run, modalities, exp, lambda f: pretty_feature(f, labels), report_cfg),
+        show_signals=report_cfg.show_signals, modalities=modalities,
         absent_modalities=[m for m in ALL_MODALITIES if m not in modalities],
         small=primary["n"] < 500, code_version=meta.get("code_version", ""),
         pretty=lambda f: pretty_feature(f, labels), fmt=_num,

@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 
 from data_schemas.modalities import QUARANTINE, SCORES
-from pipeline.artifacts import ParquetShardWriter, read_json, write_parquet
+from pipeline.artifacts import ParquetShardWriter, RunLock, read_json, write_parquet
 from pipeline.config import RunConfig
 from pipeline.engine import Engine
 from pipeline.errors import DataError, Quarantine
 from pipeline.jobs.prepare import aligned_shards, collect_quarantine, load_tensors, log, prepare
 from pipeline.models.calibration import Calibrator
+from pipeline.progress import event, track
 from pipeline.sources.discover import discover
 from pipeline.stages.align import modality_of
 from pipeline.stages.tensorize import TensorWriter, iter_shards, shard_table, shard_tensors
@@ -109,13 +110,19 @@ def score(model: Path, input_root: Path, output: Path, engine: str = "local", sc
     aligns and scores ``shard_size`` admissions at a time, appending each shard to the
     output; the shard's tensors are written to ``.<stem>_work/tensors`` as it goes.  Memory
     is bounded by a shard, not by the cohort."""
-    from tqdm import tqdm
     t0 = time.time()
     output, input_root = Path(output), Path(input_root)
     if output.suffix != ".parquet":
         raise DataError("the output must be a .parquet file", file=output, field="--output")
-    scorer = Scorer(model)
+    RunLock(model).check()          # a model folder that a running `mmpipe train` is writing is not read
     work = output.parent / f".{output.stem}_work"
+    with RunLock(work, "score"):    # one job at a time writes this output and its work folder
+        return _score(model, input_root, output, work, engine, scheduler, shard_size, return_frame, t0)
+
+
+def _score(model: Path, input_root: Path, output: Path, work: Path, engine: str, scheduler: str | None,
+           shard_size: int, return_frame: bool, t0: float) -> pd.DataFrame | int:
+    scorer = Scorer(model)
     with Engine(engine, scheduler, shard_rows=shard_size) as eng:
         if (input_root / "index.json").exists():
             log(f"[score] reading prepared patient tensors from {input_root}")
@@ -140,12 +147,13 @@ def score(model: Path, input_root: Path, output: Path, engine: str = "local", sc
             parts = (scorer.score_table(scorer.conform(t), tensors=tt if tensors_in_shards else None)
                      for t, tt in shards)
         with ParquetShardWriter(output, SCORES) as out:
-            for part in tqdm(parts, total=n_shards, unit="shard"):
+            for part in track(parts, total=n_shards, desc="score shards", unit="shard", stage="score"):
                 out.write(part)
     qpath = output.with_name(f"{output.stem}_quarantine.parquet")
     write_parquet(q, qpath, QUARANTINE)
     rate = out.rows / max(time.time() - t0, 1e-9)
     log(f"[score] wrote {output} ({out.rows} rows, {rate:.0f}/s overall); quarantine {qpath} ({len(q)} rows)")
+    event("score", "done", seconds=round(time.time() - t0, 3), rows=out.rows, quarantined=len(q), output=output)
     return pd.read_parquet(output) if return_frame else out.rows
 
 

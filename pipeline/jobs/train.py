@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from data_schemas.modalities import QUARANTINE
-from pipeline.artifacts import CODE_VERSION, output_hash, read_json, run_stage, write_json, write_parquet
+from pipeline.artifacts import CODE_VERSION, RunLock, output_hash, read_json, run_stage, write_json, write_parquet
 from pipeline.config import RunConfig
 from pipeline.errors import DataError
 from pipeline.explain.explanation import Explanation
@@ -20,7 +20,9 @@ from pipeline.models.calibration import Calibrator
 from pipeline.models.gbm import GBMClassifier, LateFusionGBM
 from pipeline.models.linear import LinearClassifier
 from pipeline.models.folds import calibration_subjects
-from pipeline.models.metrics import age_band, availability_pattern, by_group, evaluate, paired_difference
+from pipeline.models.metrics import (age_band, availability_pattern, by_group, decision_curve, evaluate,
+                                     paired_difference)
+from pipeline.progress import event
 from pipeline.sources.discover import discover
 from pipeline.stages import leakage
 from pipeline.stages.align import feature_columns, mask_col, modality_of
@@ -150,8 +152,14 @@ def pretty_namer(labels: dict[str, str]):
 
 
 def train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=None) -> dict:
-    """``engine`` (pipeline.engine.Engine): where the feature stages' shards, and with
+    """Train into the RUN folder ``out``, holding its lock (a second job on it is refused).
+    ``engine`` (pipeline.engine.Engine): where the feature stages' shards, and with
     ``model.distributed`` the LightGBM training, run."""
+    with RunLock(out, "train"):
+        return _train(data, out, cfg, report, engine)
+
+
+def _train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=None) -> dict:
     t0 = time.time()
     if cfg.model.distributed and not (engine is not None and engine.distributed):
         raise DataError("model.distributed trains LightGBM on a Dask cluster, but the engine is local",
@@ -194,6 +202,7 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=Non
         results[name]["calibration_method_used"] = cal.method_used_
         results[name]["calibration_rows"] = {"split": cal_split, "n": len(cal_rows)}
         log(f"[train] {name}: test AUROC {_fmt(results[name]['auroc'])} CI {results[name].get('auroc_ci')}")
+        event("train", "model", model=name, auroc=results[name]["auroc"], n=results[name]["n"])
 
     primary = cfg.model.primary if cfg.model.primary in models else next(iter(models))
     for name in models:   # paired, patient-clustered bootstrap of each model's difference to the primary
@@ -203,6 +212,10 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=Non
     mdir = out / "model"
     codes_table = pd.read_parquet(prep.stage_dirs["ingest_ehr"] / "codes.parquet")
     labels = feature_labels(codes_table)
+    notes_dir = prep.stage_dirs.get("features_notes")
+    if notes_dir is not None and (notes_dir / "encoder" / "encoder.json").exists():
+        from pipeline.stages.featurize_notes import notes_feature_labels
+        labels.update(notes_feature_labels(notes_dir / "encoder"))   # notes components named by their terms
     ehr_codes = load_codes(prep.stage_dirs["features_ehr"])
     meta = {
         "code_version": CODE_VERSION, "primary": primary, "kind": type(model).__name__,
@@ -210,7 +223,7 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=Non
         "band_thresholds": list(cfg.model.band_thresholds), "top_k_reasons": cfg.model.top_k_reasons,
         "calibrator": cal.to_json(), "config": cfg.model_dump(mode="json"),
         "ehr_codes": ehr_codes,
-        "code_labels": {c: labels[c] for c in ehr_codes
+        "code_labels": {c: labels[c] for c in [*ehr_codes, *(f for f in labels if f.startswith("notes__"))]
                         if c in labels},
         "trained_on": sources.to_json(),
         # what a training row without each modality looks like: modality Shapley hides by it
@@ -256,10 +269,13 @@ def train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=Non
             "additivity_error_max_abs": float(np.abs(exp.additivity_error).max())})},
         "cohort": cohort_counts, "splits": t["split"].value_counts().to_dict(),
         "n_features": len(feats), "quarantine_counts": _reason_counts(quarantine),
+        "decision_curve": decision_curve(y, p_primary),
         "leakage_passed": audit["passed"], "leakage_warnings": len(audit["warnings"]),
         "sources": sources.to_json(), "seconds": round(time.time() - t0, 1),
     }
     write_json(metrics, out / "metrics.json")
+    event("train", "done", seconds=metrics["seconds"], rows=len(t), primary=primary,
+          auroc=results[primary]["auroc"], quarantined=len(quarantine))
     log(f"[train] quarantined records: {len(quarantine)} " + json.dumps(metrics["quarantine_counts"]))
     log(f"[train] primary model {primary}: test AUROC {_fmt(results[primary]['auroc'])} "
         f"(95% CI {results[primary].get('auroc_ci')}) on {results[primary]['n']} admissions")

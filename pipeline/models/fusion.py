@@ -32,6 +32,7 @@ from pipeline.artifacts import read_json, write_json
 from pipeline.errors import DataError
 from pipeline.models import require_features, require_two_classes
 from pipeline.models.fusion_net import FusionEnsemble, FusionNet, load_weights
+from pipeline.progress import track
 from pipeline.stages.align import mask_col, modality_of
 
 WAVE_FS = 100  # the CNN sees ECGs decimated to 100 Hz
@@ -223,7 +224,9 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         if valid is not None and self.base_ is not None:   # the base alone is a candidate too
             best = valid_loss()
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        for epoch in range(self.max_epochs):
+        epochs = track(range(self.max_epochs), total=self.max_epochs, desc=f"fused net epochs (seed {seed})",
+                       unit="epoch", stage="fusion")
+        for epoch in epochs:
             net.train()
             order = rng.permutation(len(y))
             total = 0.0

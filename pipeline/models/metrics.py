@@ -205,3 +205,28 @@ def availability_pattern(table: pd.DataFrame, modalities) -> pd.Series:
         return pd.Series("none", index=table.index)
     df = pd.concat(parts, axis=1)
     return df.apply(lambda r: "+".join(x for x in r if x) or "none", axis=1)
+
+
+def decision_curve(y, p, thresholds=None) -> dict:
+    """Decision curve analysis (Vickers & Elkin 2006): the net benefit of treating the
+    patients whose risk is >= t, for each threshold probability t, against treating all
+    and treating none (net benefit 0).
+
+    net benefit(t) = TP/n - FP/n * t / (1 - t);  treat all: prevalence - (1 - prevalence) * t / (1 - t).
+    Returns {"threshold", "model", "treat_all"} (lists of equal length) and "prevalence".
+    """
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    if y.shape != p.shape or y.ndim != 1:
+        raise ValueError(f"y and p must be 1-D arrays of the same length, got {y.shape} and {p.shape}")
+    t = np.asarray(np.linspace(0.01, 0.60, 60) if thresholds is None else thresholds, dtype=float)
+    if ((t <= 0) | (t >= 1)).any():
+        raise ValueError("threshold probabilities must lie strictly between 0 and 1")
+    n = max(len(y), 1)
+    treat = p[None, :] >= t[:, None]                       # [thresholds, patients]
+    tp = (treat & (y[None, :] == 1)).sum(axis=1) / n
+    fp = (treat & (y[None, :] == 0)).sum(axis=1) / n
+    odds = t / (1 - t)
+    prev = float(y.mean()) if len(y) else 0.0
+    return {"threshold": t.round(4).tolist(), "model": (tp - fp * odds).tolist(),
+            "treat_all": (prev - (1 - prev) * odds).tolist(), "prevalence": prev}

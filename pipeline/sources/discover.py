@@ -6,7 +6,8 @@ MIMIC-IV-ECG: a folder with record_list.csv; MIMIC-IV-Note: a folder with
 note/radiology.csv.gz or note/discharge.csv.gz; MIMIC-CXR-JPG: a folder with
 mimic-cxr-2.0.0-metadata.csv(.gz); MEDS: a folder with metadata/dataset.json and
 data/ (an alternative EHR source, like eICU).  Plain folders of WFDB records or of images
-(no index files) are reported too, for ``mmpipe inspect``.  Two candidates for
+(no index files) are reported too, for ``mmpipe inspect``, and so are folders of DICOM
+ECG waveforms (Modality ECG; they are an ECG source when no record_list.csv is found).  Two candidates for
 one source is an error that lists both; a config may name each path instead.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ EHR_ALTERNATIVES = ("eicu", "meds")  # EHR sources other than MIMIC-IV, listed o
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
 _SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules"}
 MAX_DEPTH = 7
+DICOM_PEEK = 50   # .dcm files per folder whose tags are read to tell DICOM ECGs from images
 
 
 def _is_mimic_iv(d: Path) -> bool:
@@ -62,6 +64,7 @@ class Sources:
     paths: dict[str, Path | None]
     wfdb_folders: list[Path] = field(default_factory=list)
     image_folders: list[Path] = field(default_factory=list)
+    dicom_ecg_folders: list[Path] = field(default_factory=list)
 
     @property
     def found(self) -> list[str]:
@@ -82,7 +85,18 @@ class Sources:
                 "found": {k: str(v) for k, v in self.paths.items() if v},
                 "absent": self.absent,
                 "wfdb_folders": [str(p) for p in self.wfdb_folders],
-                "image_folders": [str(p) for p in self.image_folders]}
+                "image_folders": [str(p) for p in self.image_folders],
+                "dicom_ecg_folders": [str(p) for p in self.dicom_ecg_folders]}
+
+
+def _split_dicom_ecgs(d: Path, files: list[str]) -> tuple[int, int]:
+    """(DICOM ECGs, other image files) among a folder's files; the tags of at most
+    DICOM_PEEK .dcm files are read (the rest count as images)."""
+    from pipeline.sources.ecg_dicom import is_dicom_ecg
+    images = [f for f in files if f.lower().endswith(IMAGE_EXTS)]
+    dcm = [f for f in images if f.lower().endswith(".dcm")]
+    ecgs = sum(is_dicom_ecg(d / f) for f in dcm[:DICOM_PEEK])
+    return ecgs, len(images) - ecgs
 
 
 def _walk(root: Path):
@@ -111,6 +125,7 @@ def discover(root: Path | None, explicit: SourcePaths | None = None) -> Sources:
     candidates: dict[str, list[Path]] = {s: [] for s in SOURCES}
     wfdb_folders: list[Path] = []
     image_folders: list[Path] = []
+    dicom_ecg_folders: list[Path] = []
     if root is not None:
         # A hosp/ or note/ folder given directly counts as its parent.
         if root.name in ("hosp", "core") and _is_mimic_iv(root.parent):
@@ -123,7 +138,10 @@ def discover(root: Path | None, explicit: SourcePaths | None = None) -> Sources:
                     candidates[s].append(d)
             if any(f.endswith(".hea") for f in files) and not any(d.is_relative_to(c) for c in candidates["ecg"]):
                 wfdb_folders.append(d)
-            if any(f.lower().endswith(IMAGE_EXTS) for f in files):
+            ecgs, others = _split_dicom_ecgs(d, files)
+            if ecgs and not any(d.is_relative_to(c) for c in candidates["ecg"]):
+                dicom_ecg_folders.append(d)
+            if others:
                 image_folders.append(d)
     paths: dict[str, Path | None] = {}
     for s in SOURCES:
@@ -145,4 +163,5 @@ def discover(root: Path | None, explicit: SourcePaths | None = None) -> Sources:
     if len(ehr) > 1:
         raise DataError("two EHR sources found: " + " and ".join(ehr),
                         file=root, field="sources", hint="point --data at one, or name one in the config")
-    return Sources(root=root, paths=paths, wfdb_folders=wfdb_folders, image_folders=image_folders)
+    return Sources(root=root, paths=paths, wfdb_folders=wfdb_folders, image_folders=image_folders,
+                   dicom_ecg_folders=dicom_ecg_folders)

@@ -10,10 +10,13 @@ Policy (what ``load_ecg`` does with an imperfect record):
 
 * Leads are mapped by name, case-insensitively: ``I II III aVR aVL aVF V1..V6``,
   with the aliases MLI/MLII/MLIII (MIT-BIH modified limb leads), DI/DII/DIII and
-  D1/D2/D3 (European notation) and a ``lead`` prefix ("Lead II").  A bare ``V``
-  (a precordial lead of unknown position, e.g. PhysioNet Challenge 2015) is not
-  mapped, nor are ``ECG 1``, Frank leads ``vx vy vz``, PLETH, RESP, ...: they are
-  listed in ``ignored_signals`` and in the reasons.
+  D1/D2/D3 (European notation) and a ``lead`` prefix ("Lead II").  MCL1 (modified
+  chest lead 1, Holter / telemetry) is used as V1 with a warn reason (it approximates
+  V1).  A bare ``V`` (a precordial lead of unknown position, e.g. PhysioNet Challenge
+  2015) is not mapped and gets its own reason, nor are ``ECG 1``, Frank leads
+  ``vx vy vz``, PLETH, RESP, ...: they are listed in ``ignored_signals`` and in the reasons.
+* A ``.dcm`` path is a DICOM waveform ECG, read by ``pipeline.sources.ecg_dicom`` into the
+  same form (and then the same QC as a WFDB record).
 * Fewer than 12 usable leads: used with its lead mask (verdict warn), unless
   fewer than ``min_leads`` remain (bad).  No mappable ECG lead at all: bad.
 * Sampling rate other than ``fs``: resampled with ``scipy.signal.resample_poly``
@@ -46,6 +49,7 @@ from scipy import signal as sps
 
 from data_schemas.modalities import ECG_INDEX
 from pipeline.errors import DataError, Quarantine
+from pipeline.sources.raw_checks import inside_root
 
 SOURCE = "ecg"
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -53,7 +57,11 @@ LEAD_INDEX = {name: i for i, name in enumerate(STANDARD_LEADS)}
 
 _LEAD_KEYS = {name.lower(): name for name in STANDARD_LEADS}
 _LEAD_KEYS.update({"mli": "I", "mlii": "II", "mliii": "III", "di": "I", "dii": "II", "diii": "III",
-                   "d1": "I", "d2": "II", "d3": "III"})
+                   "d1": "I", "d2": "II", "d3": "III", "mcl1": "V1"})
+# aliases that stand in for a lead without being it: used, with a warn reason
+_APPROXIMATE = {"mcl1": "modified chest lead MCL1 used as V1 (a bipolar approximation of V1)"}
+# names that are an ECG lead of unknown position: ignored, with this reason
+_UNPLACED = {"v": "a precordial lead of unknown position (V1..V6?)"}
 
 # WFDB signal formats: bytes per sample, digital range, and the invalid-sample (NaN) code.
 # https://www.physionet.org/physiotools/wag/signal-5.htm
@@ -71,10 +79,14 @@ SATURATION_PLATEAU_S = 0.08       # run length at the lead's own extreme (away f
 PLATEAU_MIN_MV = 0.3
 
 
+def _lead_key(name: str) -> str:
+    return re.sub(r"^lead[\s_\-]*", "", name.strip().lower()).replace(" ", "")
+
+
 def map_lead(name: str) -> str | None:
-    """The standard lead a signal name stands for, or None ('MLII' -> 'II', 'avr' -> 'aVR', 'V' -> None)."""
-    key = re.sub(r"^lead[\s_\-]*", "", name.strip().lower()).replace(" ", "")
-    return _LEAD_KEYS.get(key)
+    """The standard lead a signal name stands for, or None ('MLII' -> 'II', 'avr' -> 'aVR',
+    'MCL1' -> 'V1', 'V' -> None)."""
+    return _LEAD_KEYS.get(_lead_key(name))
 
 
 @dataclass(frozen=True)
@@ -169,15 +181,70 @@ def read_record_list(ecg_root: Path, quarantine: Quarantine) -> pd.DataFrame:
     for i in np.flatnonzero(dup):
         quarantine.add(SOURCE, path, int(line[i]), "study_id", f"duplicated study_id {int(conv['study_id'].iloc[i])}")
     keep = ~(bad | dup)
-    rel = conv["path"][keep].str.replace(r"\.(hea|dat)$", "", regex=True)
+    rel = conv["path"].str.replace(r"\.(hea|dat)$", "", regex=True)
+    full = {}
+    for i in np.flatnonzero(keep):   # every listed record: inside ROOT, its files present and whole
+        study = int(conv["study_id"].iloc[i])
+        try:
+            full[i] = str(inside_root(ecg_root, rel.iloc[i], field="path", suffixes=(".hea",)))
+            check_record_files(Path(full[i]))
+        except DataError as e:
+            quarantine.add(SOURCE, e.file or path, f"study_id={study} ({path.name} line {int(line[i])})",
+                           e.field or "path", e.reason)
+            keep[i] = False
     out = pd.DataFrame({
         "subject_id": conv["subject_id"][keep].astype("int64").to_numpy(),
         "study_id": conv["study_id"][keep].astype("int64").to_numpy(),
         "ecg_time": conv["ecg_time"][keep].to_numpy(),
-        "path": [str(ecg_root / p) for p in rel],
+        "path": pd.Series([full[i] for i in np.flatnonzero(keep)], dtype=object),
     })
     ECG_INDEX.validate(out, path)
     return out
+
+
+def _light_header(hea: Path) -> tuple[float, int, list[tuple[str, str, int, int]]] | None:
+    """(fs, sig_len, [(file, fmt, samples per frame, byte offset)]) from a header's text, or None
+    when it is not the plain form (wfdb's own parser then decides)."""
+    try:
+        lines = [ln.split() for ln in hea.read_text("latin-1").splitlines() if ln.strip() and not ln.startswith("#")]
+        tok = lines[0]
+        n_sig, fs, sig_len = int(tok[1]), float(re.split(r"[/(]", tok[2])[0]), int(tok[3])
+        sigs = []
+        for t in lines[1:1 + n_sig]:
+            m = re.fullmatch(r"(\d+)(?:x(\d+))?(?::\d+)?(?:\+(\d+))?", t[1])
+            sigs.append((t[0], m.group(1), int(m.group(2) or 1), int(m.group(3) or 0)))
+        return (fs, sig_len, sigs) if len(sigs) == n_sig and fs > 0 else None
+    except (IndexError, ValueError, AttributeError, OSError):
+        return None
+
+
+def check_record_files(path: Path) -> None:
+    """Cheap check of one listed record without reading its samples: the header exists and
+    parses, every signal file it names exists and is as long as the header says.  Raises
+    ``DataError`` naming the file (a truncated file: with the seconds it holds)."""
+    hea = _header_path(path)
+    if _light_header_fits(path, _light_header(hea)):
+        return
+    hdr = _read_header(path)    # wfdb's parse: names the signals (a missing file of ignored ones is fine)
+    mapped = [map_lead(n or "") is not None for n in hdr.sig_name]
+    _check_signal_files(hdr, int(hdr.sig_len or 0), path, mapped)
+
+
+def _light_header_fits(path: Path, light) -> bool:
+    """True when every signal file the plain header names exists with exactly the size it
+    implies (the common case, decided without wfdb); anything else goes to wfdb's checks."""
+    if light is None:
+        return False
+    fs, sig_len, sigs = light
+    for fname in dict.fromkeys(s[0] for s in sigs if s[0] != "~"):
+        mine = [s for s in sigs if s[0] == fname]
+        fpath = path.parent / fname
+        bps = _BYTES_PER_SAMPLE.get(mine[0][1])
+        if not fpath.exists() or bps is None or not sig_len:
+            return False
+        if fpath.stat().st_size != mine[0][3] + math.floor(sig_len * sum(s[2] for s in mine) * bps):
+            return False
+    return True
 
 
 def index_wfdb_folder(folder: Path) -> pd.DataFrame:
@@ -249,6 +316,11 @@ def _map_signals(hdr) -> tuple[list[int], list[str], list[str], list[Issue]]:
     chans, leads, ignored, dupes, issues = [], [], [], [], []
     for c, name in enumerate(hdr.sig_name):
         lead = map_lead(name or "")
+        key = _lead_key(name or "")
+        if key in _UNPLACED:
+            issues.append(Issue("info", "leads", f"signal {name} ignored: {_UNPLACED[key]}"))
+        elif lead is not None and key in _APPROXIMATE and lead not in leads:
+            issues.append(Issue("warn", f"lead:{lead}", _APPROXIMATE[key]))
         unit = (hdr.units[c] if hdr.units else "") or ""
         if lead is not None and unit.strip().lower() not in _VOLT_UNITS:
             issues.append(Issue("info", "units", f"signal {name} has units {unit!r}, not a voltage: ignored"))
@@ -338,10 +410,7 @@ def _check_signal_files(hdr, sig_len: int, path: Path, mapped: list[bool]) -> li
         offset = offsets[chans[0]] or 0
         expected = offset + math.floor(sig_len * frame * bps)
         size = fpath.stat().st_size
-        if size < expected:
-            raise DataError(f"truncated: {size} bytes, the header expects {expected} ({len(chans)} signals x "
-                            f"{sig_len} samples, format {fmt})", file=fpath, field="sig_len",
-                            hint="the file was cut short (interrupted copy?); fetch it again")
+        _check_length(fpath, size, offset, sig_len, frame, bps, float(hdr.fs), fmt, len(chans))
         if size > expected:
             fits = (size - offset) / (sig_len * bps)
             if len(chans) == hdr.n_sig and spf == [1] * hdr.n_sig and fits == int(fits) and int(fits) != len(chans):
@@ -350,6 +419,17 @@ def _check_signal_files(hdr, sig_len: int, path: Path, mapped: list[bool]) -> li
                                 hint="the header's signal count is wrong")
             issues.append(Issue("info", "signal_file", f"{fname} has {size - expected} bytes beyond the header's length"))
     return issues
+
+
+def _check_length(fpath: Path, size: int, offset: int, sig_len: int, frame: int, bps: float, fs: float,
+                  fmt: str, n_sig: int) -> None:
+    """A signal file shorter than its header says: DataError with the seconds it does hold."""
+    expected = offset + math.floor(sig_len * frame * bps)
+    if size < expected:
+        found = max(0, size - offset) / (frame * bps) / fs if fs else 0.0
+        raise DataError(f"truncated: {size} bytes hold {found:.1f} s of the {sig_len / fs:.1f} s the header says "
+                        f"(expected {expected} bytes: {n_sig} signals x {sig_len} samples, format {fmt})",
+                        file=fpath, field="sig_len", hint="the file was cut short (interrupted copy?); fetch it again")
 
 
 def _limits(hdr, c: int) -> set[int]:
@@ -421,9 +501,14 @@ def _fs_text(fs: float) -> str:
 
 
 def load_ecg(path: str | Path, fs: int = 500, seconds: float = 10.0, min_leads: int = 1) -> ECGRecord:
-    """Read one WFDB record (path without extension) into the standard 12-lead form; see module doc."""
+    """Read one WFDB record (path without extension), or a DICOM ECG (.dcm, read by
+    ``pipeline.sources.ecg_dicom``), into the standard 12-lead form; see module doc."""
     path = Path(path)
-    hdr, n_total, d, chans, leads, ignored, issues = _read(path, seconds)
+    if path.suffix.lower() == ".dcm":
+        from pipeline.sources.ecg_dicom import read_dicom_ecg
+        hdr, n_total, d, chans, leads, ignored, issues = read_dicom_ecg(path, seconds)
+    else:
+        hdr, n_total, d, chans, leads, ignored, issues = _read(path, seconds)
     n_out = round(fs * seconds)
     fs_orig = float(hdr.fs)
     n_want = math.ceil(seconds * fs_orig)

@@ -87,6 +87,7 @@ def ingest_eicu(root: Path, out_dir: Path, q: Quarantine) -> dict:
     ppath = find_table(root, "patient")
     p = _read(ppath, PATIENT_COLS)
     age = pd.to_numeric(p["age"].astype(str).str.replace(">", "").str.strip(), errors="coerce")
+    age = age.where(~p["age"].astype(str).str.contains(">"), age + 1)         # "> 89" -> 90
     bad_age = age.isna()
     for i in np.flatnonzero(bad_age.to_numpy()):
         q.add(SOURCE, ppath, int(i) + 2, "age", "missing or unparseable age")
@@ -149,7 +150,7 @@ def ingest_eicu(root: Path, out_dir: Path, q: Quarantine) -> dict:
     write_parquet(ev, out_dir / "events.parquet", EVENTS)
     from pipeline.sources.mimic_iv import connect
     from pipeline.sources.units import harmonise_units
-    units = harmonise_units(out_dir / "events.parquet", q, SOURCE, connect(temp_dir=out_dir))
+    units = harmonise_units(out_dir / "events.parquet", q, SOURCE, connect(temp_dir=out_dir), raw={"lab": lpath})
     write_parquet(codes.astype(object), out_dir / "codes.parquet", CODES)
     return {"event_tables_found": [] if lpath is None else ["lab"], "tables_absent": tables_absent,
             "event_rows": len(ev), "version_hint": "eICU-CRD 2.0 layout (times are offsets)", **units}

@@ -25,6 +25,7 @@ import pandas as pd
 
 from data_schemas.modalities import IMAGING_INDEX
 from pipeline.errors import DataError, Quarantine
+from pipeline.sources.raw_checks import inside_root
 
 # MONAI warns on every DICOM read that the GPU decoder plugin is unavailable (CPU is expected here).
 logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
@@ -34,6 +35,7 @@ REQUIRED = ["dicom_id", "subject_id", "study_id", "StudyDate", "StudyTime"]
 FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".dcm": "dicom", ".nii": "nifti"}
 KEY = "image"
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+NOT_AN_IMAGE = "modality"   # DataError field of a file that is data of another source (a DICOM ECG)
 
 
 def image_format(path: str | Path) -> str | None:
@@ -57,8 +59,10 @@ def metadata_path(cxr_root: Path) -> Path:
 def _study_time(date: pd.Series, time: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
     """StudyDate (YYYYMMDD) + StudyTime (HHMMSS.fff, leading zeros possibly dropped) ->
     timestamps; also the masks of good dates and good times."""
-    day = pd.to_datetime(date.fillna("").str.split(".").str[0], format="%Y%m%d", errors="coerce")
-    secs = pd.to_numeric(time, errors="coerce")
+    ymd = date.fillna("").astype(str).str.strip().str.split(".").str[0]
+    day = pd.to_datetime(ymd.where(ymd.str.fullmatch(r"\d{8}"), ""), format="%Y%m%d", errors="coerce")  # DICOM DA
+    secs = pd.to_numeric(time, errors="coerce").astype("float64")     # NaN, not a masked NA over garbage
+    secs = secs.where((secs >= 0) & (secs < 240000))    # HHMMSS.fff: anything else is no time of day
     whole = secs.fillna(-1).astype("int64")
     hh, mm, ss = whole // 10000, whole // 100 % 100, whole % 100
     t_ok = secs.notna() & (secs >= 0) & (hh < 24) & (mm < 60) & (ss < 60)
@@ -70,9 +74,11 @@ def _study_time(date: pd.Series, time: pd.Series) -> tuple[pd.Series, pd.Series,
 def read_cxr_metadata(cxr_root: Path, quarantine: Quarantine) -> pd.DataFrame:
     """``mimic-cxr-2.0.0-metadata.csv.gz`` -> the IMAGING_INDEX table (absolute .jpg paths).
 
-    A missing required column is a ``DataError``; a row with a bad id, date or time, or a
-    repeated dicom_id, is quarantined (row = line number, the header is line 1)."""
-    cxr_root = Path(cxr_root).absolute()
+    A missing required column is a ``DataError``; a row with a bad id, date or time, a
+    repeated dicom_id, a path leaving the CXR folder, or an image file that is missing or
+    fails ``quick_check`` is quarantined (row = line number, the header is line 1) and left
+    out of the index."""
+    cxr_root = Path(cxr_root).resolve()
     path = metadata_path(cxr_root)
     df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""])
     missing = [c for c in REQUIRED if c not in df.columns]
@@ -93,11 +99,21 @@ def read_cxr_metadata(cxr_root: Path, quarantine: Quarantine) -> pd.DataFrame:
     for i in np.flatnonzero(dup.to_numpy()):
         quarantine.add(SOURCE, path, int(i) + 2, "dicom_id", "duplicated dicom_id (later row dropped)")
     bad |= dup
-    df, sid, study, when = df[~bad], sid[~bad], study[~bad], when[~bad]
-    sid_s, study_s = sid.astype("int64").astype(str), study.astype("int64").astype(str)
-    files = cxr_root / "files"
-    paths = [str(files / f"p{s[:2]}" / f"p{s}" / f"s{st}" / f"{d}.jpg")
-             for s, st, d in zip(sid_s, study_s, df["dicom_id"])]
+    sid_s = sid.where(~bad, 0).astype("int64").astype(str)
+    study_s = study.where(~bad, 0).astype("int64").astype(str)
+    paths = pd.Series("", index=df.index)
+    for i in np.flatnonzero((~bad).to_numpy()):  # every listed image: inside ROOT, present, not obviously broken
+        s, st, d = sid_s.iloc[i], study_s.iloc[i], df["dicom_id"].iloc[i]
+        try:
+            p = inside_root(cxr_root, f"files/p{s[:2]}/p{s}/s{st}/{d}.jpg", field="dicom_id")
+            quick_check(p)
+        except DataError as e:
+            quarantine.add(SOURCE, e.file or path, f"dicom_id={d} ({path.name} line {int(i) + 2})",
+                           e.field or "image", e.reason)
+            bad.iloc[i] = True
+            continue
+        paths.iloc[i] = str(p)
+    df, sid, study, when, paths = df[~bad], sid[~bad], study[~bad], when[~bad], paths[~bad].tolist()
     view = df["ViewPosition"] if "ViewPosition" in df.columns else pd.Series("", index=df.index)
     out = pd.DataFrame({"subject_id": sid.astype("int64"), "study_id": study.astype("int64"),
                         "dicom_id": df["dicom_id"].astype(object), "image_time": when.astype("datetime64[ns]"),
@@ -175,8 +191,21 @@ def _pipeline(fmt: str, size: int):
     ])
 
 
+MAX_PIXELS = 2 ** 27   # 134 M pixels (11,585 x 11,585); a MIMIC-CXR image has ~7 M
+
+
+def _check_pixels(path: Path, shape, what: str) -> None:
+    """Refuse an image whose declared size would take gigabytes to decode (a decompression bomb)."""
+    n = int(np.prod([max(int(x), 0) for x in shape], dtype=object)) if len(shape) else 0
+    if n > MAX_PIXELS:
+        raise DataError(f"{what} declares {' x '.join(str(int(x)) for x in shape)} = {n:,} pixels, over the limit of "
+                        f"{MAX_PIXELS:,} (a decompression bomb, or not a radiograph)", file=path, field="image size",
+                        hint="downsample the image first, or raise imaging.MAX_PIXELS if it is genuine")
+
+
 def _check_file(path: Path, fmt: str | None) -> None:
-    """Cheap checks before decoding: type, presence, size, DICOM pixel data, NIfTI header."""
+    """Cheap checks before decoding: type, presence, size, declared dimensions (decompression
+    bombs), DICOM pixel data, NIfTI header."""
     if fmt is None:
         raise DataError(f"unsupported image type '{''.join(path.suffixes) or path.name}'", file=path,
                         field="image", hint="PNG, JPEG, DICOM (.dcm) or NIfTI (.nii, .nii.gz)")
@@ -194,16 +223,38 @@ def _check_file(path: Path, fmt: str | None) -> None:
             raise DataError(f"unreadable DICOM ({type(e).__name__})", file=path, field="image") from None
         if not dicom_like:
             raise DataError("not a DICOM file (no DICOM tags found)", file=path, field="image")
+        from pipeline.sources.ecg_dicom import is_ecg_dataset
+        if not has_pixels and is_ecg_dataset(ds):
+            raise DataError("a DICOM ECG waveform, not an image: skipped here, the ECG source reads it",
+                            file=path, field=NOT_AN_IMAGE)
         if not has_pixels:
             raise DataError("DICOM has no pixel data", file=path, field="pixel data",
                             hint=f"Modality {ds.get('Modality', 'unknown')}: structured reports, RT plans and "
                                  "other non-image objects carry no image")
+        try:
+            dims = [int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), int(ds.get("NumberOfFrames", 1) or 1),
+                    int(ds.get("SamplesPerPixel", 1) or 1)]
+        except (TypeError, ValueError):
+            raise DataError("DICOM Rows/Columns/NumberOfFrames are not numbers", file=path, field="Rows") from None
+        _check_pixels(path, dims, "DICOM")
     if fmt == "nifti":
         import nibabel
         try:
-            nibabel.load(str(path)).header.get_data_shape()
+            shape = nibabel.load(str(path)).header.get_data_shape()
         except Exception as e:  # nibabel raises several types for broken headers
             raise DataError(f"unreadable NIfTI header ({type(e).__name__})", file=path, field="image") from None
+        _check_pixels(path, shape, "NIfTI")
+    if fmt in ("png", "jpeg"):
+        from PIL import Image, UnidentifiedImageError
+        try:
+            with Image.open(path) as im:     # reads the header only
+                size = im.size
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise DataError(f"cannot decode image ({type(e).__name__}: {str(e)[:120]})", file=path, field="image",
+                            hint="the file is corrupt, truncated or not the type its name says") from None
+        except Image.DecompressionBombError:
+            size = (MAX_PIXELS + 1, 1)
+        _check_pixels(path, size, fmt.upper())
 
 
 def _reader_error(fmt: str, path: Path) -> Exception | None:
@@ -274,7 +325,8 @@ def quick_check(path: str | Path) -> None:
 
 
 def inspect_images(paths, deep: bool = False, size: int = 32) -> list[dict]:
-    """Per file {"file", "verdict" ("ok"/"bad"), "reasons", "shape"}; never raises.
+    """Per file {"file", "verdict" ("ok"/"bad", or "skipped" for a DICOM ECG), "reasons", "shape"};
+    never raises.
 
     ``deep`` decodes every file through MONAI (shape = the loaded [size, size] array);
     otherwise structure checks only (shape None)."""
@@ -287,7 +339,7 @@ def inspect_images(paths, deep: bool = False, size: int = 32) -> list[dict]:
             else:
                 quick_check(p)
         except DataError as e:
-            rec.update(verdict="bad", reasons=[e.reason])
+            rec.update(verdict="skipped" if e.field == NOT_AN_IMAGE else "bad", reasons=[e.reason])
         except Exception as e:  # a verdict for every file: an unexpected failure is a "bad" with its type
             rec.update(verdict="bad", reasons=[f"unexpected {type(e).__name__}: {str(e)[:120]}"])
         out.append(rec)

@@ -18,6 +18,7 @@ import pandas as pd
 from data_schemas.tables import ADMISSIONS, CODES, EVENTS, ICUSTAYS, PATIENTS
 from pipeline.artifacts import write_parquet
 from pipeline.errors import DataError, Quarantine
+from pipeline.sources.raw_checks import checked_scan
 from pipeline.sources.tables import find_table
 from pipeline.sources.units import harmonise_units
 
@@ -43,8 +44,11 @@ def _read_text_table(path: Path, required: list[str]) -> pd.DataFrame:
     if path.suffix == ".parquet":
         df = pd.read_parquet(path).astype("string")
     else:
-        df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""],
-                         encoding_errors="replace")
+        try:
+            df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""], encoding_errors="replace")
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, EOFError, OSError) as e:
+            raise DataError(f"cannot read the table ({type(e).__name__}: {str(e).splitlines()[-1][:160]})",
+                            file=path, hint="an empty, truncated or malformed CSV") from None
     df = df.rename(columns={k: v for k, v in RENAMES.items() if k in df.columns and v not in df.columns})
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -223,7 +227,7 @@ def connect(memory_limit: str = "1GB", threads: int = 2, temp_dir: Path | None =
 def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     """Stream labevents, chartevents and omr (those present) into out_dir/events.parquet."""
     con = con or connect(temp_dir=out_dir)
-    parts, found, absent = [], [], []
+    parts, found, absent, raw = [], [], [], {}
     for table, (required, sql) in EVENT_QUERIES.items():
         path = table_path(root, table)
         if path is None:
@@ -231,16 +235,19 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
             continue
         _require(con, path, required)
         cols = _columns(con, path)
-        rowref = ({"labevents": "'labevent_id=' || labevent_id"}.get(table) if "labevent_id" in cols else None) \
-            or "'subject_id=' || subject_id || ' charttime=' || charttime"
+        raw[table] = checked_scan(con, table, path, q, SOURCE)   # the user's file, line-numbered and checked
+        rowref = "'line ' || _line"
         if "hadm_id" not in cols:
             sql = sql.replace("TRY_CAST(hadm_id AS DOUBLE)", "NULL::DOUBLE")
-        parts.append((table, path, sql.format(scan=_scan(path), rowref=rowref)))
+        if "valueuom" not in cols:
+            sql = sql.replace("valueuom unit", "NULL::VARCHAR unit")
+        parts.append((table, path, sql.format(scan=raw[table].scan, rowref=rowref)))
         found.append(table)
     omr = table_path(root, "omr")
     if omr is not None:
         _require(con, omr, ["subject_id", "chartdate", "result_name", "result_value"])
-        parts.append(("omr", omr, _omr_query(_scan(omr))))
+        raw["omr"] = checked_scan(con, "omr", omr, q, SOURCE)
+        parts.append(("omr", omr, _omr_query(raw["omr"].scan)))
         found.append("omr")
     else:
         absent.append("omr")
@@ -276,10 +283,10 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     tmp = out.with_name(".events.parquet.tmp")
     con.execute(f"COPY ({final}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
     tmp.replace(out)
-    units = harmonise_units(out, q, SOURCE, con)
+    units = harmonise_units(out, q, SOURCE, con, raw=raw)
     n = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchall()[0][0]
     return {"event_tables_found": found, "event_tables_absent": absent, "event_rows": int(n),
-            "event_bad_rows": counts, **units}
+            "event_bad_rows": counts, "raw_checks": {t: r.counts for t, r in raw.items()}, **units}
 
 
 def read_codes(root: Path) -> pd.DataFrame:

@@ -14,7 +14,6 @@ date-only charttime).
 """
 from __future__ import annotations
 
-import gzip
 import io
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pandas as pd
 
 from data_schemas.modalities import NOTES
 from pipeline.errors import DataError, Quarantine
+from pipeline.sources.raw_checks import gunzip_capped
 from pipeline.sources.tables import find_table
 
 SOURCE = "notes"
@@ -30,14 +30,7 @@ REQUIRED = ["note_id", "subject_id", "charttime", "text"]
 
 
 def _raw(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if path.name.endswith(".gz"):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DataError(f"cannot decompress ({type(e).__name__})", file=path,
-                            hint="the .gz file is truncated or not gzip") from None
-    return raw
+    return gunzip_capped(path) if path.name.endswith(".gz") else path.read_bytes()
 
 
 def _has_surrogates(s) -> bool:

@@ -35,8 +35,11 @@ def _norm(col: str) -> str:
     return f"replace(lower(coalesce({col}, '')), ' ', '')"
 
 
-def harmonise_units(events: Path, q: Quarantine, source: str, con) -> dict:
-    """Rewrite ``events`` (parquet) in place with one unit per code."""
+def harmonise_units(events: Path, q: Quarantine, source: str, con, raw: dict | None = None) -> dict:
+    """Rewrite ``events`` (parquet) in place with one unit per code.
+
+    ``raw`` maps an event source table to its ``raw_checks.RawTable`` (a quarantine row then
+    names the user's file and line) or to its file (the row names the file and the count)."""
     conv = pd.DataFrame(CONVERSIONS, columns=["code", "from_unit", "to_unit", "factor"])
     con.register("conv", conv)
     ev = f"read_parquet('{events}')"
@@ -48,10 +51,18 @@ def harmonise_units(events: Path, q: Quarantine, source: str, con) -> dict:
         FROM {ev} e LEFT JOIN dom d ON e.code = d.code
         LEFT JOIN conv c ON e.code = c.code AND c.from_unit = {_norm('e.unit')} AND c.to_unit = d.unit"""
     mismatch = "(u <> '' AND du IS NOT NULL AND u <> du)"
-    unknown = con.execute(f"""SELECT code, u, du, count(*) FROM ({joined}) WHERE {mismatch} AND factor IS NULL
-        GROUP BY code, u, du ORDER BY count(*) DESC""").fetchall()
-    for code, u, du, n in unknown:
-        q.add(source, events.name, None, f"unit ({code})", f"unknown unit: {n} value(s) in '{u}', expected '{du}'")
+    unknown = con.execute(f"""SELECT source, code, u, du, count(*) FROM ({joined}) WHERE {mismatch} AND factor IS NULL
+        GROUP BY source, code, u, du ORDER BY count(*) DESC""").fetchall()
+    for table, code, u, du, n in unknown:
+        reason = f"unknown unit '{u}', expected '{du}' (value dropped)"
+        rt = (raw or {}).get(table)
+        file = getattr(rt, "path", rt) or table
+        lines = rt.lines_with_unit(con, code, u) if hasattr(rt, "lines_with_unit") else []
+        for line in lines:
+            q.add(source, file, f"line {line}", f"unit ({code})", reason)
+        if n > len(lines):
+            q.add(source, file, None, f"unit ({code})",
+                  f"unknown unit: {n - len(lines)} {'more ' if lines else ''}value(s) in '{u}', expected '{du}'")
     converted = con.execute(f"SELECT count(*) FROM ({joined}) WHERE {mismatch} AND factor IS NOT NULL").fetchall()[0][0]
     tmp = events.with_name(".events.units.tmp.parquet")
     con.execute(f"""COPY (SELECT subject_id, hadm_id, time, code,
@@ -60,4 +71,4 @@ def harmonise_units(events: Path, q: Quarantine, source: str, con) -> dict:
         FROM ({joined}) WHERE NOT ({mismatch} AND factor IS NULL)) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)""").fetchall()
     tmp.replace(events)
     con.unregister("conv")
-    return {"unit_converted": int(converted), "unit_unknown_dropped": int(sum(r[3] for r in unknown))}
+    return {"unit_converted": int(converted), "unit_unknown_dropped": int(sum(r[4] for r in unknown))}

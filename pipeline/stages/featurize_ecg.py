@@ -53,6 +53,7 @@ from data_schemas.modalities import FEATURES
 from pipeline.artifacts import write_parquet
 from pipeline.config import ECGConfig
 from pipeline.errors import DataError, Quarantine
+from pipeline.progress import track
 from pipeline.sources.ecg import LEAD_INDEX, SOURCE, STANDARD_LEADS, load_ecg
 
 PREFIX = "ecg__"
@@ -445,7 +446,7 @@ def featurize_ecg(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ECGConfig, out
             waves.new_part(sum(need.values()))
             outcomes = (pool.imap(_process, tasks, chunksize=max(1, min(16, len(tasks) // (8 * n_jobs))))
                         if pool is not None else map(_process, tasks))
-            for out in outcomes:
+            for out in track(outcomes, total=len(tasks), desc="ECG records", stage="features_ecg"):
                 if out.wave is not None:
                     waves.put(out.path, out.wave)
                     out.wave = None

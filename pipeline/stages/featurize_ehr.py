@@ -119,7 +119,8 @@ def _featurize_shard(con, shard: pd.DataFrame, events_path: Path, cfg: EHRConfig
           WHERE e.time <= c.prediction_time
             AND e.time >= c.prediction_time - INTERVAL {cfg.lookback_hours} HOUR
             AND (r.code IS NULL OR (e.value >= r.lo AND e.value <= r.hi)))
-        SELECT hadm_id, code, arg_max(value, time) AS last, min(value) AS min, max(value) AS max,
+        SELECT hadm_id, code, arg_max(value, struct_pack(t := time, v := value)) AS last,  -- ties: the larger value
+               min(value) AS min, max(value) AS max,
                avg(value) AS mean, count(*)::DOUBLE AS count,
                regr_slope(value, epoch(time) / 3600.0) AS slope,
                (epoch(max(prediction_time)) - epoch(max(time))) / 3600.0 AS hours_since_last,
@@ -160,7 +161,10 @@ def feature_labels(codes_table: pd.DataFrame) -> dict[str, str]:
 
 
 def pretty_feature(name: str, labels: dict[str, str]) -> str:
-    """'ehr__lab:50813__last' -> 'Lactate (last)'."""
+    """'ehr__lab:50813__last' -> 'Lactate (last)'; a full feature name in ``labels`` (e.g. a notes
+    component named by its top terms) -> its label."""
+    if name in labels:
+        return labels[name]
     parts = name.split("__")
     if len(parts) == 3 and parts[0] == "ehr":
         code, agg = parts[1], parts[2]

@@ -26,6 +26,7 @@ from numpy.lib.format import open_memmap
 from pipeline.artifacts import write_parquet
 from pipeline.config import ImagingConfig
 from pipeline.errors import DataError, Quarantine
+from pipeline.progress import track
 from pipeline.sources.imaging import SOURCE, load_image
 
 FRONTAL = ("PA", "AP")
@@ -100,7 +101,8 @@ def _load(task: tuple[str, int]):
 
 
 def _load_all(tasks: list[tuple[str, int]], pool) -> list:
-    return pool.map(_load, tasks, chunksize=16) if pool is not None else [_load(t) for t in tasks]
+    loads = pool.imap(_load, tasks, chunksize=16) if pool is not None else map(_load, tasks)
+    return list(track(loads, total=len(tasks), desc="images", unit="image", stage="features_imaging"))
 
 
 def featurize_imaging(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ImagingConfig, out_dir: Path,

@@ -34,6 +34,7 @@ from pipeline.artifacts import read_json, write_json, write_parquet
 from pipeline.config import NotesConfig
 from pipeline.errors import DataError, Quarantine
 from pipeline.models.folds import n_folds, subject_folds
+from pipeline.progress import track
 from pipeline.stages.cohort import cross_fit_feature
 
 CHUNK_WORDS = 256
@@ -340,6 +341,30 @@ def load_encoder(folder: Path):
     return enc
 
 
+def notes_feature_labels(folder: Path, n_terms: int = 3) -> dict[str, str]:
+    """Readable names of the notes features of a saved encoder: a TF-IDF/SVD component is named
+    by its top-weighted terms ('notes__3' -> 'notes: effusion, pleural, pleural effusion'); a
+    sentence-embedding dimension has no terms ('notes__3' -> 'notes embedding 3')."""
+    folder = Path(folder)
+    meta = read_json(folder / "encoder.json")
+    out = {"notes__n_notes": "notes: number of notes", "notes__n_words": "notes: number of words",
+           "notes__text_risk": "notes: text risk (cross-fitted TF-IDF logistic)"}
+    if meta.get("kind") != "tfidf_svd":
+        out.update({f"notes__{i}": f"notes embedding {i}" for i in range(int(meta.get("dim", 0)))})
+        return out
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+    comps = np.load(folder / "components.npy", allow_pickle=False)
+    terms = np.empty(len(meta["vocabulary"]), dtype=object)
+    for t, i in meta["vocabulary"].items():
+        terms[i] = t
+    # stop words ("is", "no", "of the") carry weight in the components but say nothing to a reader
+    content = np.array([not set(str(t).split()) <= ENGLISH_STOP_WORDS for t in terms], bool)
+    for k, w in enumerate(comps):
+        top = [terms[j] for j in np.argsort(-w) if w[j] > 0 and content[j]][:n_terms]
+        out[f"notes__{k}"] = f"notes: {', '.join(top)}" if top else f"notes component {k}"
+    return out
+
+
 # --- the stage --------------------------------------------------------------------------------
 
 def select_notes(cohort: pd.DataFrame, notes: pd.DataFrame, cfg: NotesConfig) -> pd.DataFrame:
@@ -414,7 +439,9 @@ def featurize_notes(cohort: pd.DataFrame, notes: pd.DataFrame, cfg: NotesConfig,
     note_owner: list[int] = []  # hadm_id of each embedded note
     per_adm: dict[int, dict] = {}
     docs: dict[int, str] = {}   # an admission's cleaned text, for notes.text_risk
-    for hadm, g in sel.groupby("hadm_id", sort=True):
+    groups = sel.groupby("hadm_id", sort=True)
+    for hadm, g in track(groups, total=groups.ngroups, desc="notes (admissions)", unit="admission",
+                         stage="features_notes"):
         cleaned = dedupe_sentences([clean(t, nt) for t, nt in zip(g["text"], g["note_type"])])
         if cfg.text_risk:
             docs[int(hadm)] = "\n".join(cleaned)
