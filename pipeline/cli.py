@@ -58,15 +58,20 @@ def inspect(data: Path = typer.Option(..., help="data ROOT to look at (read-only
 def train(data: Path = typer.Option(..., help="data ROOT"), out: Path = typer.Option(..., help="run folder"),
           task: Optional[str] = typer.Option(None, help="mortality | icu_mortality | los3 | los7 | readmission30"),
           config: Optional[Path] = typer.Option(None, help="config file (JSON or YAML)"),
-          report: bool = typer.Option(True, help="write the HTML report at the end")):
+          report: bool = typer.Option(True, help="write the HTML report at the end"),
+          engine: str = typer.Option("local", help="local | dask"),
+          scheduler: Optional[str] = typer.Option(None, help="dask scheduler address, or 'local'"),
+          shard_size: int = typer.Option(5000, help="admissions per shard of the feature stages (dask engine)")):
     """Run every stage, train the models and write scores, audit, quarantine and report."""
+    from pipeline.engine import Engine
     from pipeline.jobs.train import train as run_train
     try:
         cfg = RunConfig.load(config)
         if task:
             cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"name": task})})
             cfg = RunConfig.model_validate(cfg.model_dump())
-        run_train(data, out, cfg, report=report)
+        with Engine(engine, scheduler, shard_rows=shard_size) as eng:
+            run_train(data, out, cfg, report=report, engine=eng)
     except DataError as e:
         _fail(e)
 
@@ -78,7 +83,7 @@ def score(model: Path = typer.Option(..., help="run folder written by `mmpipe tr
           output: Path = typer.Option(..., help="output .parquet file"),
           engine: str = typer.Option("local", help="local | dask"),
           scheduler: Optional[str] = typer.Option(None, help="dask scheduler address, or 'local'"),
-          shard_size: int = typer.Option(5000, help="admissions per shard")):
+          shard_size: int = typer.Option(5000, help="admissions per shard (scoring and, with dask, feature stages)")):
     """Score every admission of a data folder with a trained model."""
     from pipeline.jobs.score import score as run_score
     try:

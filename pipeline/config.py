@@ -117,6 +117,8 @@ class ModelConfig(_Strict):
     imputation: dict[Literal["ehr", "ecg", "notes", "imaging"], Literal["none", "mean", "median", "iterative"]] = \
         Field(default_factory=dict)
     imputation_indicators: bool = True  # add <feature>__isna for every filled feature
+    # LightGBM trained by lightgbm.dask on the Dask cluster of `train --engine dask` (same splits)
+    distributed: bool = False
     seed: int = 0
 
 

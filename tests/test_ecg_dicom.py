@@ -127,7 +127,8 @@ def dicom_root(mimic_demo, tmp_path_factory) -> Path:
     (score_root / "ecg").mkdir(parents=True)
     for sub in ("hosp", "icu"):
         (score_root / sub).symlink_to(root / sub)
-    (score_root / "ecg" / "files").symlink_to(root / "ecg_carts" / "files")
+    # copied, not linked: a listed file reached through a symlink out of the ECG folder is refused
+    shutil.copytree(root / "ecg_carts" / "files", score_root / "ecg" / "files")
     pd.DataFrame(rows).to_csv(score_root / "ecg" / "record_list.csv", index=False)
     return base
 

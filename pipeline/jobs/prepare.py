@@ -13,6 +13,7 @@ from data_schemas.modalities import COHORT, QUARANTINE
 from pipeline import progress
 from pipeline.artifacts import output_hash, read_parquet, run_stage, tree_hash, write_parquet
 from pipeline.config import RunConfig
+from pipeline.engine import Engine
 from pipeline.errors import Quarantine
 from pipeline.sources.discover import Sources
 from pipeline.stages.align import align
@@ -38,17 +39,21 @@ def _stage(work: Path, name: str, inputs: dict, config: dict, body) -> Path:
     def fn(tmp: Path):
         q = Quarantine()
         extra = body(tmp, q) or {}
-        write_parquet(q.to_frame(), tmp / "quarantine.parquet", QUARANTINE)
+        # in (source, file, row, field) order, whichever engine or worker found them first
+        rows = q.to_frame().sort_values(["source", "file", "row", "field"], kind="stable").reset_index(drop=True)
+        write_parquet(rows, tmp / "quarantine.parquet", QUARANTINE)
         return {**extra, "quarantined": len(q)}
     return run_stage(name, work / "stages" / name, inputs, config, fn, log=log)
 
 
 def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
-            fitted: dict | None = None, align_table: bool = True) -> Prepared:
+            fitted: dict | None = None, align_table: bool = True, engine: Engine | None = None) -> Prepared:
     """``mode`` 'train' fits what needs fitting (EHR code list, notes encoder, image CNN) on the
     train split; 'score' uses ``fitted`` (from the model folder) and scores every row.
     ``align_table=False`` runs every stage but leaves the features on disk (``table`` is
-    None): a scoring job then reads them one shard at a time with ``aligned_shards``."""
+    None): a scoring job then reads them one shard at a time with ``aligned_shards``.
+    A distributed ``engine`` runs the feature stages' shards on its Dask workers (the
+    outputs, and so the stage cache, are the local engine's)."""
     from pipeline.sources.mimic_iv import ingest_mimic_iv
     from pipeline.stages.cohort import build_cohort, score_cohort, snapshot_time
     from pipeline.stages.featurize_ehr import featurize_ehr
@@ -121,7 +126,7 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
     codes = fitted.get("ehr_codes")
     featurize("ehr", {"ingest": output_hash(dirs["ingest_ehr"])},
               {"ehr": cfg.ehr.model_dump(mode="json"), "codes": codes},
-              lambda tmp, q: featurize_ehr(cohort, dirs["ingest_ehr"], cfg.ehr, tmp, codes=codes))
+              lambda tmp, q: featurize_ehr(cohort, dirs["ingest_ehr"], cfg.ehr, tmp, codes=codes, engine=engine))
 
     if "ecg" in modalities and (sources.paths["ecg"] is not None or sources.dicom_ecg_folders):
         from pipeline.stages.featurize_ecg import featurize_ecg
@@ -138,7 +143,7 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
             idx = index("index_ecg", {str(f): tree_hash(f, "*.dcm") for f in folders}, {},
                         lambda q: index_dicom_ecg_folders(folders, q), "ecg_index.parquet")
         featurize("ecg", {"index": output_hash(dirs["index_ecg"])}, {"ecg": cfg.ecg.model_dump(mode="json")},
-                  lambda tmp, q: featurize_ecg(cohort, idx, cfg.ecg, tmp, q))
+                  lambda tmp, q: featurize_ecg(cohort, idx, cfg.ecg, tmp, q, engine=engine))
 
     if "notes" in modalities and sources.paths["notes"] is not None:
         from pipeline.sources.notes import read_notes
@@ -149,7 +154,8 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
         encoder = fitted.get("notes_encoder")
         featurize("notes", {"notes": output_hash(dirs["index_notes"])},
                   {"notes": cfg.notes.model_dump(mode="json"), "encoder": fitted.get("notes_encoder_hash")},
-                  lambda tmp, q: featurize_notes(cohort, notes, cfg.notes, tmp, q, encoder=encoder))
+                  lambda tmp, q: featurize_notes(cohort, notes, cfg.notes, tmp, q, encoder=encoder,
+                                                 engine=engine))
 
     if "imaging" in modalities and sources.paths["cxr"] is not None:
         from pipeline.sources.imaging import read_cxr_metadata
@@ -160,7 +166,7 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
         featurize("imaging", {"index": output_hash(dirs["index_imaging"])},
                   {"imaging": cfg.imaging.model_dump(mode="json"), "encoder": fitted.get("imaging_encoder_hash")},
                   lambda tmp, q: featurize_imaging(cohort, iidx, cfg.imaging, tmp, q,
-                                                   encoder=fitted.get("imaging_encoder")))
+                                                   encoder=fitted.get("imaging_encoder"), engine=engine))
 
     present = [m for m in modalities if f"features_{m}" in dirs]
     if not align_table:

@@ -5,7 +5,8 @@ codes, fitted notes encoder, calibrator, booster with its hash), so a fresh
 process with no other state scores new patients.  The input is raw layouts (the
 model's ETL runs on them) or a folder of prepared patient tensors.  Rows are read,
 aligned, scored and written one shard at a time; ``engine='dask'`` maps the same
-per-shard function over a Dask cluster (``scheduler`` = address, or 'local').
+per-shard function over a Dask cluster (``scheduler`` = address, or 'local'), whose workers
+also run the feature stages' shards (pipeline.engine).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pandas as pd
 from data_schemas.modalities import QUARANTINE, SCORES
 from pipeline.artifacts import ParquetShardWriter, RunLock, read_json, write_parquet
 from pipeline.config import RunConfig
+from pipeline.engine import Engine
 from pipeline.errors import DataError, Quarantine
 from pipeline.jobs.prepare import aligned_shards, collect_quarantine, load_tensors, log, prepare
 from pipeline.models.calibration import Calibrator
@@ -120,34 +122,33 @@ def score(model: Path, input_root: Path, output: Path, engine: str = "local", sc
 
 def _score(model: Path, input_root: Path, output: Path, work: Path, engine: str, scheduler: str | None,
            shard_size: int, return_frame: bool, t0: float) -> pd.DataFrame | int:
-    from tqdm import tqdm
     scorer = Scorer(model)
-    if (input_root / "index.json").exists():
-        log(f"[score] reading prepared patient tensors from {input_root}")
-        (shards, n_rows), q = _tensor_input(input_root, scorer), Quarantine().to_frame()
-        tensors_in_shards = True
-    else:
-        sources = discover(input_root, None)
-        log(sources.describe())
-        prep = prepare(sources, scorer.cfg, work, mode="score", fitted=scorer.fitted(), align_table=False)
-        scorer.attach_tensors({k: str(v) for k, v in prep.stage_dirs.items()
-                               if k in ("features_ecg", "features_imaging")})
-        writer = TensorWriter(work / "tensors", scorer.meta["modalities"], load_tensors(prep.stage_dirs))
-        shards = _written(aligned_shards(prep.cohort, prep.stage_dirs, shard_size), writer)
-        n_rows, q = len(prep.cohort), collect_quarantine(prep.stage_dirs)
-        tensors_in_shards = False
-    n_shards = max(1, -(-n_rows // shard_size))
-    log(f"[score] {n_rows} admissions in {n_shards} shard(s) of up to {shard_size}, engine={engine}")
-    if engine == "local":
-        parts = (scorer.score_table(scorer.conform(t), tensors=tt if tensors_in_shards else None)
-                 for t, tt in shards)
-    elif engine == "dask":
-        parts = _score_dask(scorer, shards, scheduler, tensors_in_shards)
-    else:
-        raise DataError(f"unknown engine {engine!r}", field="--engine", hint="local or dask")
-    with ParquetShardWriter(output, SCORES) as out:
-        for part in track(parts, total=n_shards, desc="score shards", unit="shard", stage="score"):
-            out.write(part)
+    with Engine(engine, scheduler, shard_rows=shard_size) as eng:
+        if (input_root / "index.json").exists():
+            log(f"[score] reading prepared patient tensors from {input_root}")
+            (shards, n_rows), q = _tensor_input(input_root, scorer), Quarantine().to_frame()
+            tensors_in_shards = True
+        else:
+            sources = discover(input_root, None)
+            log(sources.describe())
+            prep = prepare(sources, scorer.cfg, work, mode="score", fitted=scorer.fitted(), align_table=False,
+                           engine=eng)
+            scorer.attach_tensors({k: str(v) for k, v in prep.stage_dirs.items()
+                                   if k in ("features_ecg", "features_imaging")})
+            writer = TensorWriter(work / "tensors", scorer.meta["modalities"], load_tensors(prep.stage_dirs))
+            shards = _written(aligned_shards(prep.cohort, prep.stage_dirs, shard_size), writer)
+            n_rows, q = len(prep.cohort), collect_quarantine(prep.stage_dirs)
+            tensors_in_shards = False
+        n_shards = max(1, -(-n_rows // shard_size))
+        log(f"[score] {n_rows} admissions in {n_shards} shard(s) of up to {shard_size}, engine={engine}")
+        if eng.distributed:
+            parts = _score_dask(scorer, shards, eng, tensors_in_shards)
+        else:
+            parts = (scorer.score_table(scorer.conform(t), tensors=tt if tensors_in_shards else None)
+                     for t, tt in shards)
+        with ParquetShardWriter(output, SCORES) as out:
+            for part in track(parts, total=n_shards, desc="score shards", unit="shard", stage="score"):
+                out.write(part)
     qpath = output.with_name(f"{output.stem}_quarantine.parquet")
     write_parquet(q, qpath, QUARANTINE)
     rate = out.rows / max(time.time() - t0, 1e-9)
@@ -184,28 +185,19 @@ def _tensor_input(folder: Path, scorer: Scorer):
     return shards, int(sum(s["rows"] for s in index["shards"]))
 
 
-def _score_dask(scorer: Scorer, shards, scheduler: str | None, tensors_in_shards: bool):
-    """The same per-shard function on a Dask cluster; results come back in shard order."""
-    from dask.distributed import Client, LocalCluster
-    if scheduler in (None, "local"):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(cluster)
-    else:
-        cluster, client = None, Client(scheduler)
-    try:
-        run, tdirs = str(scorer.run), getattr(scorer, "tensor_dirs", {})
-        pending = []
-        for table, tt in shards:  # keep at most 2 shards per worker in flight
-            pending.append(client.submit(_score_shard_remote, run, table, tdirs, tt if tensors_in_shards else None,
-                                         pure=False))
-            if len(pending) >= 4:
-                yield pending.pop(0).result()
-        for f in pending:
-            yield f.result()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+def _score_dask(scorer: Scorer, shards, engine: Engine, tensors_in_shards: bool):
+    """The same per-shard function as tasks on the engine's Dask cluster; results come back
+    in shard order, with at most 4 shards in flight (memory stays bounded by shards)."""
+    client = engine.client()
+    run, tdirs = str(scorer.run), getattr(scorer, "tensor_dirs", {})
+    pending = []
+    for table, tt in shards:
+        pending.append(client.submit(_score_shard_remote, run, table, tdirs, tt if tensors_in_shards else None,
+                                     pure=False, retries=engine.retries))
+        if len(pending) >= 4:
+            yield pending.pop(0).result()
+    for f in pending:
+        yield f.result()
 
 
 def _score_shard_remote(run: str, table: pd.DataFrame, tensor_dirs: dict[str, str], tensors=None) -> pd.DataFrame:

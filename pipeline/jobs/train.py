@@ -37,7 +37,8 @@ def model_features(prep: Prepared) -> list[str]:
 
 def _gbm(cfg: RunConfig) -> dict:
     m = cfg.model
-    return dict(n_estimators=m.gbm_estimators, learning_rate=m.gbm_learning_rate, num_leaves=m.gbm_num_leaves)
+    return dict(n_estimators=m.gbm_estimators, learning_rate=m.gbm_learning_rate, num_leaves=m.gbm_num_leaves,
+                distributed=m.distributed)
 
 
 def imputed(est, cfg: RunConfig):
@@ -150,21 +151,26 @@ def pretty_namer(labels: dict[str, str]):
     return lambda name: pretty_feature(name, labels)
 
 
-def train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
-    """Train into the RUN folder ``out``, holding its lock (a second job on it is refused)."""
+def train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=None) -> dict:
+    """Train into the RUN folder ``out``, holding its lock (a second job on it is refused).
+    ``engine`` (pipeline.engine.Engine): where the feature stages' shards, and with
+    ``model.distributed`` the LightGBM training, run."""
     with RunLock(out, "train"):
-        return _train(data, out, cfg, report)
+        return _train(data, out, cfg, report, engine)
 
 
-def _train(data: Path, out: Path, cfg: RunConfig, report: bool = True) -> dict:
+def _train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=None) -> dict:
     t0 = time.time()
+    if cfg.model.distributed and not (engine is not None and engine.distributed):
+        raise DataError("model.distributed trains LightGBM on a Dask cluster, but the engine is local",
+                        field="model.distributed", hint="add --engine dask --scheduler ADDR")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(cfg.model_dump(mode="json"), out / "config.json")
     sources = discover(data, cfg.sources)
     log(sources.describe())
     write_json(sources.to_json(), out / "sources.json")
-    prep = prepare(sources, cfg, out, mode="train")
+    prep = prepare(sources, cfg, out, mode="train", engine=engine)
     feats = model_features(prep)
     log(f"[train] cohort {len(prep.table)} rows, {int(prep.table.label.sum())} positives; "
         f"modalities {prep.modalities}; {len(feats)} features")

@@ -1,6 +1,7 @@
 """LightGBM estimators with the scikit-learn contract, saved without pickle.
 
-- ``GBMClassifier``: early fusion, one LightGBM over every modality's features and masks;
+- ``GBMClassifier``: early fusion, one LightGBM over every modality's features and masks
+  (``distributed=True``: trained by ``lightgbm.dask`` on the current Dask cluster);
   with ``linear_base`` it boosts from a penalised logistic model's logit (``LinearClassifier``,
   out of fold for the training rows), so trees learn what is not additive in the features.
 - ``LateFusionGBM``: one model per modality (LightGBM, or with ``head="linear"`` the
@@ -41,7 +42,7 @@ def _check_hash(path: Path, expected: str) -> str:
 class GBMClassifier(LogitClassifier):
     def __init__(self, n_estimators=1000, learning_rate=0.03, num_leaves=7, min_child_samples=20,
                  subsample=0.8, colsample_bytree=0.3, reg_lambda=1.0, early_stopping_rounds=100,
-                 linear_base=False, base_folds=5, random_state=0, n_jobs=2):
+                 linear_base=False, base_folds=5, random_state=0, n_jobs=2, distributed=False):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
@@ -54,6 +55,7 @@ class GBMClassifier(LogitClassifier):
         self.base_folds = base_folds
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.distributed = distributed
 
     def _params(self) -> dict:
         return dict(objective="binary", learning_rate=self.learning_rate, num_leaves=self.num_leaves,
@@ -70,6 +72,15 @@ class GBMClassifier(LogitClassifier):
         if self.linear_base:
             from pipeline.models.linear import cross_fitted
             self.base_, init = cross_fitted(X, y, eval_set, self.base_folds, self.random_state, groups)
+        if self.distributed:
+            valid = None
+            if eval_set is not None and len(np.unique(eval_set[1])) == 2:
+                valid = (eval_set[0][X.columns].to_numpy(dtype=np.float64), np.asarray(eval_set[1]),
+                         self.base_.decision_function(eval_set[0]) if self.base_ is not None else None)
+            self.booster_ = fit_dask(self._params(), X.to_numpy(dtype=np.float64), y, init,
+                                     list(map(_safe, X.columns)), self.n_estimators, valid, self.early_stopping_rounds)
+            self.classes_ = np.array([0, 1])
+            return self
         train = lgb.Dataset(X.to_numpy(dtype=np.float64), label=y, feature_name=list(map(_safe, X.columns)),
                             init_score=init, free_raw_data=False)
         valid_sets, callbacks = [], []
@@ -118,6 +129,44 @@ class GBMClassifier(LogitClassifier):
         est.feature_names_in_ = np.asarray(meta["features"], dtype=object)
         est.classes_ = np.array([0, 1])
         return est
+
+
+def fit_dask(params: dict, X: np.ndarray, y: np.ndarray, init: np.ndarray | None, names: list[str],
+             n_estimators: int, valid: tuple | None, stopping_rounds: int) -> lgb.Booster:
+    """LightGBM trained by ``lightgbm.dask`` on the workers of the current Dask client (the
+    rows cut into one chunk per worker).  ``lightgbm.dask`` has no early stopping, so the
+    validation rows (X, y, init score) then pick the number of trees as early stopping
+    would have: the best validation log loss, stopping ``stopping_rounds`` after it."""
+    import dask.array as da
+    from dask.distributed import default_client
+    from lightgbm.dask import DaskLGBMClassifier
+    try:
+        client = default_client()
+    except ValueError as e:
+        raise DataError("model.distributed needs a Dask cluster to train on", field="model.distributed",
+                        hint="train with --engine dask --scheduler ADDR, or set model.distributed: false") from e
+    n_workers = max(1, len(client.scheduler_info()["workers"]))
+    rows = max(1, -(-len(X) // n_workers))
+    p = dict(params)
+    kwargs = {"init_score": da.from_array(init, chunks=rows)} if init is not None else {}
+    p.pop("num_threads")   # each worker uses its own threads
+    model = DaskLGBMClassifier(client=client, n_estimators=n_estimators, **p)
+    model.fit(da.from_array(X, chunks=(rows, X.shape[1])), da.from_array(y, chunks=rows),
+              feature_name=names, **kwargs)
+    booster = model.booster_
+    if valid is None:
+        return booster
+    Xv, yv, raw = valid
+    raw = np.zeros(len(Xv)) if raw is None else np.asarray(raw, dtype=np.float64).copy()
+    best, best_loss = 0, np.inf
+    for i in range(booster.current_iteration()):
+        raw += booster.predict(Xv, start_iteration=i, num_iteration=1, raw_score=True)
+        loss = float(np.mean(np.logaddexp(0.0, raw) - yv * raw))
+        if loss < best_loss:
+            best, best_loss = i + 1, loss
+        elif i + 1 - best >= stopping_rounds:
+            break
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=max(best, 1)))
 
 
 def _safe(name: str) -> str:

@@ -181,13 +181,18 @@ def read_record_list(ecg_root: Path, quarantine: Quarantine) -> pd.DataFrame:
     for i in np.flatnonzero(dup):
         quarantine.add(SOURCE, path, int(line[i]), "study_id", f"duplicated study_id {int(conv['study_id'].iloc[i])}")
     keep = ~(bad | dup)
+    from pipeline.sources.ecg_dicom import check_dicom_ecg_file
     rel = conv["path"].str.replace(r"\.(hea|dat)$", "", regex=True)
     full = {}
     for i in np.flatnonzero(keep):   # every listed record: inside ROOT, its files present and whole
         study = int(conv["study_id"].iloc[i])
         try:
-            full[i] = str(inside_root(ecg_root, rel.iloc[i], field="path", suffixes=(".hea",)))
-            check_record_files(Path(full[i]))
+            if rel.iloc[i].lower().endswith(".dcm"):   # a DICOM waveform ECG: the file itself
+                full[i] = str(inside_root(ecg_root, rel.iloc[i], field="path"))
+                check_dicom_ecg_file(Path(full[i]))
+            else:
+                full[i] = str(inside_root(ecg_root, rel.iloc[i], field="path", suffixes=(".hea",)))
+                check_record_files(Path(full[i]))
         except DataError as e:
             quarantine.add(SOURCE, e.file or path, f"study_id={study} ({path.name} line {int(line[i])})",
                            e.field or "path", e.reason)

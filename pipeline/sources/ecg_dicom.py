@@ -94,6 +94,17 @@ def is_dicom_ecg(path) -> bool:
         return False
 
 
+def check_dicom_ecg_file(path: Path) -> None:
+    """Cheap check of one listed DICOM ECG (tags only): present, readable, an ECG waveform.
+    Raises ``DataError`` naming the file."""
+    if not Path(path).is_file():
+        raise DataError("listed DICOM ECG file not found", file=path, field="path",
+                        hint="copy the .dcm file under the ECG folder or fix its path in record_list.csv")
+    if not is_ecg_dataset(_read_dataset(Path(path), header_only=True)):
+        raise DataError("listed file is a DICOM but not an ECG waveform (Modality/SOP class)", file=path,
+                        field="Modality", hint="list only 12-lead ECG waveform DICOMs in record_list.csv")
+
+
 def _lead_name(ch) -> str:
     """A channel's lead name: from its source code, else its code meaning / label, tidied."""
     src = (ch.get("ChannelSourceSequence") or [None])[0]

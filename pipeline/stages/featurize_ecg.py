@@ -414,10 +414,19 @@ def _walk(paths: list[str], results: dict[str, _Outcome], waves: _WaveStore, sel
 
 
 def featurize_ecg(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ECGConfig, out_dir: Path,
-                  quarantine: Quarantine, n_jobs: int = 2) -> dict:
-    """Write features.parquet, waveforms.npy, lead_mask.npy and qc.parquet into ``out_dir``; see module doc."""
+                  quarantine: Quarantine, n_jobs: int = 2, engine=None) -> dict:
+    """Write features.parquet, waveforms.npy, lead_mask.npy and qc.parquet into ``out_dir``; see module doc.
+    A distributed ``engine`` (pipeline.engine) runs this over shards of subjects on its workers
+    and merges the shards into the same files."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if engine is not None and engine.distributed:
+        from functools import partial
+
+        from pipeline.engine import sharded_stage
+        return sharded_stage(partial(featurize_ecg, cfg=cfg, n_jobs=1), cohort, {"index": index}, out_dir,
+                             quarantine, engine, arrays=("waveforms.npy", "lead_mask.npy"),
+                             tables={"qc.parquet": "path"})
     n_samples = round(cfg.fs * cfg.seconds)
     cand = select_records(cohort, index, cfg)
     per_hadm = {h: g["path"].tolist() for h, g in cand.groupby("hadm_id", sort=False)}
@@ -457,7 +466,7 @@ def featurize_ecg(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ECGConfig, out
             pool.join()
         waves.close()
 
-    bad = [o for o in results.values() if not o.usable]
+    bad = sorted((o for o in results.values() if not o.usable), key=lambda o: o.path)
     for o in bad:
         sid = meta.at[o.path, "study_id"]
         quarantine.add(SOURCE, o.path, None if pd.isna(sid) else f"study_id={int(sid)}", o.field or "verdict",
@@ -499,6 +508,7 @@ def _write_outputs(out_dir: Path, rows: list[dict], chosen: list[str], results: 
     os.replace(tmp, out_dir / "lead_mask.npy")
 
     used = set(chosen)
+    results = dict(sorted(results.items()))   # one row per record, in path order
     qc = pd.DataFrame({
         "path": pd.Series(list(results), dtype=object),
         "study_id": pd.array([meta.at[p, "study_id"] for p in results], dtype="Int64"),

@@ -22,6 +22,7 @@ import pandas as pd
 
 from pipeline.artifacts import ParquetShardWriter, read_json, write_json
 from pipeline.config import EHRConfig
+from pipeline.engine import map_frames
 from pipeline.sources.mimic_iv import connect
 from pipeline.stages import featurize_history, featurize_meds
 
@@ -90,30 +91,43 @@ def _feature_name(code: str, agg: str) -> str:
 
 
 def featurize_ehr(cohort: pd.DataFrame, stage_in: Path, cfg: EHRConfig, out_dir: Path,
-                  codes: list[str] | None = None, shard_rows: int = 5_000) -> dict:
+                  codes: list[str] | None = None, shard_rows: int = 5_000, engine=None) -> dict:
     """Write out_dir/features.parquet (hadm_id, item_time, ehr__*) and out_dir/codes.json.
 
     Admissions are featurised ``shard_rows`` at a time (sorted by hadm_id) and appended to
-    the parquet file, so memory is bounded by one shard's wide table, not by the cohort."""
+    the parquet file, so memory is bounded by one shard's wide table, not by the cohort.
+    With a distributed ``engine`` (pipeline.engine) each shard is a task on its workers
+    (DuckDB there, over the same events parquet)."""
     events_path = Path(stage_in) / "events.parquet"
-    con = connect(temp_dir=out_dir)
     if codes is None:
+        con = connect(temp_dir=out_dir)
         codes = choose_codes(events_path, cohort, cfg, con, stage_in=stage_in)
+        con.close()
     write_json({"codes": codes, "aggregations": list(cfg.aggregations)}, out_dir / "codes.json")
-    con.register("kept", pd.DataFrame({"code": [c for c in codes if c.startswith(MEASUREMENTS)] or ["<none>"]}))
-    ranges = pd.DataFrame([(k, lo, hi) for k, (lo, hi) in PLAUSIBLE.items()], columns=["code", "lo", "hi"])
-    con.register("ranges", ranges)
     ordered = cohort.sort_values("hadm_id", kind="stable")
+    shards = [ordered.iloc[s:s + shard_rows] for s in range(0, max(len(ordered), 1), shard_rows)]
     n_with = 0
     with ParquetShardWriter(out_dir / "features.parquet") as out:
-        for start in range(0, max(len(ordered), 1), shard_rows):
-            feats = _featurize_shard(con, ordered.iloc[start:start + shard_rows], Path(stage_in), cfg, codes)
+        for feats in map_frames(_shard_features, shards, engine, out_dir / ".shards", events_path=str(events_path),
+                                cfg=cfg, codes=codes, temp_dir=str(out_dir)):
             counts = [c for c in feats.columns if c.endswith("__count")]
             n_with += int(feats[counts].sum(axis=1).gt(0).sum()) if counts else 0
             out.write(feats)
-    con.close()
     return {"codes": len(codes), "rows": int(cohort["hadm_id"].nunique()), "rows_with_events": n_with,
             "shards": -(-len(ordered) // shard_rows), "availability": cfg.availability}
+
+
+def _shard_features(shard: pd.DataFrame, events_path: str, cfg: EHRConfig, codes: list[str],
+                    temp_dir: str) -> pd.DataFrame:
+    """One shard's features, on a DuckDB connection of its own (so it can run on any worker)."""
+    con = connect(temp_dir=Path(temp_dir))
+    try:
+        con.register("kept", pd.DataFrame({"code": [c for c in codes if c.startswith(MEASUREMENTS)] or ["<none>"]}))
+        ranges = pd.DataFrame([(k, lo, hi) for k, (lo, hi) in PLAUSIBLE.items()], columns=["code", "lo", "hi"])
+        con.register("ranges", ranges)
+        return _featurize_shard(con, shard, Path(events_path).parent, cfg, codes)
+    finally:
+        con.close()
 
 
 def _featurize_shard(con, shard: pd.DataFrame, stage_in: Path, cfg: EHRConfig, codes: list[str]) -> pd.DataFrame:

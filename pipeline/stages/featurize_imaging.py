@@ -106,10 +106,36 @@ def _load_all(tasks: list[tuple[str, int]], pool) -> list:
 
 
 def featurize_imaging(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ImagingConfig, out_dir: Path,
-                      quarantine: Quarantine, n_jobs: int = 2, encoder=None) -> dict:
+                      quarantine: Quarantine, n_jobs: int = 2, encoder=None, engine=None) -> dict:
     """Write ``features.parquet`` and ``images.npy`` into ``out_dir``; return counts.
     With ``cfg.encoder == 'cnn'`` also ``imaging__cnn_risk`` from the image CNN
-    (``encoder``: a fitted one when scoring; None fits one here and saves ``encoder/``)."""
+    (``encoder``: a fitted one when scoring; None fits one here and saves ``encoder/``).
+    A distributed ``engine`` (pipeline.engine) decodes the images over shards of subjects on
+    its workers and merges the shards; the CNN then runs here on the merged images."""
+    out_dir = Path(out_dir)
+    if engine is not None and engine.distributed:
+        from functools import partial
+
+        from pipeline.engine import sharded_stage
+        counts = sharded_stage(partial(decode_images, cfg=cfg, n_jobs=1), cohort, {"index": index}, out_dir,
+                               quarantine, engine, arrays=("images.npy",), sort_by_hadm=True)
+    else:
+        counts = decode_images(cohort, index, cfg, out_dir, quarantine, n_jobs)
+    cnn_fitted = False
+    if cfg.encoder == "cnn" and counts["rows"]:
+        from pipeline.stages.image_cnn import cnn_feature
+        feats = pd.read_parquet(out_dir / "features.parquet")
+        risk, cnn_fitted = cnn_feature(cohort, feats["hadm_id"].to_numpy(),
+                                       np.load(out_dir / "images.npy", mmap_mode="r"), cfg, encoder, out_dir)
+        feats["imaging__cnn_risk"] = risk.astype("float64")
+        write_parquet(feats, out_dir / "features.parquet")
+    return {**counts, "cnn_fitted_here": cnn_fitted}
+
+
+def decode_images(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ImagingConfig, out_dir: Path,
+                  quarantine: Quarantine, n_jobs: int = 2) -> dict:
+    """The chosen image of each admission: ``features.parquet`` (statistics, hadm_id order)
+    and ``images.npy``; return counts."""
     out_dir = Path(out_dir)
     cand = select_images(cohort, index, cfg)
     pending = [(int(h), g.reset_index(drop=True)) for h, g in cand.groupby("hadm_id", sort=True)]
@@ -159,13 +185,7 @@ def featurize_imaging(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ImagingCon
     del imgs, slots
     os.replace(tmp, out_dir / "images.npy")
     scratch.unlink(missing_ok=True)
-    cnn_fitted = False
-    if cfg.encoder == "cnn" and hadms:
-        from pipeline.stages.image_cnn import cnn_feature
-        risk, cnn_fitted = cnn_feature(cohort, np.asarray(hadms), np.load(out_dir / "images.npy", mmap_mode="r"),
-                                       cfg, encoder, out_dir)
-        feats["imaging__cnn_risk"] = risk.astype("float64")
     write_parquet(feats, out_dir / "features.parquet")
     return {"candidates": len(cand), "images_tried": n_tried, "rows": len(hadms),
             "quarantined_images": n_bad,
-            "non_frontal_used": int(sum(not chosen[h]["frontal"] for h in hadms)), "cnn_fitted_here": cnn_fitted}
+            "non_frontal_used": int(sum(not chosen[h]["frontal"] for h in hadms))}

@@ -416,15 +416,20 @@ def _text_risk(encoder, fitted_here: bool, docs: list[str], hadms: np.ndarray, c
     return cross_fit_feature(TextRiskModel(), docs, hadms, cohort, out_dir / "encoder" / "text_risk")
 
 
+def _encode(texts: list[str], encoder) -> np.ndarray:
+    return encoder.transform(texts)
+
+
 def featurize_notes(cohort: pd.DataFrame, notes: pd.DataFrame, cfg: NotesConfig, out_dir: Path,
-                    quarantine: Quarantine, encoder=None) -> dict:
+                    quarantine: Quarantine, encoder=None, engine=None) -> dict:
     """Write ``features.parquet`` (and, when the encoder is fitted here, ``encoder/``)
     into ``out_dir``; return counts for the manifest.
 
     ``encoder=None``: fit one per ``cfg.encoder`` (TF-IDF on train-split admissions only)
     and save it to ``out_dir/encoder``; otherwise use the given fitted encoder (scoring).
     MiniLM embeddings are cached in ``out_dir.parent/notes_cache`` (content-addressed by
-    model and chunk text, so it outlives a rerun of the stage).
+    model and chunk text, so it outlives a rerun of the stage).  A distributed ``engine``
+    (pipeline.engine) encodes the chunks in blocks on its workers.
     """
     out_dir = Path(out_dir)
     fitted_here = encoder is None
@@ -464,7 +469,13 @@ def featurize_notes(cohort: pd.DataFrame, notes: pd.DataFrame, cfg: NotesConfig,
         encoder.save(out_dir / "encoder")
     if not hasattr(encoder, "dim_"):
         raise DataError("the notes encoder given is not fitted", field="notes", hint="fit it or load a saved one")
-    emb = encoder.transform(texts) if texts else np.zeros((0, encoder.dim_), np.float32)
+    if texts and engine is not None and engine.distributed:
+        from pipeline.engine import map_arrays
+        shipped = copy.copy(encoder)
+        shipped.model_ = None   # a worker loads the text model itself, from the same local path
+        emb = map_arrays(_encode, texts, engine, out_dir / ".shards", engine.shard_rows, encoder=shipped)
+    else:
+        emb = encoder.transform(texts) if texts else np.zeros((0, encoder.dim_), np.float32)
     cols = [f"notes__{i}" for i in range(encoder.dim_)]
     # chunks -> note (mean), notes -> admission (mean)
     by_note = pd.DataFrame(emb.astype(np.float64), columns=cols).groupby(np.asarray(note_of, dtype=np.int64)).mean()
