@@ -175,7 +175,7 @@ QUARANTINED = {
     "ehr: non-numeric chart value": ("EHR", "chartevents.csv.gz", "valuenum", "non-numeric value", "line 2"),
     "ehr: exact duplicate rows": ("EHR", "labevents.csv.gz", "row", "exact duplicate row (dropped) of line 6", ""),
     "ehr: conflicting duplicate": ("EHR", "labevents.csv.gz", "valuenum", "conflicting duplicate", ""),
-    "ehr: event after death": ("EHR", "labevents", "time", "event after death", "subject_id="),
+    "ehr: event after death": ("EHR", "labevents.csv.gz", "time", "event after death", "subject_id="),
     "wfdb: signal file truncated": ("WFDB", ".dat", "sig_len", "hold 3.3 s of the 10.0 s", "record_list.csv line 2"),
     "wfdb: header signal count wrong": ("WFDB", ".hea", "n_sig", "declares 11", "record_list.csv line 3"),
     "wfdb: signal file missing": ("WFDB", ".dat", "file_name", "signal file missing", "record_list.csv line 4"),

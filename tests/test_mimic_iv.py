@@ -134,3 +134,4 @@ def test_events_after_death_are_quarantined(tmp_path):
     assert info["events_after_death"] == 1
     assert len(pd.read_parquet(tmp_path / "out" / "events.parquet")) == 5
     assert "event after death" in q.rows[0].reason and "subject_id=2" in q.rows[0].row
+    assert str(q.rows[0].file).endswith("labevents.csv.gz")   # the user's own file, not the events artifact

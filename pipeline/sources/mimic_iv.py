@@ -346,9 +346,11 @@ def read_codes(root: Path, con=None) -> pd.DataFrame:
 
 
 def drop_events_after_death(out_dir: Path, patients: pd.DataFrame, admissions: pd.DataFrame, q: Quarantine,
-                            source: str = SOURCE, con=None) -> int:
+                            source: str = SOURCE, con=None, files: dict[str, Path] | None = None) -> int:
     """Events timestamped more than a day after the subject's death are recording errors:
-    quarantined (listed up to a cap, then counted) and removed from events.parquet."""
+    quarantined (listed up to a cap, then counted) and removed from events.parquet.  ``files``
+    maps an event's source table to the user's file, which the quarantine rows then name."""
+    files = files or {}
     events = Path(out_dir) / "events.parquet"
     death = pd.concat([admissions[["subject_id", "deathtime"]].rename(columns={"deathtime": "death"}),
                        patients[["subject_id", "dod"]].rename(columns={"dod": "death"})]).dropna()
@@ -363,9 +365,10 @@ def drop_events_after_death(out_dir: Path, patients: pd.DataFrame, admissions: p
     if n:
         for sid, t, code, src in con.execute(f"SELECT subject_id, time, code, source FROM ({late}) "
                                              f"ORDER BY subject_id, time LIMIT {MAX_LISTED_BAD_ROWS}").fetchall():
-            q.add(source, src, f"subject_id={sid} time={t}", "time", f"event after death ({code})")
+            q.add(source, files.get(src, src), f"subject_id={sid} time={t}", "time", f"event after death ({code})")
         if n > MAX_LISTED_BAD_ROWS:
-            q.add(source, "events", None, "time", f"{n - MAX_LISTED_BAD_ROWS} more events after death")
+            q.add(source, ", ".join(str(f) for f in files.values()) or "events", None, "time",
+                  f"{n - MAX_LISTED_BAD_ROWS} more events after death")
         tmp = events.with_name(".events.alive.tmp.parquet")
         con.execute(f"COPY (SELECT e.* FROM read_parquet('{events}') e LEFT JOIN death d USING (subject_id) "
                     f"WHERE d.death IS NULL OR e.time <= d.death + INTERVAL 1 DAY) TO '{tmp}' (FORMAT parquet)").fetchall()
@@ -389,7 +392,9 @@ def ingest_mimic_iv(root: Path, out_dir: Path, q: Quarantine) -> dict:
         tables_absent.append("icustays")
     write_parquet(read_codes(root), out_dir / "codes.parquet", CODES)
     info = ingest_events(root, out_dir, q)
-    info["events_after_death"] = drop_events_after_death(out_dir, patients, admissions, q)
+    tables = {t: table_path(root, t) for t in info.get("event_tables_found", [])}
+    info["events_after_death"] = drop_events_after_death(out_dir, patients, admissions, q,
+                                                         files={t: p for t, p in tables.items() if p is not None})
     info["tables_absent"] = tables_absent + info.pop("event_tables_absent")
     info["version_hint"] = "1.0 (core/)" if (root / "core").exists() else "2.x/3.x (hosp/)"
     return info
