@@ -103,7 +103,7 @@ def inspect_mimic(root: Path) -> dict:
         if icu is not None:
             out["id_consistency"]["icustays_hadm_not_in_admissions"] = int(
                 (~icu.hadm_id.dropna().isin(adm.hadm_id)).sum())
-        _event_checks(root, q, out)
+        _event_checks(root, q, out, adm)
         out["bad_rows"] = [r.__dict__ for r in q.rows[:200]]
         out["bad_row_count"] = len(q)
         out["bad_row_kinds"] = q.counts()
@@ -112,14 +112,18 @@ def inspect_mimic(root: Path) -> dict:
     return out
 
 
-def _event_checks(root: Path, q: Quarantine, out: dict) -> None:
+def _event_checks(root: Path, q: Quarantine, out: dict, admissions) -> None:
     """The event tables go through the same ingest as a run (into a scratch folder that is
-    deleted): non-numeric values, duplicates, unknown units, bad ids and times, each named
-    by the user's file and line, exactly as a run would quarantine them."""
+    deleted, beside the admissions a run keeps, which the code tables join): non-numeric
+    values, duplicates, unknown units, bad ids and times, each named by the user's file and
+    line, exactly as a run would quarantine them."""
     import tempfile
 
+    from data_schemas.tables import ADMISSIONS
+    from pipeline.artifacts import write_parquet
     from pipeline.sources.mimic_iv import ingest_events
     with tempfile.TemporaryDirectory(prefix="mmpipe-inspect-") as tmp:
+        write_parquet(admissions, Path(tmp) / "admissions.parquet", ADMISSIONS)
         info = ingest_events(root, Path(tmp), q)
     out["event_checks"] = {k: info.get(k) for k in ("event_rows", "event_bad_rows", "raw_checks",
                                                     "unit_converted", "unit_unknown_dropped")}

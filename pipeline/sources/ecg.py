@@ -49,20 +49,11 @@ from scipy import signal as sps
 
 from data_schemas.modalities import ECG_INDEX
 from pipeline.errors import DataError, Quarantine
+from pipeline.sources.ecg_leads import (LEAD_INDEX, STANDARD_LEADS, _VOLT_UNITS, Issue,  # noqa: F401
+                                        _lead_key, _map_signals, map_lead)
 from pipeline.sources.raw_checks import inside_root
 
 SOURCE = "ecg"
-STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
-LEAD_INDEX = {name: i for i, name in enumerate(STANDARD_LEADS)}
-
-_LEAD_KEYS = {name.lower(): name for name in STANDARD_LEADS}
-_LEAD_KEYS.update({"mli": "I", "mlii": "II", "mliii": "III", "di": "I", "dii": "II", "diii": "III",
-                   "d1": "I", "d2": "II", "d3": "III", "mcl1": "V1"})
-# aliases that stand in for a lead without being it: used, with a warn reason
-_APPROXIMATE = {"mcl1": "modified chest lead MCL1 used as V1 (a bipolar approximation of V1)"}
-# names that are an ECG lead of unknown position: ignored, with this reason
-_UNPLACED = {"v": "a precordial lead of unknown position (V1..V6?)"}
-
 # WFDB signal formats: bytes per sample, digital range, and the invalid-sample (NaN) code.
 # https://www.physionet.org/physiotools/wag/signal-5.htm
 _BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5,
@@ -70,30 +61,12 @@ _BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160":
 _FMT_BITS = {"8": 8, "16": 16, "24": 24, "32": 32, "61": 16, "80": 8, "160": 16, "212": 12, "310": 10,
              "311": 10, "508": 8, "516": 16, "524": 24}
 _NO_INVALID_CODE = {"8"}          # format 8 stores differences; it has no invalid-sample code
-_VOLT_UNITS = {"mv": 1.0, "": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nv": 1e-6}
 
 FLAT_MV = 0.01                    # a lead with std below this (mV) is flat / lead off
 HIGHPASS_HZ = 0.5
 SATURATION_AT_LIMIT_S = 0.04      # run length at a digital limit that counts as saturation
 SATURATION_PLATEAU_S = 0.08       # run length at the lead's own extreme (away from its median)
 PLATEAU_MIN_MV = 0.3
-
-
-def _lead_key(name: str) -> str:
-    return re.sub(r"^lead[\s_\-]*", "", name.strip().lower()).replace(" ", "")
-
-
-def map_lead(name: str) -> str | None:
-    """The standard lead a signal name stands for, or None ('MLII' -> 'II', 'avr' -> 'aVR',
-    'MCL1' -> 'V1', 'V' -> None)."""
-    return _LEAD_KEYS.get(_lead_key(name))
-
-
-@dataclass(frozen=True)
-class Issue:
-    severity: str   # "info" | "warn" | "bad"
-    field: str      # what is wrong: "fs", "length", "leads", "lead:V1", "units", "signal_file"
-    text: str
 
 
 @dataclass
@@ -314,34 +287,6 @@ def _record_line(hea: Path) -> tuple[float, int] | None:
     except (IndexError, ValueError, OSError):
         return None
     return None
-
-
-def _map_signals(hdr) -> tuple[list[int], list[str], list[str], list[Issue]]:
-    """Channels that map to standard leads (first occurrence wins), their leads, the ignored names."""
-    chans, leads, ignored, dupes, issues = [], [], [], [], []
-    for c, name in enumerate(hdr.sig_name):
-        lead = map_lead(name or "")
-        key = _lead_key(name or "")
-        if key in _UNPLACED:
-            issues.append(Issue("info", "leads", f"signal {name} ignored: {_UNPLACED[key]}"))
-        elif lead is not None and key in _APPROXIMATE and lead not in leads:
-            issues.append(Issue("warn", f"lead:{lead}", _APPROXIMATE[key]))
-        unit = (hdr.units[c] if hdr.units else "") or ""
-        if lead is not None and unit.strip().lower() not in _VOLT_UNITS:
-            issues.append(Issue("info", "units", f"signal {name} has units {unit!r}, not a voltage: ignored"))
-            lead = None
-        if lead is None:
-            ignored.append(name)
-        elif lead in leads:
-            ignored.append(name)
-            dupes.append(name)
-        else:
-            chans.append(c)
-            leads.append(lead)
-    if ignored:
-        issues.append(Issue("info", "leads", "ignored signals: " + ", ".join(ignored)
-                            + (f" (duplicates of mapped leads: {', '.join(dupes)})" if dupes else "")))
-    return chans, leads, ignored, issues
 
 
 def _read(path: Path, seconds: float):

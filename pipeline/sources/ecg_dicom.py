@@ -150,7 +150,7 @@ def _pick_group(ds, path: Path) -> tuple[int, str]:
 def read_dicom_ecg(path: Path, seconds: float):
     """The ``_read`` tuple of ``pipeline.sources.ecg`` for a DICOM ECG:
     (header, sig_len, digital samples of the mapped channels or None, chans, leads, ignored, issues)."""
-    from pipeline.sources.ecg import Issue, _map_signals
+    from pipeline.sources.ecg_leads import Issue, _map_signals
     path = Path(path)
     if not path.exists():
         raise DataError("DICOM ECG file not found", file=path, field="path")

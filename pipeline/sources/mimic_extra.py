@@ -144,7 +144,8 @@ def _codes_part(scan: str, adm: str, kind: str, with_cmb: bool) -> str:
     if with_cmb:
         out += (" UNION ALL SELECT DISTINCT subject_id, hadm_id, time, m.code, 1.0, NULL, raw_time, NULL, "
                 f"'hadm_id=' || raw_time, known_time FROM ({src}) s JOIN cmb_map m "
-                "ON s.icd_code = m.icd_code AND s.icd_version = m.icd_version")
+                "ON s.icd_code = m.icd_code AND s.icd_version = m.icd_version "
+                "WHERE s.time IS NOT NULL")   # a code row without its admission is quarantined once, above
     return out
 
 

@@ -23,6 +23,8 @@ from pipeline.sources.tables import find_table
 from pipeline.sources.units import harmonise_units
 
 SOURCE = "mimic_iv"
+# code tables: a row's time and known_time come from its admission (admittime, dischtime)
+CODED_AT_DISCHARGE = ("diagnoses_icd", "procedures_icd")
 MAX_LISTED_BAD_ROWS = 200  # per table and field; the rest are counted in one summary row
 
 # Unit harmonisation: chart item in Fahrenheit -> the Celsius item.
@@ -236,7 +238,10 @@ def connect(memory_limit: str = "1GB", threads: int = 2, temp_dir: Path | None =
     con.execute(f"SET memory_limit='{memory_limit}'")
     con.execute(f"SET threads={int(threads)}")
     con.execute("SET preserve_insertion_order=false")
-    con.execute("SET enable_progress_bar=false")
+    try:   # no progress bar on a terminal; in a notebook duckdb refuses the setting without ipywidgets
+        con.execute("SET enable_progress_bar=false")
+    except duckdb.InvalidInputException:
+        pass
     if temp_dir is not None:
         con.execute(f"SET temp_directory='{temp_dir}'")
     return con
@@ -301,7 +306,8 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
         if n_bad:
             for ref, field in con.execute(f"SELECT bad_ref, bad_field FROM {staged} WHERE {where} "
                                           f"LIMIT {MAX_LISTED_BAD_ROWS}").fetchall():
-                q.add(SOURCE, path, ref, field, "unparseable id or timestamp")
+                q.add(SOURCE, path, ref, field, "admission not in admissions (absent or quarantined there)"
+                      if table in CODED_AT_DISCHARGE and field == "time" else "unparseable id or timestamp")
             if n_bad > MAX_LISTED_BAD_ROWS:
                 q.add(SOURCE, path, None, "", f"{n_bad - MAX_LISTED_BAD_ROWS} more rows with unparseable id or time")
         counts[table] = n_bad
