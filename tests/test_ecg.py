@@ -441,3 +441,28 @@ def test_featurize_with_no_usable_record_writes_empty_outputs(stage_inputs, tmp_
     assert len(feats) == 0 and "ecg__hr" in feats.columns
     assert np.load(tmp_path / "waveforms.npy").shape == (0, 12, 5000)
     assert np.load(tmp_path / "lead_mask.npy").shape == (0, 12)
+
+
+def test_a_signal_file_symlinked_out_of_the_ecg_folder_is_refused(tmp_path):
+    """The record and its header lie inside ROOT but the .dat is a link to a file elsewhere:
+    the listed record is quarantined naming the signal file, the good record is kept."""
+    import os
+
+    from pipeline.sources.ecg import read_record_list
+    root, outside = tmp_path / "ecg", tmp_path / "elsewhere"
+    t = np.linspace(0, 10, 5000)
+    for name in ("good", "linked"):
+        (root / "files" / name).mkdir(parents=True)
+        wfdb.wrsamp(name, fs=500, units=["mV"] * 2, sig_name=["I", "II"], fmt=["16"] * 2,
+                    p_signal=np.stack([np.sin(2 * np.pi * 1.1 * t)] * 2, axis=1),
+                    write_dir=str(root / "files" / name))
+    outside.mkdir()
+    shutil.move(root / "files" / "linked" / "linked.dat", outside / "linked.dat")
+    os.symlink(outside / "linked.dat", root / "files" / "linked" / "linked.dat")
+    pd.DataFrame({"subject_id": [1, 2], "study_id": [10, 20], "ecg_time": ["2100-01-01 00:00:00"] * 2,
+                  "path": ["files/good/good", "files/linked/linked"]}).to_csv(root / "record_list.csv", index=False)
+    q = Quarantine()
+    idx = read_record_list(root, q)
+    assert idx["study_id"].tolist() == [10]
+    assert len(q) == 1 and q.rows[0].field == "file_name" and "resolves outside" in q.rows[0].reason
+    assert str(q.rows[0].file).endswith("linked.dat") and "study_id=20" in str(q.rows[0].row)

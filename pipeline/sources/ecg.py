@@ -36,6 +36,7 @@ Policy (what ``load_ecg`` does with an imperfect record):
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -166,6 +167,8 @@ def read_record_list(ecg_root: Path, quarantine: Quarantine) -> pd.DataFrame:
             else:
                 full[i] = str(inside_root(ecg_root, rel.iloc[i], field="path", suffixes=(".hea",)))
                 check_record_files(Path(full[i]))
+                for f in signal_files(Path(full[i])):   # named by the header: no '..', no symlink out either
+                    inside_root(ecg_root, os.path.relpath(f, ecg_root), field="file_name")
         except DataError as e:
             quarantine.add(SOURCE, e.file or path, f"study_id={study} ({path.name} line {int(line[i])})",
                            e.field or "path", e.reason)
@@ -206,6 +209,13 @@ def check_record_files(path: Path) -> None:
     hdr = _read_header(path)    # wfdb's parse: names the signals (a missing file of ignored ones is fine)
     mapped = [map_lead(n or "") is not None for n in hdr.sig_name]
     _check_signal_files(hdr, int(hdr.sig_len or 0), path, mapped)
+
+
+def signal_files(path: Path) -> list[Path]:
+    """The signal files a record's header names (beside its .hea), each once."""
+    light = _light_header(_header_path(path))
+    names = [sig[0] for sig in light[2]] if light is not None else list(_read_header(path).file_name or [])
+    return [Path(path).parent / n for n in dict.fromkeys(names) if n != "~"]
 
 
 def _light_header_fits(path: Path, light) -> bool:
