@@ -123,15 +123,22 @@ def checked_scan(con, table: str, path: Path, q: Quarantine, source: str) -> Raw
         if "_line" in cols or "_dup" in cols:
             raise DataError("a column is named _line or _dup (reserved for line numbers)", file=path, field="_line")
         every = ", ".join(_q(c) for c in cols)
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE {rel} AS SELECT *, rowid + 2 AS _line,
-            row_number() OVER (PARTITION BY {every} ORDER BY rowid) > 1 AS _dup FROM {rel}_in ORDER BY _line""")
+        # a plain projection keeps the file's order (rowid = line - 2); no window over the whole file
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {rel} AS SELECT *, rowid + 2 AS _line, FALSE AS _dup "
+                    f"FROM {rel}_in")
         con.execute(f"DROP TABLE {rel}_in")
     finally:
         con.execute(f"SET preserve_insertion_order={'true' if str(order).lower() == 'true' else 'false'}")
     counts = {}
+    # Exact duplicates: only rows whose whole-row hash repeats are candidates (a hash aggregate over
+    # the file); among them equality is decided on the columns themselves, so the result is exact.
+    dups = f"(SELECT * FROM {rel} WHERE hash({every}) IN " \
+           f"(SELECT hash({every}) h FROM {rel} GROUP BY h HAVING count(*) > 1))"
+    con.execute(f"UPDATE {rel} SET _dup = TRUE WHERE _line IN (SELECT _line FROM {dups} "
+                f"QUALIFY row_number() OVER (PARTITION BY {every} ORDER BY _line) > 1)")
     counts["exact_duplicates"] = _listed(
         con, q, source, path,
-        f"SELECT _line, first_value(_line) OVER (PARTITION BY {every} ORDER BY _line) FROM {rel} QUALIFY _dup",
+        f"SELECT _line, first_value(_line) OVER (PARTITION BY {every} ORDER BY _line) FROM {dups} QUALIFY _dup",
         "row", lambda r: "exact duplicate row (dropped)" + (f" of line {r[1]}" if r else ""))
     for col in (c for c in numeric if c in cols):
         counts[f"non_numeric_{col}"] = _listed(
@@ -145,9 +152,12 @@ def checked_scan(con, table: str, path: Path, q: Quarantine, source: str) -> Raw
         k = ", ".join(_q(c) for c in key)
         differ = " OR ".join(f"min(TRY_CAST({_q(c)} AS DOUBLE)) OVER (PARTITION BY {k}) <> "
                              f"max(TRY_CAST({_q(c)} AS DOUBLE)) OVER (PARTITION BY {k})" for c in value)
+        # candidates: rows whose key hash repeats; the windows then decide exactly among them
+        same_key = f"(SELECT * FROM {rel} WHERE NOT _dup AND hash({k}) IN " \
+                   f"(SELECT hash({k}) h FROM {rel} WHERE NOT _dup GROUP BY h HAVING count(*) > 1))"
         counts["conflicting_duplicates"] = _listed(
             con, q, source, path,
-            f"SELECT _line, first_value(_line) OVER w FROM (SELECT * FROM {rel} WHERE NOT _dup) "
+            f"SELECT _line, first_value(_line) OVER w FROM {same_key} "
             f"WINDOW w AS (PARTITION BY {k} ORDER BY _line) "
             f"QUALIFY ({differ}) AND row_number() OVER w > 1",
             value[0], lambda r: f"conflicting duplicate: same {', '.join(key)} as line {r[1]}, another value "
