@@ -54,53 +54,41 @@ def _no_silent_loss(n_in: int, out: pd.DataFrame, q: Quarantine, file: Path) -> 
     assert all(r.file == str(file) or r.file.endswith(file.name) for r in q.rows)
 
 
+def _read_small_table(reader, df: pd.DataFrame, file: str, name: str) -> None:
+    """Write ``df`` as ROOT/``file`` and read it: a named DataError, or every row kept or quarantined."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / file
+        path.parent.mkdir()
+        df.to_parquet(path) if path.suffix == ".parquet" else df.to_csv(path, index=False)
+        q = Quarantine()
+        try:
+            out = reader(Path(d), q)
+        except DataError as e:
+            assert e.file and name in e.file
+            return
+        _no_silent_loss(len(df), out, q, path)
+
+
 @FUZZ
 @given(df=table(*TABLES["patients"]))
 def test_patients_reader(df):
     from pipeline.sources.mimic_iv import read_patients
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "hosp").mkdir()
-        df.to_csv(Path(d) / "hosp" / "patients.csv", index=False)
-        q = Quarantine()
-        try:
-            out = read_patients(Path(d), q)
-        except DataError as e:
-            assert e.file and "patients.csv" in e.file
-            return
-        _no_silent_loss(len(df), out, q, Path(d) / "hosp" / "patients.csv")
+    _read_small_table(read_patients, df, "hosp/patients.csv", "patients.csv")
 
 
 @FUZZ
 @given(df=table(*TABLES["admissions"]))
 def test_admissions_reader(df):
     from pipeline.sources.mimic_iv import read_admissions
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "hosp").mkdir()
-        df.to_parquet(Path(d) / "hosp" / "admissions.parquet") if len(df.columns) % 2 else \
-            df.to_csv(Path(d) / "hosp" / "admissions.csv.gz", index=False)
-        q = Quarantine()
-        try:
-            out = read_admissions(Path(d), q)
-        except DataError as e:
-            assert e.file and "admissions" in e.file
-            return
-        _no_silent_loss(len(df), out, q, next((Path(d) / "hosp").iterdir()))
+    file = "hosp/admissions.parquet" if len(df.columns) % 2 else "hosp/admissions.csv.gz"
+    _read_small_table(read_admissions, df, file, "admissions")
 
 
 @FUZZ
 @given(df=table(*TABLES["icustays"]))
 def test_icustays_reader(df):
     from pipeline.sources.mimic_iv import read_icustays
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "icu").mkdir()
-        df.to_csv(Path(d) / "icu" / "icustays.csv", index=False)
-        q = Quarantine()
-        try:
-            out = read_icustays(Path(d), q)
-        except DataError as e:
-            assert e.file and "icustays.csv" in e.file
-            return
-        _no_silent_loss(len(df), out, q, Path(d) / "icu" / "icustays.csv")
+    _read_small_table(read_icustays, df, "icu/icustays.csv", "icustays.csv")
 
 
 @FUZZ
