@@ -52,6 +52,7 @@ from data_schemas.modalities import ECG_INDEX
 from pipeline.errors import DataError, Quarantine
 from pipeline.sources.ecg_leads import (LEAD_INDEX, STANDARD_LEADS, _VOLT_UNITS, Issue,  # noqa: F401
                                         _lead_key, _map_signals, map_lead)
+from pipeline.sources import wfdb_plain
 from pipeline.sources.raw_checks import inside_root
 
 SOURCE = "ecg"
@@ -308,6 +309,9 @@ def _read(path: Path, seconds: float):
     """
     hea = _header_path(path)
     line = _record_line(hea)
+    plain = _read_plain(path, hea, line, seconds)
+    if plain is not None:
+        return plain
     hdr = d = None
     if line is not None:
         fs_line, sig_len = line
@@ -341,6 +345,28 @@ def _read(path: Path, seconds: float):
     if d.ndim != 2 or d.shape[1] != len(chans):
         raise DataError(f"signal data has shape {d.shape}, expected (samples, {len(chans)})",
                         file=path.parent / hdr.file_name[chans[0]], field="signal")
+    return hdr, sig_len, d, chans, leads, ignored, issues
+
+
+def _read_plain(path: Path, hea: Path, line: tuple[float, int] | None, seconds: float):
+    """``_read`` for a plain record (see ``pipeline.sources.wfdb_plain``): one header parse,
+    the same checks, samples decoded by numpy; None when the record is not plain (before
+    anything is read), and ``_read`` then goes through wfdb (which raises what the checks here
+    would raise: they are the same checks on the same fields)."""
+    hdr = wfdb_plain.read_header(hea)
+    if hdr is None or line is None or line != (float(hdr.fs), hdr.sig_len):
+        return None
+    if not wfdb_plain.is_plain(hdr):
+        return None
+    sig_len = hdr.sig_len
+    _check_header(hdr, hea)
+    chans, leads, ignored, issues = _map_signals(hdr)
+    issues += _check_signal_files(hdr, sig_len, path, [c in chans for c in range(hdr.n_sig)])
+    d = None
+    if chans:
+        d = wfdb_plain.read_digital(hdr, path.parent, chans, min(sig_len, math.ceil(seconds * float(hdr.fs))))
+        if d is None:     # a file shorter than its header says (the checks above name that first)
+            return None
     return hdr, sig_len, d, chans, leads, ignored, issues
 
 
