@@ -54,6 +54,7 @@ from pipeline.sources.ecg_leads import (LEAD_INDEX, STANDARD_LEADS, _VOLT_UNITS,
                                         _lead_key, _map_signals, map_lead)
 from pipeline.sources import wfdb_plain
 from pipeline.sources.raw_checks import inside_root
+from pipeline.sources.zero_phase import ZeroPhase
 
 SOURCE = "ecg"
 # WFDB signal formats: bytes per sample, digital range, and the invalid-sample (NaN) code.
@@ -465,8 +466,8 @@ def _saturation(d: np.ndarray, invalid: np.ndarray, limits: list[set[int]], gain
 
 
 @lru_cache(maxsize=16)
-def _highpass(fs: float):
-    return sps.butter(2, HIGHPASS_HZ, btype="highpass", fs=fs, output="sos")
+def _highpass(fs: float) -> ZeroPhase:
+    return ZeroPhase(sps.butter(2, HIGHPASS_HZ, btype="highpass", fs=fs, output="sos"))
 
 
 def _length_issues(n_total: int, fs_orig: float, seconds: float) -> list[Issue]:
@@ -547,7 +548,7 @@ def load_ecg(path: str | Path, fs: int = 500, seconds: float = 10.0, min_leads: 
     if x.shape[1]:
         x = x - x.mean(axis=0)
         if n > 12:                        # sosfiltfilt needs a few samples beyond its padding
-            x = sps.sosfiltfilt(_highpass(fs_orig), x, axis=0)
+            x = _highpass(fs_orig)(x, axis=0)
     nan_pos = invalid[:, usable]
     if fs_orig != fs:
         issues.append(Issue("warn", "fs", f"resampled from {_fs_text(fs_orig)} Hz to {fs} Hz"))

@@ -55,6 +55,7 @@ from pipeline.config import ECGConfig
 from pipeline.errors import DataError, Quarantine
 from pipeline.progress import track
 from pipeline.sources.ecg import LEAD_INDEX, SOURCE, STANDARD_LEADS, load_ecg
+from pipeline.sources.zero_phase import ZeroPhase
 
 PREFIX = "ecg__"
 FEATURE_NAMES = ("hr", "rr_mean", "rr_std", "sdnn", "rmssd", "rr_cv", "pnn50", "pr", "qrs", "qt", "qtc",
@@ -127,13 +128,13 @@ def _first_run_below(g: np.ndarray, start: int, stop: int, thr: float, hold: int
 
 
 @lru_cache(maxsize=8)
-def _beat_filter(fs: int) -> np.ndarray:
+def _beat_filter(fs: int) -> ZeroPhase:
     """40 Hz low-pass and 50 / 60 Hz notches (mains hum survives the median over a few beats)."""
     sos = [sps.butter(2, min(DELINEATION_LOWPASS_HZ, 0.45 * fs), btype="lowpass", fs=fs, output="sos")]
     for mains in (50.0, 60.0):
         if mains < 0.45 * fs:
             sos.append(sps.tf2sos(*sps.iirnotch(mains, 5.0, fs=fs)))
-    return np.vstack(sos)
+    return ZeroPhase(np.vstack(sos))
 
 
 def _fiducials(tpl: np.ndarray, r: int, fs: int, rr_ms: float, p_lead: int) -> dict[str, int]:
@@ -196,7 +197,7 @@ def _fiducials(tpl: np.ndarray, r: int, fs: int, rr_ms: float, p_lead: int) -> d
 def _delineate(tpl: np.ndarray, r: int, fs: int, rr_ms: float, p_lead: int) -> dict[str, float]:
     """Intervals (ms), ST levels and QRS amplitude (mV) from median beats ``tpl`` [leads, samples]."""
     ms = fs / 1000.0
-    tpl = sps.sosfiltfilt(_beat_filter(fs), tpl, axis=1)            # delineate a low-passed, de-hummed beat
+    tpl = _beat_filter(fs)(tpl, axis=1)                      # delineate a low-passed, de-hummed beat
     pts = _fiducials(tpl, r, fs, rr_ms, p_lead)
     out: dict[str, float] = {}
     if "qrs_on" not in pts:
