@@ -22,6 +22,7 @@ import pandas as pd
 from pipeline.errors import DataError, Quarantine
 
 KINDS = ("local", "dask")
+ALLOCATOR_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 
 @dataclass
@@ -53,8 +54,15 @@ class Engine:
         if self._client is None:
             from dask.distributed import Client, LocalCluster
             if self.scheduler in (None, "local"):
-                self._cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                             dashboard_address=None)
+                import dask
+                # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off
+                # glibc's adaptive mmap threshold: every array over 128 KiB is then a fresh mmap
+                # whose pages fault in zeroed, and the ECG stage (dozens of 0.5 MB arrays per
+                # record) took ~40% more CPU per record (benchmarks/stages_dask.py).  Workers
+                # started here keep glibc's defaults; see README for external clusters.
+                with dask.config.set({ALLOCATOR_KEY: None}):
+                    self._cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                                 dashboard_address=None)
                 self._client = Client(self._cluster)
             else:
                 try:
