@@ -51,7 +51,7 @@ from scipy import signal as sps
 from data_schemas.modalities import ECG_INDEX
 from pipeline.errors import DataError, Quarantine
 from pipeline.sources.ecg_leads import (LEAD_INDEX, STANDARD_LEADS, _VOLT_UNITS, Issue,  # noqa: F401
-                                        _lead_key, _map_signals, map_lead)
+                                        _lead_key, _map_signals, map_lead, unnamed)
 from pipeline.sources import wfdb_plain
 from pipeline.sources.raw_checks import inside_root
 from pipeline.sources.zero_phase import ZeroPhase
@@ -507,7 +507,8 @@ def load_ecg(path: str | Path, fs: int = 500, seconds: float = 10.0, min_leads: 
     if n_total or d is not None:          # (a header may omit the length; then the data tells it)
         issues += _length_issues(n_total, fs_orig, seconds)
     if d is None:
-        issues.append(Issue("bad", "leads", "no mappable ECG lead (signals: " + ", ".join(hdr.sig_name) + ")"))
+        issues.append(Issue("bad", "leads", "no mappable ECG lead (signals: "
+                            + ", ".join(n or unnamed(c) for c, n in enumerate(hdr.sig_name)) + ")"))
         return rec
     d = d[:n_want]
     n = d.shape[0]
