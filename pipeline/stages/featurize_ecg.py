@@ -539,7 +539,7 @@ def _write_outputs(out_dir: Path, rows: list[dict], chosen: list[str], results: 
     results = dict(sorted(results.items()))   # one row per record, in path order
     qc = pd.DataFrame({
         "path": pd.Series(list(results), dtype=object),
-        "study_id": pd.array([meta.at[p, "study_id"] for p in results], dtype="Int64"),
+        "study_id": pd.array(meta["study_id"].reindex(list(results)).to_numpy(object), dtype="Int64"),
         "verdict": [o.verdict for o in results.values()],
         "reasons": [o.reasons for o in results.values()],
         "n_leads": pd.array([o.n_leads for o in results.values()], dtype="int64"),
