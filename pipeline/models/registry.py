@@ -19,9 +19,9 @@ records the kind's name, which scoring loads it by.  The per-modality imputer
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -50,7 +50,7 @@ class TrainingData:
     features: list[str]
     tensors: Callable[[], dict] = dict
 
-    def only(self, modality: str) -> "TrainingData":
+    def only(self, modality: str) -> TrainingData:
         """The same rows with one modality's columns (and mask) only."""
         return TrainingData(self.fit_rows, self.valid_rows, [c for c in self.features if modality_of(c) == modality],
                             self.tensors)
