@@ -98,6 +98,15 @@ def _train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=No
         from pipeline.stages.availability import audit_availability
         leakage.add_availability(audit, audit_availability(prep.cohort, prep.stage_dirs["ingest_ehr"],
                                                            sources.paths["mimic_iv"], cfg.ehr))
+    notes_dir = prep.stage_dirs.get("features_notes")
+    if notes_dir is not None and prep.stage_dirs.get("index_notes") is not None:
+        from pipeline.stages.availability import audit_notes
+        from pipeline.sources.tables import find_table
+        files = [find_table(sources.paths["notes"] / "note", t) for t in cfg.notes.note_types]
+        leakage.add_notes_availability(audit, audit_notes(prep.cohort, notes_dir / "used_notes.parquet",
+                                                          [str(f) for f in files if f is not None],
+                                                          cfg.notes.lookback_hours, out))
+    if "availability" in audit:
         log(f"[leakage] rows held back (charted before the prediction time, available after): "
             f"{leakage.held_back(audit)}")
     write_json(audit, out / "leakage.json")
