@@ -164,7 +164,7 @@ def test_patient_cards_show_waterfall_ecg_and_xray(synth_run):
     assert not re.search(r"notes \d+\s*=", reasons)
     meta = json.loads((synth_run / "model" / "model.json").read_text())
     assert meta["code_labels"]["notes__0"].startswith("notes: ")
-    from pipeline.jobs.train import pretty_namer                 # the score files' reasons use the same names
+    from pipeline.jobs.score import pretty_namer                 # the score files' reasons use the same names
     assert pretty_namer(meta["code_labels"])("notes__0") == meta["code_labels"]["notes__0"]
 
 
