@@ -314,8 +314,8 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     con.execute(f"CREATE OR REPLACE TEMP TABLE unit_counts AS SELECT source, code, "
                 f"replace(lower(coalesce(unit, '')), ' ', '') u, count(*) n FROM {alive} GROUP BY ALL")
     units = plan_units(con, "unit_counts", q, SOURCE, raw)
-    final = (f"SELECT subject_id, hadm_id, time::TIMESTAMP_NS time, code, value, unit, source, "
-             f"known_time::TIMESTAMP_NS known_time FROM ({units_sql(alive)})")
+    final = (f"SELECT subject_id, hadm_id, time::TIMESTAMP_NS time, known_time::TIMESTAMP_NS known_time, code, "
+             f"value, unit, source FROM ({units_sql(alive)})")   # the EVENTS schema's column order
     tmp = out.with_name(".events.parquet.tmp")
     con.execute(f"COPY ({final}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
     stage.unlink()
