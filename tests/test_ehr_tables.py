@@ -211,12 +211,14 @@ def test_a_code_with_a_known_conversion_keeps_its_target_unit_whatever_the_extra
     assert out["known_time"].notna().all()   # extra columns travel through the rewrite
 
 
-def test_line_numbers_hold_deep_in_a_file_read_in_parallel_chunks(tmp_path):
+def test_line_numbers_hold_deep_in_a_file_read_in_parallel_chunks(tmp_path, monkeypatch):
     """A 1M-row labevents.csv (plain, so DuckDB splits it across threads): a bad value, an exact
     duplicate and a conflicting duplicate deep in the file are reported at their true lines, and
-    the rows around them are kept."""
+    the rows around them are kept; the duplicate candidates are found slice by slice."""
     import numpy as np
+    from pipeline.sources import raw_checks
     from pipeline.sources.mimic_iv import connect, ingest_events
+    monkeypatch.setattr(raw_checks, "CANDIDATE_SLICE_ROWS", 300_000)   # 4 slices of the key hashes
     n = 1_000_000
     i = np.arange(n)
     labs = pd.DataFrame({"labevent_id": i, "subject_id": 10 + i % 500, "hadm_id": "", "specimen_id": i,

@@ -26,6 +26,7 @@ from pathlib import Path
 from pipeline.errors import DataError, Quarantine
 
 MAX_LISTED = 200    # rows listed per file and kind of finding; the rest are counted in one row
+CANDIDATE_SLICE_ROWS = 8_000_000   # rows per slice of the duplicate-candidate aggregate
 
 # table: (numeric columns, key columns of one measurement (a value in another unit is not a conflict),
 #         the unit column, the code expression)
@@ -126,8 +127,16 @@ class RawTable:
         file, whole, and the decision among them is made on the columns themselves (exact)."""
         self.stage = stage
         mine = f"(SELECT * FROM {stage} WHERE source = '{self.table}')"
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {self.rel}_cand AS SELECT DISTINCT _line FROM {mine} WHERE _k IN "
-                    f"(SELECT _k FROM {mine} GROUP BY _k HAVING count(DISTINCT _line) > 1)")
+        # repeated key hashes (a raw row may stage several rows: omr's blood pressure), found in
+        # slices of the hash range so that the aggregate's memory does not grow with the table
+        n = con.execute(f"SELECT count(*) FROM {mine}").fetchall()[0][0]
+        slices = max(1, -(-n // CANDIDATE_SLICE_ROWS))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {self.rel}_keys (_k UBIGINT)")
+        for i in range(slices):
+            con.execute(f"INSERT INTO {self.rel}_keys SELECT _k FROM {mine} WHERE _k % {slices} = {i} "
+                        "GROUP BY _k HAVING min(_line) < max(_line)")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {self.rel}_cand AS SELECT DISTINCT _line FROM {mine} "
+                    f"SEMI JOIN {self.rel}_keys USING (_k)")
         con.execute(f"CREATE OR REPLACE TEMP TABLE {self.dropped} (_line BIGINT, first BIGINT)")
         every = ", ".join(_q(c) for c in self.columns)
         cand = f"{self.rel}_rows"
