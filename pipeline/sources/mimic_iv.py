@@ -9,6 +9,7 @@ table size.  Version differences live here: ``ethnicity`` became ``race`` in
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -227,7 +228,7 @@ def _omr_query(scan: str, key: str) -> str:
             "FROM o WHERE result_name LIKE 'Blood Pressure%'")
 
 
-def connect(memory_limit: str = "1GB", threads: int = 2, temp_dir: Path | None = None):
+def connect(memory_limit: str = "512MB", threads: int = 2, temp_dir: Path | None = None):
     con = duckdb.connect()
     con.execute(f"SET memory_limit='{memory_limit}'")
     con.execute(f"SET threads={int(threads)}")
@@ -284,9 +285,10 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     if not parts:
         write_parquet(EVENTS.empty(), out, EVENTS)
         return {**info, "event_rows": 0}
-    stage = out.with_name(".events.stage.parquet")
+    stage = out.with_name(".events.stage")
+    shutil.rmtree(stage, ignore_errors=True)
     _stage(con, parts, raw, stage)
-    staged = f"read_parquet('{stage}')"
+    staged = f"read_parquet('{stage}/*.parquet', union_by_name=true)"
     for rt in raw.values():
         rt.check(con, staged, q, SOURCE)
     dropped = " UNION ALL ".join(f"SELECT '{t}' source, _line FROM {rt.dropped}" for t, rt in raw.items())
@@ -318,7 +320,7 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
              f"value, unit, source FROM ({units_sql(alive)})")   # the EVENTS schema's column order
     tmp = out.with_name(".events.parquet.tmp")
     con.execute(f"COPY ({final}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
-    stage.unlink()
+    shutil.rmtree(stage)
     tmp.replace(out)
     n = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchall()[0][0]
     return {**info, "event_rows": int(n), "event_bad_rows": counts, "raw_checks": {t: r.counts for t, r in raw.items()},
@@ -326,7 +328,7 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
 
 
 def _stage(con, parts: list, raw: dict, stage: Path) -> None:
-    """One pass over every part's file into ``stage``: the usable rows and the bad ones (an
+    """One pass over every part's file into the folder ``stage``: the usable rows and the bad ones (an
     unparseable id or time: ``bad_ref``; a non-numeric value: ``bad_value``), each row of a
     checked table with its ``_line`` and key hash ``_k``.  File order is kept (line numbers)."""
     bad = "subject_id IS NULL OR (time IS NULL AND raw_time IS NOT NULL)"
@@ -343,15 +345,19 @@ def _stage(con, parts: list, raw: dict, stage: Path) -> None:
             f"CASE WHEN subject_id IS NULL THEN 'subject_id' WHEN {bad} THEN 'time' WHEN {nonnum} THEN {field} END "
             f"bad_field, CASE WHEN {nonnum} THEN raw_value END bad_value, {lined} FROM ({sql}) "
             f"WHERE ({bad}) OR {nonnum} OR (time IS NOT NULL AND value IS NOT NULL AND isfinite(value))")
+    # One COPY per part (a UNION ALL in file order would hold later parts in memory while the
+    # first streams); a checked table keeps its file order for row_number() OVER (), the others not.
     order = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
-    con.execute("SET preserve_insertion_order=true")   # row_number() OVER () is the file's line order
+    stage.mkdir()
     try:
-        con.execute(f"COPY ({' UNION ALL '.join(selects)}) TO '{stage}' "
-                    "(FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
-    except duckdb.Error as e:   # a file DuckDB cannot parse: name it
-        bad_file = next((p for t, p, _ in parts if str(p) in str(e)), None)
-        raise DataError(f"cannot read the table ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                        file=bad_file or ", ".join(str(p) for _, p, _ in parts)) from None
+        for i, ((table, path, _), sel) in enumerate(zip(parts, selects)):
+            con.execute(f"SET preserve_insertion_order={'true' if table in raw else 'false'}")
+            try:
+                con.execute(f"COPY ({sel}) TO '{stage / f'{i:02d}.parquet'}' "
+                            "(FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
+            except duckdb.Error as e:   # a file DuckDB cannot parse: name it
+                raise DataError(f"cannot read the table ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                                file=path) from None
     finally:
         con.execute(f"SET preserve_insertion_order={'true' if str(order).lower() == 'true' else 'false'}")
 
