@@ -237,7 +237,10 @@ def extra_parts(root: Path, con, admissions_parquet: Path, table_path, scan, col
         if table == "diagnoses_icd":
             distinct = con.execute(f"SELECT DISTINCT trim(icd_code) icd_code, TRY_CAST(icd_version AS INTEGER) "
                                    f"icd_version FROM {scan(path)}").df()
-            con.register("cmb_map", comorbidity_map(distinct))
+            # a table of the database (not a registered frame), so that every cursor staging in parallel sees it
+            con.register("cmb_map_df", comorbidity_map(distinct))
+            con.execute("CREATE OR REPLACE TABLE cmb_map AS SELECT * FROM cmb_map_df")
+            con.unregister("cmb_map_df")
         parts.append((table, path, _codes_part(scan(path), adm, "dx" if table == "diagnoses_icd" else "px",
                                                table == "diagnoses_icd")))
         found.append(table)
