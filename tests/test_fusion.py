@@ -188,11 +188,15 @@ def test_fused_net_shap_in_first_layer_space_equals_expected_gradients_on_the_fe
     assert np.allclose(exp.values, want, atol=1e-5) and np.abs(want).max() > 1e-3
 
 
-def test_inference_threads_are_set_inside_and_restored_after():
+def test_scoring_and_explaining_use_one_torch_thread_and_restore_the_count(monkeypatch):
     import torch
 
-    from pipeline.models.fusion import torch_threads
-    before = torch.get_num_threads()
-    with torch_threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
+    import pipeline.explain.deep as deep
+    from pipeline.models.fusion import INFERENCE_THREADS
+    X, y, T = _data(n=60)
+    m = FusionNetClassifier(max_epochs=0, ecg_fs=100).fit(X, y, tensors=T).with_tensors(T)
+    torch.set_num_threads(2)
+    seen, real = [], deep.fusion_shap
+    monkeypatch.setattr(deep, "fusion_shap", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    m.explain(X[:5], X)
+    assert INFERENCE_THREADS == 1 and seen == [1] and torch.get_num_threads() == 2
