@@ -10,7 +10,7 @@ the net only through linear layers (each member's first MLP layer and its wide t
 the path runs in those layers' pre-activations (``_lift``: 65 columns per member instead
 of the modality's hundreds of features) and the gradients are mapped back: the same
 values at a fraction of the cost.  On the MIMIC-IV demo's fused net (1,023 features) the
-whole explanation path (these values, exact modality Shapley, reasons) costs about 0.3 ms
+whole explanation path (these values, exact modality Shapley, reasons) costs about 0.2 ms
 of CPU per patient, one torch thread (benchmarks/score.py --fused-sizes; 1.5 ms before the
 lifting), and the mean |additivity error| is 0.0044 log-odds, 0.3% of |f(x) - base|.  Per baseline
 that is integrated gradients, which adds up to f(x) - f(b) up to the midpoint rule, so

@@ -38,9 +38,9 @@ from pipeline.stages.align import mask_col, modality_of
 
 WAVE_FS = 100  # the CNN sees ECGs decimated to 100 Hz
 # Scoring and explaining run the net on small matrices (a few dozen columns once the first
-# layer is applied), where a second OpenMP thread mostly synchronises: on the shared, loaded
-# 2-core machine scoring with explanations took 2.2-3.6x the CPU with 2 threads and was no faster
-# in wall time (benchmarks/score.py --fused-threads 1,2).  One thread also leaves the other core to a second
+# layer is applied), where a second OpenMP thread mostly synchronises: on the shared 2-core
+# machine scoring with explanations took 2.2-3.6x the CPU with 2 threads and was slower in wall
+# time (10,000 patients: 1,592/s against 4,897/s; benchmarks/score.py --fused-threads 1,2).  One thread also leaves the other core to a second
 # scoring worker.
 INFERENCE_THREADS = 1
 
