@@ -67,18 +67,33 @@ def variant(base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
-def write_mimic_layout(root: Path, n: int, seed: int) -> None:
+def write_mimic_layout(root: Path, n: int, seed: int, distinct: int | None = None) -> None:
+    """n records, one subject each.  With ``distinct`` (< n), only that many are simulated and
+    record i >= distinct is a copy of record i % distinct under its own subject, study and file
+    names (header and signal file copied, the header's record and file names rewritten): every
+    record is still its own pair of files, read and processed on its own, but writing 20,000
+    takes the time of ``distinct``."""
     base = simulate_base(seed)
     rng = np.random.default_rng(seed)
+    distinct = n if not distinct or distinct >= n else distinct
     rows = []
     for i in range(n):
         subject, study = 10_000_000 + i, 40_000_000 + i
         rel = Path("files") / f"p{str(subject)[:4]}" / f"p{subject}" / f"s{study}"
         folder = root / rel
         folder.mkdir(parents=True, exist_ok=True)
-        d = np.clip(np.round(variant(base, rng) * 200), -32767, 32767).astype(np.int64)
-        wfdb.wrsamp(str(study), fs=FS, units=["mV"] * 12, sig_name=list(STANDARD_LEADS), d_signal=d,
-                    fmt=["16"] * 12, adc_gain=[200.0] * 12, baseline=[0] * 12, write_dir=str(folder))
+        if i < distinct:
+            d = np.clip(np.round(variant(base, rng) * 200), -32767, 32767).astype(np.int64)
+            wfdb.wrsamp(str(study), fs=FS, units=["mV"] * 12, sig_name=list(STANDARD_LEADS), d_signal=d,
+                        fmt=["16"] * 12, adc_gain=[200.0] * 12, baseline=[0] * 12, write_dir=str(folder))
+        else:
+            src_study = 40_000_000 + i % distinct
+            src = root / rows[i % distinct][4]
+            lines = Path(f"{src}.hea").read_text().splitlines()
+            lines = [f"{study} " + lines[0].split(" ", 1)[1]] + [
+                f"{study}.dat " + ln.split(" ", 1)[1] if ln.startswith(f"{src_study}.dat ") else ln for ln in lines[1:]]
+            (folder / f"{study}.hea").write_text("\n".join(lines) + "\n")
+            shutil.copyfile(f"{src}.dat", folder / f"{study}.dat")
         rows.append((subject, study, study, T0 + pd.Timedelta(minutes=i), str(rel / str(study))))
     pd.DataFrame(rows, columns=["subject_id", "study_id", "file_name", "ecg_time", "path"]).to_csv(
         root / "record_list.csv", index=False)

@@ -16,7 +16,9 @@ which a machine shared with other jobs inflates much less than wall seconds):
 Full MIMIC-IV: 300,000 patients, 430,000 admissions, 800,000 ECGs, 377,000 chest X-rays,
 and about 430 M event rows read (labevents 118 M + chartevents 313 M; omr is small).
 
-    python benchmarks/projection.py --etl etl.json --stages stages.json --score score.json
+    python benchmarks/projection.py --etl etl.json --stages stages.json --score score.json [--ecg ecg.json]
+
+``--ecg`` takes the ECG figures from another stages_dask.py JSON (an ``--images 0`` run).
 """
 from __future__ import annotations
 
@@ -61,8 +63,12 @@ def main() -> None:
     ap.add_argument("--etl", type=Path, required=True)
     ap.add_argument("--stages", type=Path, required=True)
     ap.add_argument("--score", type=Path, default=None)
+    ap.add_argument("--ecg", type=Path, default=None, help="stages_dask.py JSON whose ECG figures replace --stages'")
     args = ap.parse_args()
-    c = costs(json.loads(args.etl.read_text()), json.loads(args.stages.read_text()),
+    stages = json.loads(args.stages.read_text())
+    if args.ecg is not None:
+        stages["ecg"] = json.loads(args.ecg.read_text())["ecg"]
+    c = costs(json.loads(args.etl.read_text()), stages,
               json.loads(args.score.read_text()) if args.score and args.score.exists() else None)
     print("measured: " + ", ".join(f"{k} {v:.3g} s" for k, v in c.items()))
     rows = {n: project(c, n) for n in WORKERS}

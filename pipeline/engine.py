@@ -22,6 +22,7 @@ import pandas as pd
 from pipeline.errors import DataError, Quarantine
 
 KINDS = ("local", "dask")
+ALLOCATOR_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 
 @dataclass
@@ -53,8 +54,17 @@ class Engine:
         if self._client is None:
             from dask.distributed import Client, LocalCluster
             if self.scheduler in (None, "local"):
-                self._cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                             dashboard_address=None)
+                import dask
+                # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off
+                # glibc's adaptive mmap threshold: every array over 128 KiB is then a fresh mmap
+                # whose pages fault in zeroed, and the ECG stage (dozens of 0.5 MB arrays per
+                # record) took ~40% more CPU per record (benchmarks/stages_dask.py).  Workers
+                # started here keep glibc's defaults; see README for external clusters.  Nor do
+                # they run Dask's statistical profiler (a stack sample every 10 ms, for a
+                # dashboard this cluster does not have).
+                with dask.config.set({ALLOCATOR_KEY: None, "distributed.worker.profile.enabled": False}):
+                    self._cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                                 dashboard_address=None)
                 self._client = Client(self._cluster)
             else:
                 try:
@@ -185,6 +195,17 @@ def _merge_arrays(parts: list[Path], order: np.ndarray, dest: Path, block: int =
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in srcs])])
     tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}.npy")
     out = open_memmap(tmp, mode="w+", dtype=srcs[0].dtype, shape=(int(offsets[-1]), *srcs[0].shape[1:]))
+    if (hasattr(os, "copy_file_range") and np.array_equal(order, np.arange(len(order)))
+            and all(s.dtype == out.dtype and s.flags.c_contiguous for s in srcs)):
+        start = out.offset          # rows already in order: the files' data concatenated in the kernel
+        del out
+        with open(tmp, "r+b") as f_out:
+            for path, src in zip(parts, srcs):
+                with open(path, "rb") as f_in:
+                    _copy_range(f_in.fileno(), f_out.fileno(), src.offset, start, src.nbytes)
+                start += src.nbytes
+        os.replace(tmp, dest)
+        return
     for start in range(0, len(order), block):
         rows = order[start:start + block]
         part = np.searchsorted(offsets, rows, side="right") - 1
@@ -194,6 +215,15 @@ def _merge_arrays(parts: list[Path], order: np.ndarray, dest: Path, block: int =
     out.flush()
     del out
     os.replace(tmp, dest)
+
+
+def _copy_range(src: int, dst: int, src_at: int, dst_at: int, n: int) -> None:
+    """n bytes from file ``src`` at ``src_at`` to file ``dst`` at ``dst_at`` (os.copy_file_range)."""
+    while n > 0:
+        done = os.copy_file_range(src, dst, n, src_at, dst_at)
+        if done <= 0:
+            raise OSError(f"copy_file_range copied nothing with {n} bytes left")
+        src_at, dst_at, n = src_at + done, dst_at + done, n - done
 
 
 def _sum_counts(counts: list[dict]) -> dict:

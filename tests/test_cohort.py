@@ -128,6 +128,23 @@ def test_readmission_transfers_overlaps_deaths_and_censoring():
     assert labels[12] == 0    # its window ends before the data does, and nothing follows
 
 
+def test_readmission_scoring_keeps_recent_discharges_with_the_outcome_unknown():
+    """Training censors a stay whose 30-day window runs past the end of the data; a scoring job
+    (a live extract) keeps it with label -1: a recently discharged patient is whom it scores."""
+    pat, adm = _tables([(1, 10, "2150-01-01", "2150-01-05", None, 0), (1, 11, "2150-01-20", "2150-01-22", None, 0),
+                        (2, 20, "2150-01-01", "2150-01-03", None, 0),                # window complete: 0
+                        (3, 30, "2150-01-01", "2150-01-05", None, 0),                # dies before any readmission
+                        (4, 40, "2150-02-10", "2150-02-12", None, 0),                # discharged 8 days before the end
+                        (5, 50, "2150-02-15", "2150-02-20", None, 0)],               # the end of the data
+                       dod={3: "2150-01-15"})
+    train, _ = build_cohort(pat, adm, None, TaskConfig(name="readmission30"))
+    assert set(train["hadm_id"]) == {10, 20}            # 11's window ends 2150-02-21 > 2150-02-20: censored
+    scored, c = build_cohort(pat, adm, None, TaskConfig(name="readmission30"), require_outcomes=False)
+    labels = scored.set_index("hadm_id")["label"].to_dict()
+    assert labels == {10: 1, 11: -1, 20: 0, 30: -1, 40: -1, 50: -1}
+    assert c["outcome_unknown_at_data_end"] == 4
+
+
 def test_icu_mortality_counts_death_within_6_hours_of_icu_discharge_and_excludes_missing_outtime():
     pat, adm = _tables([(1, 10, "2150-01-01", "2150-01-05", "2150-01-04 03:00", 1),   # 3 h after ICU out
                         (2, 20, "2150-01-01", "2150-01-05", "2150-01-04 12:00", 1),   # 12 h after ICU out

@@ -209,3 +209,36 @@ def test_a_code_with_a_known_conversion_keeps_its_target_unit_whatever_the_extra
     out = pd.read_parquet(tmp_path / "events.parquet")
     assert len(out) == 3 and set(out["unit"].str.lower()) == {"g/dl"}
     assert out["known_time"].notna().all()   # extra columns travel through the rewrite
+
+
+def test_line_numbers_hold_deep_in_a_file_read_in_parallel_chunks(tmp_path, monkeypatch):
+    """A 1M-row labevents.csv (plain, so DuckDB splits it across threads): a bad value, an exact
+    duplicate and a conflicting duplicate deep in the file are reported at their true lines, and
+    the rows around them are kept; the duplicate candidates are found slice by slice."""
+    import numpy as np
+    from pipeline.sources import raw_checks
+    from pipeline.sources.mimic_iv import connect, ingest_events
+    monkeypatch.setattr(raw_checks, "CANDIDATE_SLICE_ROWS", 300_000)   # 4 slices of the key hashes
+    n = 1_000_000
+    i = np.arange(n)
+    labs = pd.DataFrame({"labevent_id": i, "subject_id": 10 + i % 500, "hadm_id": "", "specimen_id": i,
+                         "itemid": 50912, "charttime": "2150-01-01 10:00:00", "storetime": "2150-01-01 11:00:00",
+                         "valuenum": (i % 7 + 1).astype(str), "valueuom": "mg/dL"})
+    labs.loc[700_000, "valuenum"] = "abc"                            # file line 700_002
+    dup = labs.iloc[[900_000]].copy()                                 # exact copy of line 900_002
+    conflict = labs.iloc[[950_000]].copy()                            # same key as line 950_002 ...
+    conflict["labevent_id"], conflict["valuenum"] = -1, "99"          # ... another value
+    labs = pd.concat([labs, dup, conflict], ignore_index=True)        # lines 1_000_002 and 1_000_003
+    (tmp_path / "hosp").mkdir()
+    labs.to_csv(tmp_path / "hosp" / "labevents.csv", index=False)
+    q = Quarantine()
+    con = connect(threads=2, temp_dir=tmp_path)
+    con.execute("SET preserve_insertion_order=false")   # ingest must not depend on the caller's setting
+    info = ingest_events(tmp_path, tmp_path, q, con=con)
+    rows = {(r.row, r.field): r.reason for r in q.rows}
+    assert "non-numeric" in rows[("line 700002", "valuenum")]
+    assert rows[("line 1000002", "row")] == "exact duplicate row (dropped) of line 900002"
+    assert "as line 950002" in rows[("line 1000003", "valuenum")]
+    assert info["raw_checks"]["labevents"] == {"exact_duplicates": 1, "non_numeric_valuenum": 1,
+                                               "conflicting_duplicates": 1}
+    assert info["event_rows"] == n - 1 + 1                            # the bad row out, the conflict kept

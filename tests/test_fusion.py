@@ -83,7 +83,6 @@ def test_gradient_shap_for_the_fused_net_finds_the_signal():
 
 
 def test_a_net_on_a_linear_base_starts_at_it_and_explains_and_round_trips(tmp_path):
-    from pipeline.jobs.train import feature_shap
     X, y, T = _data(500)
     tr, va = slice(0, 350), slice(350, 500)
     m = FusionNetClassifier(fusion="hybrid", max_epochs=0, ecg_fs=100, linear_base=True).fit(
@@ -92,12 +91,12 @@ def test_a_net_on_a_linear_base_starts_at_it_and_explains_and_round_trips(tmp_pa
     m = FusionNetClassifier(fusion="hybrid", max_epochs=6, ecg_fs=100, linear_base=True).fit(
         X[tr], y[tr], eval_set=(X[va], y[va]), tensors=T).with_tensors(T)
     logit = m.decision_function(X[va])
-    exp = feature_shap(m, X[va], X[tr])
+    exp = m.explain(X[va], X[tr])
     # GradientExplainer is approximate for the net; the base's share is exact and included
     assert np.corrcoef(exp.values.sum(axis=1) + exp.base_values, logit)[0, 1] > 0.95
     m.save(tmp_path / "net")
-    from pipeline.models import load_model
-    again = load_model(tmp_path / "net").with_tensors(T)
+    from pipeline.models import registry
+    again = registry.load(tmp_path / "net", "fusion_hybrid").with_tensors(T)
     assert again.base_ is not None and np.allclose(again.decision_function(X[va]), logit, atol=1e-5)
 
 

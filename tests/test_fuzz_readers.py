@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import DataError, Quarantine
+from tests.test_wfdb_plain import both_ways
 
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -208,6 +209,8 @@ def test_wfdb_header_and_signal_reader(n_sig, fs, sig_len, sigs, extra, nbytes, 
                 assert e.file and Path(d).name in e.file
         v = inspect_ecg(pd.DataFrame({"path": [str(Path(d) / "r")]}))[0]
         assert v["verdict"] in ("ok", "warn", "bad") and not any("unexpected error" in r for r in v["reasons"])
+        plain, via_wfdb = both_ways(Path(d) / "r")      # the plain reader changes nothing
+        assert plain == via_wfdb
 
 
 @pytest.mark.parametrize("n", [0, 1])

@@ -7,7 +7,7 @@ from sklearn.impute import IterativeImputer
 
 from pipeline.errors import DataError
 from pipeline.explain.modality import hide, modality_shapley
-from pipeline.models import load_model
+from pipeline.models import registry
 from pipeline.models.gbm import GBMClassifier, LateFusionGBM
 from pipeline.models.impute import ImputedClassifier, ModalityImputer
 
@@ -74,15 +74,15 @@ def test_unknown_strategy_and_missing_feature_are_clear_errors():
         imp.transform(X.drop(columns=["ecg__b2"]))
 
 
-@pytest.mark.parametrize("inner", [GBMClassifier(n_estimators=40), LateFusionGBM(gbm_params={"n_estimators": 30})])
-def test_imputed_classifier_round_trip_and_folded_explanation(tmp_path, inner):
-    from pipeline.jobs.train import feature_shap
+@pytest.mark.parametrize("inner, kind", [(GBMClassifier(n_estimators=40), "gbm_only"),
+                                         (LateFusionGBM(gbm_params={"n_estimators": 30}), "gbm_late")])
+def test_imputed_classifier_round_trip_and_folded_explanation(tmp_path, inner, kind):
     X, y, _ = _table()
     m = ImputedClassifier(ModalityImputer({"ecg": "iterative", "ehr": "median"}), inner).fit(X[:350], y[:350])
     m.save(tmp_path / "m")
-    back = load_model(tmp_path / "m")
+    back = registry.load(tmp_path / "m", kind)
     assert np.allclose(back.decision_function(X), m.decision_function(X))
-    exp = feature_shap(back, X)
+    exp = back.explain(X)
     assert exp.feature_names == list(X.columns)                      # indicators folded into their features
     assert len(exp.feature_modality) == len(X.columns) and exp.feature_modality[2] == "ecg"
     assert np.allclose(exp.values.sum(1) + exp.base_values, m.decision_function(X), atol=1e-6)

@@ -12,8 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.errors import DataError
-from pipeline.jobs.train import feature_shap
-from pipeline.models import load_model
+from pipeline.models import registry
 from pipeline.models.gbm import GBMClassifier, LateFusionGBM
 from pipeline.models.linear import LinearClassifier
 
@@ -45,7 +44,7 @@ def test_linear_equals_scikit_learn_and_explains_exactly(tmp_path):
     # the training rows' mean contribution of every feature is 0 (training rows as background)
     assert np.allclose(m.shap_values(X)[0].mean(axis=0), 0, atol=1e-9)
     m.save(tmp_path / "lin")
-    again = load_model(tmp_path / "lin")
+    again = registry.load(tmp_path / "lin", "linear_early")
     assert isinstance(again, LinearClassifier) and again.C_ == 0.05
     assert np.array_equal(again.decision_function(Xt), m.decision_function(Xt))
     with pytest.raises(DataError, match="absent from the input"):
@@ -74,7 +73,7 @@ def test_a_broken_linear_model_file_is_refused(tmp_path):
     meta["coef"] = meta["coef"][:-1]
     (tmp_path / "lin" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="do not match"):
-        load_model(tmp_path / "lin")
+        registry.load(tmp_path / "lin", "linear_early")
 
 
 def test_late_fusion_with_linear_heads_round_trips_and_explains_exactly(tmp_path):
@@ -83,10 +82,10 @@ def test_late_fusion_with_linear_heads_round_trips_and_explains_exactly(tmp_path
     m = LateFusionGBM(head="linear").fit(X, y, eval_set=(Xv, yv))
     assert set(m.models_) == {"ehr", "ecg"} and all(isinstance(h, LinearClassifier) for h in m.models_.values())
     Xt, _ = _data(400, seed=4)
-    exp = feature_shap(m, Xt)
+    exp = m.explain(Xt)
     assert np.allclose(exp.values.sum(axis=1) + exp.base_values, m.decision_function(Xt))
     m.save(tmp_path / "late")
-    again = load_model(tmp_path / "late")
+    again = registry.load(tmp_path / "late", "linear_late")
     assert again.head == "linear"
     assert np.allclose(again.decision_function(Xt), m.decision_function(Xt))
     with pytest.raises(DataError, match="unknown late-fusion head"):
@@ -102,13 +101,13 @@ def test_lightgbm_boosted_from_a_linear_base_explains_exactly_and_round_trips(tm
     assert isinstance(m.base_, LinearClassifier) and plain.base_ is None
     # additive risk: the base carries it, and the whole beats LightGBM alone
     assert roc_auc_score(yt, m.decision_function(Xt)) > roc_auc_score(yt, plain.decision_function(Xt))
-    exp = feature_shap(m, Xt.iloc[:300])
+    exp = m.explain(Xt.iloc[:300])
     assert np.allclose(exp.values.sum(axis=1) + exp.base_values, m.decision_function(Xt.iloc[:300]), atol=1e-6)
     m.save(tmp_path / "gbm")
-    again = load_model(tmp_path / "gbm")
+    again = registry.load(tmp_path / "gbm", "gbm_early")
     assert again.base_ is not None
     assert np.allclose(again.decision_function(Xt), m.decision_function(Xt))
     base_json = tmp_path / "gbm" / "base" / "model.json"
     base_json.write_text(base_json.read_text().replace('"intercept": ', '"intercept": 1.0 + '))
     with pytest.raises(DataError, match="does not match its recorded hash"):
-        load_model(tmp_path / "gbm")
+        registry.load(tmp_path / "gbm", "gbm_early")

@@ -130,6 +130,18 @@ def test_report_never_prints_note_text(synth_root, synth_run):
                 assert chunk not in html, f"note text in the report: {chunk!r}"
 
 
+def test_notes_availability_rederived_from_raw_files_is_in_leakage_json_and_the_report(synth_run):
+    """The synthetic notes include date-only discharge summaries and notes without a storetime: the
+    audit re-derives each used note's availability from the raw file; none was used early."""
+    import json
+    av = json.loads((synth_run / "leakage.json").read_text())["availability"]
+    notes = av["per_source"]["notes"]
+    assert notes["usable"] > 0 and notes["used_before_available"] == 0
+    assert sum(notes["held_back"].values()) > 0 and all(k.startswith("note ") for k in notes["held_back"])
+    html = (synth_run / "report" / "index.html").read_text(encoding="utf-8")
+    assert "<td>notes</td>" in html
+
+
 def _card_images(html: str) -> dict[str, int]:
     refs = _Refs()
     refs.feed(html)
@@ -152,7 +164,7 @@ def test_patient_cards_show_waterfall_ecg_and_xray(synth_run):
     assert not re.search(r"notes \d+\s*=", reasons)
     meta = json.loads((synth_run / "model" / "model.json").read_text())
     assert meta["code_labels"]["notes__0"].startswith("notes: ")
-    from pipeline.jobs.train import pretty_namer                 # the score files' reasons use the same names
+    from pipeline.jobs.score import pretty_namer                 # the score files' reasons use the same names
     assert pretty_namer(meta["code_labels"])("notes__0") == meta["code_labels"]["notes__0"]
 
 

@@ -6,7 +6,9 @@ process with no other state scores new patients.  The input is raw layouts (the
 model's ETL runs on them) or a folder of prepared patient tensors.  Rows are read,
 aligned, scored and written one shard at a time; ``engine='dask'`` maps the same
 per-shard function over a Dask cluster (``scheduler`` = address, or 'local'), whose workers
-also run the feature stages' shards (pipeline.engine).
+also run the feature stages' shards (pipeline.engine).  ``score_rows`` (calibrated risk,
+band, reasons and modality contributions of aligned rows) is shared with ``mmpipe train``,
+which scores its test split with it.
 """
 from __future__ import annotations
 
@@ -21,26 +23,80 @@ from pipeline.artifacts import ParquetShardWriter, RunLock, read_json, write_par
 from pipeline.config import RunConfig
 from pipeline.engine import Engine
 from pipeline.errors import DataError, Quarantine
+from pipeline.explain.explanation import Explanation
+from pipeline.explain.modality import AbsenceTemplate, modality_shapley
 from pipeline.jobs.prepare import aligned_shards, collect_quarantine, load_tensors, log, prepare
+from pipeline.models import registry
 from pipeline.models.calibration import Calibrator
 from pipeline.progress import event, track
 from pipeline.sources.discover import discover
 from pipeline.stages.align import modality_of
+from pipeline.stages.featurize_ehr import pretty_feature
 from pipeline.stages.tensorize import TensorWriter, iter_shards, shard_table, shard_tensors
 
 
+def band(risk: np.ndarray, thresholds) -> np.ndarray:
+    lo, hi = thresholds
+    return np.where(risk >= hi, "high", np.where(risk >= lo, "medium", "low"))
+
+
+def pretty_namer(labels: dict[str, str]):
+    """feature name -> readable label, using the code dictionary (code -> label)."""
+    return lambda name: pretty_feature(name, labels)
+
+
+def explain(model, X: pd.DataFrame, hadm: np.ndarray, modalities: list[str],
+            background: pd.DataFrame | None = None, absence: AbsenceTemplate | None = None,
+            logit: np.ndarray | None = None) -> Explanation:
+    """Feature SHAP (the model's own ``explain``) and modality Shapley values; ``absence``: how
+    a training row without each modality looks (the model folder's ``absence``), so hiding
+    one stays in distribution; ``logit``: ``model.decision_function(X)`` when the caller has it."""
+    exp = model.explain(X, background)
+    exp.hadm_id = np.asarray(hadm)
+    cols = [c for c in model.feature_names_in_]
+    exp.modality_contrib = modality_shapley(model.decision_function, X[cols], modalities,
+                                            absence, full=logit).reset_index(drop=True)
+    return exp
+
+
+def score_rows(rows: pd.DataFrame, model, calibrator: Calibrator, meta: dict, pretty,
+               explain_rows: bool = True, background: pd.DataFrame | None = None
+               ) -> tuple[pd.DataFrame, Explanation | None]:
+    """The score file rows for ``rows`` (aligned table rows) and their explanation.
+    ``explain_rows=False`` skips SHAP reasons and modality contributions (empty / NaN)."""
+    X = rows[meta["features"]]
+    logit = model.decision_function(X)
+    risk = calibrator.transform(logit)
+    out = pd.DataFrame({
+        "subject_id": rows["subject_id"].to_numpy(), "hadm_id": rows["hadm_id"].to_numpy(),
+        "prediction_time": rows["prediction_time"].to_numpy(), "risk": risk,
+        "band": band(risk, meta["band_thresholds"])})
+    if not explain_rows:
+        out["reasons"] = ""
+        for m in ("ehr", "ecg", "notes", "imaging"):
+            out[m] = np.nan
+        return out, None
+    exp = explain(model, X, rows["hadm_id"].to_numpy(), meta["modalities"], background,
+                  AbsenceTemplate.from_json(meta.get("absence")), logit=logit)
+    out["reasons"] = exp.top_reasons(meta["top_k_reasons"], pretty)
+    for m in ("ehr", "ecg", "notes", "imaging"):
+        out[m] = exp.modality_contrib[m].to_numpy() if m in exp.modality_contrib.columns else 0.0
+    return out, exp
+
+
 class Scorer:
-    """A loaded model folder: ``score_table(rows) -> score rows``."""
+    """A loaded model folder: ``score_table(rows) -> score rows``.  The model is loaded by the
+    kind its model.json records (pipeline.models.registry)."""
 
     def __init__(self, run: Path):
-        from pipeline.models import load_model
         self.run = Path(run)
         mdir = self.run / "model"
         if not (mdir / "model.json").exists():
             raise DataError("not a model folder: model/model.json is missing", file=mdir,
                             hint="pass the RUN folder written by `mmpipe train`")
         self.meta = read_json(mdir / "model.json")
-        self.model = load_model(mdir / "primary")
+        self.kind = registry.get(self.meta.get("kind"), file=mdir / "model.json", field="kind")
+        self.model = registry.load(mdir / "primary", self.kind.name)
         self.calibrator = Calibrator.from_json(self.meta["calibrator"])
         bg = mdir / "background.parquet"
         self.background = pd.read_parquet(bg) if bg.exists() else None
@@ -48,8 +104,7 @@ class Scorer:
 
     def attach_tensors(self, tensor_dirs: dict[str, str]) -> None:
         """The fused net reads raw waveforms/images of the scored rows (memory-mapped)."""
-        if hasattr(self.model, "with_tensors"):
-            from pipeline.jobs.prepare import load_tensors
+        if self.kind.reads_tensors:
             self.model.with_tensors(load_tensors({k: Path(v) for k, v in tensor_dirs.items()}))
         self.tensor_dirs = tensor_dirs
 
@@ -91,8 +146,7 @@ class Scorer:
     def score_table(self, rows: pd.DataFrame, explain_rows: bool = True, tensors: dict | None = None
                     ) -> pd.DataFrame:
         """Score rows; ``tensors`` (the rows' own waveforms/images) replace the attached ones."""
-        from pipeline.jobs.train import pretty_namer, score_rows
-        if tensors is not None and hasattr(self.model, "with_tensors"):
+        if tensors is not None and self.kind.reads_tensors:
             self.model.with_tensors(tensors)
         out, _ = score_rows(rows, self.model, self.calibrator, self.meta,
                             pretty_namer(self.meta.get("code_labels", {})), explain_rows=explain_rows,

@@ -13,12 +13,11 @@ from data_schemas.modalities import QUARANTINE
 from pipeline.artifacts import CODE_VERSION, RunLock, output_hash, read_json, run_stage, write_json, write_parquet
 from pipeline.config import RunConfig
 from pipeline.errors import DataError
-from pipeline.explain.explanation import Explanation
-from pipeline.explain.modality import AbsenceTemplate, modality_shapley
+from pipeline.explain.modality import AbsenceTemplate
 from pipeline.jobs.prepare import Prepared, collect_quarantine, load_tensors, log, prepare
+from pipeline.jobs.score import pretty_namer, score_rows
+from pipeline.models import registry
 from pipeline.models.calibration import Calibrator
-from pipeline.models.gbm import GBMClassifier, LateFusionGBM
-from pipeline.models.linear import LinearClassifier
 from pipeline.models.folds import calibration_subjects
 from pipeline.models.metrics import (age_band, availability_pattern, by_group, decision_curve, evaluate,
                                      paired_difference)
@@ -26,29 +25,13 @@ from pipeline.progress import event
 from pipeline.sources.discover import discover
 from pipeline.stages import leakage
 from pipeline.stages.align import feature_columns, mask_col, modality_of
-from pipeline.stages.featurize_ehr import feature_labels, load_codes, pretty_feature
+from pipeline.stages.featurize_ehr import feature_labels, load_codes
 from pipeline.stages.tensorize import tensorize
 
 
 def model_features(prep: Prepared) -> list[str]:
     """Features and masks of the modalities present in this run."""
     return [c for c in feature_columns(prep.table) if modality_of(c) in prep.modalities]
-
-
-def _gbm(cfg: RunConfig) -> dict:
-    m = cfg.model
-    return dict(n_estimators=m.gbm_estimators, learning_rate=m.gbm_learning_rate, num_leaves=m.gbm_num_leaves,
-                distributed=m.distributed)
-
-
-def imputed(est, cfg: RunConfig):
-    """``est`` behind the configured per-modality imputer (itself when nothing is imputed)."""
-    if all(s == "none" for s in cfg.model.imputation.values()):
-        return est
-    from pipeline.models.impute import ImputedClassifier, ModalityImputer
-    imp = ModalityImputer(dict(cfg.model.imputation), indicators=cfg.model.imputation_indicators,
-                          random_state=cfg.model.seed)
-    return ImputedClassifier(imp, est)
 
 
 def model_rows(t: pd.DataFrame, cfg: RunConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -60,98 +43,29 @@ def model_rows(t: pd.DataFrame, cfg: RunConfig) -> tuple[pd.DataFrame, pd.DataFr
     return train[~held], t[t.split == "valid"], train[held]
 
 
+def planned_models(cfg: RunConfig, modalities: list[str]) -> dict[str, tuple[str, str | None]]:
+    """model name -> (its kind in pipeline.models.registry, the one modality it sees or None
+    for all): the configured models, then a single-modality baseline per modality."""
+    plan = {name: (name, None) for name in cfg.model.fusion_models}
+    if cfg.model.single_modality_baselines and len(modalities) > 1:
+        plan.update({f"{registry.BASELINE}_{m}": (registry.BASELINE, m) for m in modalities})
+    return plan
+
+
 def fit_models(prep: Prepared, cfg: RunConfig, feats: list[str]) -> dict:
-    t = prep.table
-    tr, va, _ = model_rows(t, cfg)
-    ev = (va[feats], va["label"].to_numpy())
-    g = tr["subject_id"].to_numpy()   # groups every cross-fitting inside the models
+    """Every planned model, fitted on the same fit rows (validation rows for early stopping
+    and penalty choice; every cross-fitting inside the models grouped by subject)."""
+    tr, va, _ = model_rows(prep.table, cfg)
+    data = registry.TrainingData(tr, va, feats, tensors=lambda: load_tensors(prep.stage_dirs))
     models = {}
-    for name in cfg.model.fusion_models:
+    for name, (kind, modality) in planned_models(cfg, prep.modalities).items():
         log(f"[train] fitting {name}")
-        if name == "gbm_early":
-            models[name] = imputed(GBMClassifier(random_state=cfg.model.seed, linear_base=cfg.model.linear_base,
-                                                 **_gbm(cfg)), cfg).fit(tr[feats], tr["label"], ev, groups=g)
-        elif name == "gbm_late":
-            models[name] = imputed(LateFusionGBM(gbm_params=_gbm(cfg), random_state=cfg.model.seed), cfg).fit(
-                tr[feats], tr["label"], ev, groups=g)
-        elif name == "linear_early":
-            models[name] = imputed(LinearClassifier(random_state=cfg.model.seed), cfg).fit(tr[feats], tr["label"], ev)
-        elif name == "linear_late":
-            models[name] = imputed(LateFusionGBM(head="linear", random_state=cfg.model.seed), cfg).fit(
-                tr[feats], tr["label"], ev, groups=g)
-        elif name.startswith("fusion_"):
-            from pipeline.models.fusion import FusionNetClassifier, epochs_per_net
-            tensors = load_tensors(prep.stage_dirs)
-            cols = ["hadm_id"] + feats
-            t0 = time.time()
-            models[name] = imputed(FusionNetClassifier.from_config(name, cfg, prep), cfg).fit(
-                tr[cols], tr["label"], eval_set=(va[cols], va["label"]), tensors=tensors, groups=g
-            ).with_tensors(tensors)
-            epochs = epochs_per_net(models[name].history_)
-            log(f"[train] {name} trained in {time.time() - t0:.0f}s ({len(epochs)} net(s), epochs {epochs})")
-        else:
-            raise DataError(f"unknown model {name!r}", field="model.fusion_models")
-    if cfg.model.single_modality_baselines and len(prep.modalities) > 1:
-        for m in prep.modalities:
-            cols = [c for c in feats if modality_of(c) == m]
-            log(f"[train] fitting single-modality baseline gbm_only_{m}")
-            models[f"gbm_only_{m}"] = imputed(GBMClassifier(random_state=cfg.model.seed, **_gbm(cfg)), cfg).fit(
-                tr[cols], tr["label"], (va[cols], va["label"].to_numpy()), groups=g)
+        t0 = time.time()
+        models[name] = registry.fit(kind, cfg, data if modality is None else data.only(modality))
+        describe = registry.get(kind).describe
+        log(f"[train] {name} trained in {time.time() - t0:.0f}s" +
+            (f" ({describe(models[name])})" if describe else ""))
     return models
-
-
-def band(risk: np.ndarray, thresholds) -> np.ndarray:
-    lo, hi = thresholds
-    return np.where(risk >= hi, "high", np.where(risk >= lo, "medium", "low"))
-
-
-def feature_shap(model, X: pd.DataFrame, background: pd.DataFrame | None = None) -> Explanation:
-    """Per-feature SHAP values (log-odds): each model kind explains itself (``model.explain``)."""
-    return model.explain(X, background)
-
-
-def explain(model, X: pd.DataFrame, hadm: np.ndarray, modalities: list[str],
-            background: pd.DataFrame | None = None, absence: AbsenceTemplate | None = None,
-            logit: np.ndarray | None = None) -> Explanation:
-    """Feature SHAP and modality Shapley values; ``absence``: how a training row without each
-    modality looks (the model folder's ``absence``), so hiding one stays in distribution;
-    ``logit``: ``model.decision_function(X)`` when the caller has it already."""
-    exp = feature_shap(model, X, background)
-    exp.hadm_id = np.asarray(hadm)
-    cols = [c for c in model.feature_names_in_]
-    exp.modality_contrib = modality_shapley(model.decision_function, X[cols], modalities,
-                                            absence, full=logit).reset_index(drop=True)
-    return exp
-
-
-def score_rows(rows: pd.DataFrame, model, calibrator: Calibrator, meta: dict, pretty,
-               explain_rows: bool = True, background: pd.DataFrame | None = None
-               ) -> tuple[pd.DataFrame, Explanation | None]:
-    """The score file rows for ``rows`` (aligned table rows) and their explanation.
-    ``explain_rows=False`` skips SHAP reasons and modality contributions (empty / NaN)."""
-    X = rows[meta["features"]]
-    logit = model.decision_function(X)
-    risk = calibrator.transform(logit)
-    out = pd.DataFrame({
-        "subject_id": rows["subject_id"].to_numpy(), "hadm_id": rows["hadm_id"].to_numpy(),
-        "prediction_time": rows["prediction_time"].to_numpy(), "risk": risk,
-        "band": band(risk, meta["band_thresholds"])})
-    if not explain_rows:
-        out["reasons"] = ""
-        for m in ("ehr", "ecg", "notes", "imaging"):
-            out[m] = np.nan
-        return out, None
-    exp = explain(model, X, rows["hadm_id"].to_numpy(), meta["modalities"], background,
-                  AbsenceTemplate.from_json(meta.get("absence")), logit=logit)
-    out["reasons"] = exp.top_reasons(meta["top_k_reasons"], pretty)
-    for m in ("ehr", "ecg", "notes", "imaging"):
-        out[m] = exp.modality_contrib[m].to_numpy() if m in exp.modality_contrib.columns else 0.0
-    return out, exp
-
-
-def pretty_namer(labels: dict[str, str]):
-    """feature name -> readable label, using the code dictionary (code -> label)."""
-    return lambda name: pretty_feature(name, labels)
 
 
 def train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=None) -> dict:
@@ -167,6 +81,8 @@ def _train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=No
     if cfg.model.distributed and not (engine is not None and engine.distributed):
         raise DataError("model.distributed trains LightGBM on a Dask cluster, but the engine is local",
                         field="model.distributed", hint="add --engine dask --scheduler ADDR")
+    for name in cfg.model.fusion_models:   # an unknown model kind is refused before any stage runs
+        registry.get(name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(cfg.model_dump(mode="json"), out / "config.json")
@@ -182,6 +98,15 @@ def _train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=No
         from pipeline.stages.availability import audit_availability
         leakage.add_availability(audit, audit_availability(prep.cohort, prep.stage_dirs["ingest_ehr"],
                                                            sources.paths["mimic_iv"], cfg.ehr))
+    notes_dir = prep.stage_dirs.get("features_notes")
+    if notes_dir is not None and prep.stage_dirs.get("index_notes") is not None:
+        from pipeline.stages.availability import audit_notes
+        from pipeline.sources.tables import find_table
+        files = [find_table(sources.paths["notes"] / "note", t) for t in cfg.notes.note_types]
+        leakage.add_notes_availability(audit, audit_notes(prep.cohort, notes_dir / "used_notes.parquet",
+                                                          [str(f) for f in files if f is not None],
+                                                          cfg.notes.lookback_hours, out))
+    if "availability" in audit:
         log(f"[leakage] rows held back (charted before the prediction time, available after): "
             f"{leakage.held_back(audit)}")
     write_json(audit, out / "leakage.json")
@@ -227,7 +152,8 @@ def _train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=No
         labels.update(notes_feature_labels(notes_dir / "encoder"))   # notes components named by their terms
     ehr_codes = load_codes(prep.stage_dirs["features_ehr"])
     meta = {
-        "code_version": CODE_VERSION, "primary": primary, "kind": type(model).__name__,
+        "code_version": CODE_VERSION, "primary": primary,
+        "kind": planned_models(cfg, prep.modalities)[primary][0],   # scoring loads the model by it
         "features": list(model.feature_names_in_), "modalities": prep.modalities,
         "band_thresholds": list(cfg.model.band_thresholds), "top_k_reasons": cfg.model.top_k_reasons,
         "calibrator": cal.to_json(), "config": cfg.model_dump(mode="json"),

@@ -1,8 +1,7 @@
-"""Estimators (scikit-learn contract, saved without pickle), what the tabular ones share
-(``LogitClassifier``, ``require_two_classes``, ``require_features``) and ``load_model``."""
+"""Estimators (scikit-learn contract, saved without pickle) and what the tabular ones share
+(``LogitClassifier``, ``require_two_classes``, ``require_features``); the model kinds that
+train fits, and how each is built and loaded, are in ``pipeline.models.registry``."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -56,22 +55,3 @@ def explanation_of(model, X: pd.DataFrame, values: np.ndarray, base: np.ndarray,
     hadm = X["hadm_id"].to_numpy() if "hadm_id" in X.columns else np.arange(len(X))
     return Explanation(values=values, base_values=base, data=X[names].to_numpy(dtype=float),
                        feature_names=names, hadm_id=hadm)
-
-
-def load_model(folder: Path):
-    """Load any saved model folder by the ``kind`` its model.json records."""
-    from pipeline.artifacts import read_json
-    from pipeline.models.fusion import FusionNetClassifier
-    from pipeline.models.gbm import GBMClassifier, LateFusionGBM
-    from pipeline.models.impute import ImputedClassifier
-    from pipeline.models.linear import LinearClassifier
-    folder = Path(folder)
-    loaders = {c.__name__: c.load for c in (GBMClassifier, LateFusionGBM, LinearClassifier, FusionNetClassifier,
-                                              ImputedClassifier)}
-    if not (folder / "model.json").exists():
-        raise DataError("model folder lacks model.json", file=folder)
-    kind = read_json(folder / "model.json").get("kind")
-    if kind not in loaders:
-        raise DataError(f"model kind {kind!r} cannot be loaded by this version", file=folder / "model.json",
-                        field="kind")
-    return loaders[kind](folder)

@@ -86,9 +86,9 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         self.n_threads = n_threads
 
     @classmethod
-    def from_config(cls, name: str, cfg, prep=None) -> "FusionNetClassifier":
-        """'fusion_attention' -> FusionNetClassifier(fusion='attention')."""
-        return cls(fusion=name.removeprefix("fusion_"), random_state=cfg.model.seed, image_size=cfg.imaging.size,
+    def from_config(cls, fusion: str, cfg) -> "FusionNetClassifier":
+        """The net of fusion type ``fusion`` ('attention', ...) with the run configuration's settings."""
+        return cls(fusion=fusion, random_state=cfg.model.seed, image_size=cfg.imaging.size,
                    ecg_fs=cfg.ecg.fs, linear_base=cfg.model.fusion_linear_base, n_members=cfg.model.fusion_members)
 
     # ------------------------------------------------------------------ data

@@ -148,7 +148,10 @@ class ModalityImputer(TransformerMixin, BaseEstimator):
 
 
 class ImputedClassifier(ClassifierMixin, BaseEstimator):
-    """``model`` fitted on ``imputer``'s output; the scikit-learn contract over the raw table."""
+    """``model`` fitted on ``imputer``'s output; the scikit-learn contract over the raw table.
+    Saved as the imputer's JSON around the inner model's own folder (``model/``)."""
+
+    KIND = "ImputedClassifier"   # what its model.json records
 
     def __init__(self, imputer: ModalityImputer | None = None, model=None):
         self.imputer = imputer
@@ -173,8 +176,8 @@ class ImputedClassifier(ClassifierMixin, BaseEstimator):
         return getattr(self.model_, "history_", [])
 
     def with_tensors(self, tensors):
-        if hasattr(self.model_, "with_tensors"):
-            self.model_.with_tensors(tensors)
+        """Attach raw tensors to an inner model that reads them (the fused net)."""
+        self.model_.with_tensors(tensors)
         return self
 
     def decision_function(self, X: pd.DataFrame) -> np.ndarray:
@@ -215,16 +218,16 @@ class ImputedClassifier(ClassifierMixin, BaseEstimator):
     def save(self, folder: Path) -> None:
         folder = Path(folder)
         self.model_.save(folder / "model")
-        write_json({"kind": "ImputedClassifier", "inner": type(self.model_).__name__,
+        write_json({"kind": self.KIND, "inner": type(self.model_).__name__,
                     "features": list(self.feature_names_in_), "imputer": self.imputer_.to_json()},
                    folder / "model.json")
 
     @classmethod
-    def load(cls, folder: Path) -> "ImputedClassifier":
-        from pipeline.models import load_model
+    def load(cls, folder: Path, load_inner) -> "ImputedClassifier":
+        """``load_inner(folder)``: the inner model's loader (its kind's, pipeline.models.registry)."""
         meta = read_json(Path(folder) / "model.json")
         est = cls()
-        est.model_ = load_model(Path(folder) / "model")
+        est.model_ = load_inner(Path(folder) / "model")
         est.imputer_ = ModalityImputer.from_json(meta["imputer"])
         est.feature_names_in_ = np.asarray(meta["features"], dtype=object)
         est.classes_ = np.array([0, 1])

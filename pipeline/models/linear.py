@@ -58,7 +58,9 @@ class LinearClassifier(LogitClassifier):
         from sklearn.linear_model import LogisticRegression
         return LogisticRegression(C=C, max_iter=self.max_iter).fit(Z, y)
 
-    def fit(self, X: pd.DataFrame, y, eval_set: tuple[pd.DataFrame, np.ndarray] | None = None):
+    def fit(self, X: pd.DataFrame, y, eval_set: tuple[pd.DataFrame, np.ndarray] | None = None, groups=None):
+        """``groups`` (subject ids) is accepted for the common model contract; nothing here is
+        cross-fitted, so it is unused."""
         from sklearn.metrics import log_loss
         y = require_two_classes(y)
         self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)

@@ -51,8 +51,10 @@ from scipy import signal as sps
 from data_schemas.modalities import ECG_INDEX
 from pipeline.errors import DataError, Quarantine
 from pipeline.sources.ecg_leads import (LEAD_INDEX, STANDARD_LEADS, _VOLT_UNITS, Issue,  # noqa: F401
-                                        _lead_key, _map_signals, map_lead)
+                                        _lead_key, _map_signals, map_lead, unnamed)
+from pipeline.sources import wfdb_plain
 from pipeline.sources.raw_checks import inside_root
+from pipeline.sources.zero_phase import ZeroPhase
 
 SOURCE = "ecg"
 # WFDB signal formats: bytes per sample, digital range, and the invalid-sample (NaN) code.
@@ -308,6 +310,9 @@ def _read(path: Path, seconds: float):
     """
     hea = _header_path(path)
     line = _record_line(hea)
+    plain = _read_plain(path, hea, line, seconds)
+    if plain is not None:
+        return plain
     hdr = d = None
     if line is not None:
         fs_line, sig_len = line
@@ -341,6 +346,28 @@ def _read(path: Path, seconds: float):
     if d.ndim != 2 or d.shape[1] != len(chans):
         raise DataError(f"signal data has shape {d.shape}, expected (samples, {len(chans)})",
                         file=path.parent / hdr.file_name[chans[0]], field="signal")
+    return hdr, sig_len, d, chans, leads, ignored, issues
+
+
+def _read_plain(path: Path, hea: Path, line: tuple[float, int] | None, seconds: float):
+    """``_read`` for a plain record (see ``pipeline.sources.wfdb_plain``): one header parse,
+    the same checks, samples decoded by numpy; None when the record is not plain (before
+    anything is read), and ``_read`` then goes through wfdb (which raises what the checks here
+    would raise: they are the same checks on the same fields)."""
+    hdr = wfdb_plain.read_header(hea)
+    if hdr is None or line is None or line != (float(hdr.fs), hdr.sig_len):
+        return None
+    if not wfdb_plain.is_plain(hdr):
+        return None
+    sig_len = hdr.sig_len
+    _check_header(hdr, hea)
+    chans, leads, ignored, issues = _map_signals(hdr)
+    issues += _check_signal_files(hdr, sig_len, path, [c in chans for c in range(hdr.n_sig)])
+    d = None
+    if chans:
+        d = wfdb_plain.read_digital(hdr, path.parent, chans, min(sig_len, math.ceil(seconds * float(hdr.fs))))
+        if d is None:     # a file shorter than its header says (the checks above name that first)
+            return None
     return hdr, sig_len, d, chans, leads, ignored, issues
 
 
@@ -439,8 +466,8 @@ def _saturation(d: np.ndarray, invalid: np.ndarray, limits: list[set[int]], gain
 
 
 @lru_cache(maxsize=16)
-def _highpass(fs: float):
-    return sps.butter(2, HIGHPASS_HZ, btype="highpass", fs=fs, output="sos")
+def _highpass(fs: float) -> ZeroPhase:
+    return ZeroPhase(sps.butter(2, HIGHPASS_HZ, btype="highpass", fs=fs, output="sos"))
 
 
 def _length_issues(n_total: int, fs_orig: float, seconds: float) -> list[Issue]:
@@ -480,7 +507,8 @@ def load_ecg(path: str | Path, fs: int = 500, seconds: float = 10.0, min_leads: 
     if n_total or d is not None:          # (a header may omit the length; then the data tells it)
         issues += _length_issues(n_total, fs_orig, seconds)
     if d is None:
-        issues.append(Issue("bad", "leads", "no mappable ECG lead (signals: " + ", ".join(hdr.sig_name) + ")"))
+        issues.append(Issue("bad", "leads", "no mappable ECG lead (signals: "
+                            + ", ".join(n or unnamed(c) for c, n in enumerate(hdr.sig_name)) + ")"))
         return rec
     d = d[:n_want]
     n = d.shape[0]
@@ -521,7 +549,7 @@ def load_ecg(path: str | Path, fs: int = 500, seconds: float = 10.0, min_leads: 
     if x.shape[1]:
         x = x - x.mean(axis=0)
         if n > 12:                        # sosfiltfilt needs a few samples beyond its padding
-            x = sps.sosfiltfilt(_highpass(fs_orig), x, axis=0)
+            x = _highpass(fs_orig)(x, axis=0)
     nan_pos = invalid[:, usable]
     if fs_orig != fs:
         issues.append(Issue("warn", "fs", f"resampled from {_fs_text(fs_orig)} Hz to {fs} Hz"))

@@ -30,6 +30,11 @@ def map_lead(name: str) -> str | None:
     return _LEAD_KEYS.get(_lead_key(name))
 
 
+def unnamed(c: int) -> str:
+    """How a signal without a name (no description on its header line) is called in reasons."""
+    return f"(unnamed signal {c + 1})"
+
+
 @dataclass(frozen=True)
 class Issue:
     severity: str   # "info" | "warn" | "bad"
@@ -43,6 +48,7 @@ def _map_signals(hdr) -> tuple[list[int], list[str], list[str], list[Issue]]:
     for c, name in enumerate(hdr.sig_name):
         lead = map_lead(name or "")
         key = _lead_key(name or "")
+        name = name or unnamed(c)
         if key in _UNPLACED:
             issues.append(Issue("info", "leads", f"signal {name} ignored: {_UNPLACED[key]}"))
         elif lead is not None and key in _APPROXIMATE and lead not in leads:

@@ -167,23 +167,25 @@ def _inputevents(scan: str, items: str | None, has_store: bool) -> str:
     """Vasopressor rate steps (start: rate, end: 0) and finished fluid volumes (mL)."""
     store = "storetime" if has_store else None
     label = "lower(coalesce(i.label, ''))" if items else "''"
-    joined = (f"SELECT e.*, {label} label FROM {scan} e"
-              + (f" LEFT JOIN {items} i ON e.itemid = i.itemid" if items else ""))
     vaso = " OR ".join(f"contains(label, '{k}')" for k in VASOPRESSORS)
+    fluid_rows = "ordercategoryname ILIKE '%fluid%' AND lower(amountuom) = 'ml'"
+    # the file is read once: its vasopressor and fluid rows, kept for the three selects below
+    joined = (f"SELECT * FROM (SELECT e.*, {label} label FROM {scan} e"
+              + (f" LEFT JOIN {items} i ON e.itemid = i.itemid" if items else "")
+              + f") WHERE (({vaso}) AND rate IS NOT NULL) OR ({fluid_rows})")
     drug = "CASE " + " ".join(f"WHEN contains(label, '{k}') THEN '{k}'" for k in VASOPRESSORS) + " END"
     common = ("SELECT TRY_CAST(subject_id AS BIGINT) subject_id, TRY_CAST(hadm_id AS DOUBLE) hadm_id, {t} time, "
               "{code} code, {v} value, {u} unit, {rt} raw_time, NULL raw_value, "
               "'stay_id=' || stay_id || ' orderid=' || orderid || ' starttime=' || starttime row_ref, {k} known_time "
-              "FROM ({j}) WHERE {w}")
+              "FROM ie WHERE {w}")
     start = common.format(t=_ts("starttime"), code=f"'input:' || {drug}", v="TRY_CAST(rate AS DOUBLE)",
-                          u="rateuom", rt="starttime", k=_known(_ts("starttime"), store), j=joined,
+                          u="rateuom", rt="starttime", k=_known(_ts("starttime"), store),
                           w=f"({vaso}) AND rate IS NOT NULL")
     end = common.format(t=_ts("endtime"), code=f"'input:' || {drug}", v="0.0", u="rateuom", rt="endtime",
-                        k=_known(_ts("endtime"), store), j=joined, w=f"({vaso}) AND rate IS NOT NULL")
+                        k=_known(_ts("endtime"), store), w=f"({vaso}) AND rate IS NOT NULL")
     fluid = common.format(t=_ts("endtime"), code="'fluid:iv'", v="TRY_CAST(amount AS DOUBLE)", u="'mL'",
-                          rt="endtime", k=_known(_ts("endtime"), store), j=joined,
-                          w="ordercategoryname ILIKE '%fluid%' AND lower(amountuom) = 'ml'")
-    return f"{start} UNION ALL {end} UNION ALL {fluid}"
+                          rt="endtime", k=_known(_ts("endtime"), store), w=fluid_rows)
+    return f"WITH ie AS MATERIALIZED ({joined}) {start} UNION ALL {end} UNION ALL {fluid}"
 
 
 def _outputevents(scan: str, has_store: bool) -> str:

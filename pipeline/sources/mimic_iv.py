@@ -9,6 +9,7 @@ table size.  Version differences live here: ``ethnicity`` became ``race`` in
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -18,9 +19,9 @@ import pandas as pd
 from data_schemas.tables import ADMISSIONS, CODES, EVENTS, ICUSTAYS, PATIENTS
 from pipeline.artifacts import write_parquet
 from pipeline.errors import DataError, Quarantine
-from pipeline.sources.raw_checks import checked_scan
+from pipeline.sources.raw_checks import open_raw
 from pipeline.sources.tables import find_table
-from pipeline.sources.units import harmonise_units
+from pipeline.sources.units import plan_units, units_sql
 
 SOURCE = "mimic_iv"
 # code tables: a row's time and known_time come from its admission (admittime, dischtime)
@@ -189,13 +190,6 @@ def _columns(con, path: Path) -> list[str]:
     return [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {_scan(path)}").fetchall()]
 
 
-def _require(con, path: Path, cols: list[str]) -> None:
-    have = _columns(con, path)
-    missing = [c for c in cols if c not in have]
-    if missing:
-        raise DataError(f"required column(s) {missing} missing; found {have}", file=path, field=missing[0])
-
-
 EVENT_QUERIES = {
     # table: (required columns, SELECT producing subject_id, hadm_id, time, code, value, unit, raw_time,
     # raw_value, row_ref, known_time).  A result is known at its storetime (labs: resulted; charts:
@@ -203,37 +197,38 @@ EVENT_QUERIES = {
     "labevents": (["subject_id", "itemid", "charttime", "valuenum"],
                   "SELECT TRY_CAST(subject_id AS BIGINT) subject_id, TRY_CAST(hadm_id AS DOUBLE) hadm_id, "
                   "TRY_CAST(charttime AS TIMESTAMP) time, 'lab:' || itemid code, TRY_CAST(valuenum AS DOUBLE) value, "
-                  "valueuom unit, charttime raw_time, valuenum raw_value, {rowref} row_ref, {known} known_time "
-                  "FROM {scan}"),
+                  "valueuom unit, charttime raw_time, valuenum raw_value, {rowref} row_ref, {known} known_time, "
+                  "_line, {key} _k FROM {scan}"),
     "chartevents": (["subject_id", "itemid", "charttime", "valuenum"],
                     "SELECT TRY_CAST(subject_id AS BIGINT) subject_id, TRY_CAST(hadm_id AS DOUBLE) hadm_id, "
                     "TRY_CAST(charttime AS TIMESTAMP) time, 'chart:' || itemid code, "
                     "TRY_CAST(valuenum AS DOUBLE) value, valueuom unit, charttime raw_time, valuenum raw_value, "
-                    "{rowref} row_ref, {known} known_time FROM {scan}"),
+                    "{rowref} row_ref, {known} known_time, _line, {key} _k FROM {scan}"),
 }
 STORED = ("CASE WHEN TRY_CAST(storetime AS TIMESTAMP) IS NULL THEN NULL "
           "ELSE greatest(TRY_CAST(charttime AS TIMESTAMP), TRY_CAST(storetime AS TIMESTAMP)) END")
 
 
-def _omr_query(scan: str) -> str:
+def _omr_query(scan: str, key: str) -> str:
     # omr has a date, not a time: an entry counts as known at the END of its day (no same-day leakage).
     # "Blood Pressure" values are "120/80": split into systolic and diastolic codes.
     base = (f"SELECT TRY_CAST(subject_id AS BIGINT) subject_id, NULL::DOUBLE hadm_id, "
             f"TRY_CAST(chartdate AS DATE) + INTERVAL 1 DAY - INTERVAL 1 SECOND time, result_name, result_value, "
-            f"chartdate raw_time, 'subject_id=' || subject_id || ' chartdate=' || chartdate row_ref FROM {scan}")
-    return (f"WITH o AS ({base}) "
+            f"chartdate raw_time, 'subject_id=' || subject_id || ' chartdate=' || chartdate row_ref, _line, {key} _k "
+            f"FROM {scan}")
+    return (f"WITH o AS MATERIALIZED ({base}) "
             "SELECT subject_id, hadm_id, time, 'omr:' || result_name code, TRY_CAST(result_value AS DOUBLE) value, "
-            "NULL unit, raw_time, result_value raw_value, row_ref, time known_time FROM o "
+            "NULL unit, raw_time, result_value raw_value, row_ref, time known_time, _line, _k FROM o "
             "WHERE result_name NOT LIKE 'Blood Pressure%' "
             "UNION ALL SELECT subject_id, hadm_id, time, 'omr:' || result_name || ' systolic', "
-            "TRY_CAST(split_part(result_value, '/', 1) AS DOUBLE), 'mmHg', raw_time, result_value, row_ref, time "
+            "TRY_CAST(split_part(result_value, '/', 1) AS DOUBLE), 'mmHg', raw_time, result_value, row_ref, time, _line, _k "
             "FROM o WHERE result_name LIKE 'Blood Pressure%' "
             "UNION ALL SELECT subject_id, hadm_id, time, 'omr:' || result_name || ' diastolic', "
-            "TRY_CAST(split_part(result_value, '/', 2) AS DOUBLE), 'mmHg', raw_time, result_value, row_ref, time "
+            "TRY_CAST(split_part(result_value, '/', 2) AS DOUBLE), 'mmHg', raw_time, result_value, row_ref, time, _line, _k "
             "FROM o WHERE result_name LIKE 'Blood Pressure%'")
 
 
-def connect(memory_limit: str = "1GB", threads: int = 2, temp_dir: Path | None = None):
+def connect(memory_limit: str = "512MB", threads: int = 2, temp_dir: Path | None = None):
     con = duckdb.connect()
     con.execute(f"SET memory_limit='{memory_limit}'")
     con.execute(f"SET threads={int(threads)}")
@@ -250,7 +245,12 @@ def connect(memory_limit: str = "1GB", threads: int = 2, temp_dir: Path | None =
 def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     """Stream labevents, chartevents, omr and the tables of ``mimic_extra`` (those present) into
     out_dir/events.parquet, each row with its ``known_time``.  The code tables need
-    out_dir/admissions.parquet (their rows are known at the coded admission's dischtime)."""
+    out_dir/admissions.parquet (their rows are known at the coded admission's dischtime); with
+    out_dir/patients.parquet too, events after death are dropped (``late_events``).
+
+    Two passes over the data: every file is read once into a staging parquet (each row with
+    its source line where ``raw_checks`` checks the table), then the staged rows are checked,
+    cleaned (drug names, units, events after death) and written once."""
     from pipeline.sources.mimic_extra import drug_maps, extra_parts
     con = con or connect(temp_dir=out_dir)
     parts, found, absent, raw, fallback = [], [], [], {}, {}
@@ -259,60 +259,45 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
         if path is None:
             absent.append(table)
             continue
-        _require(con, path, required)
-        cols = _columns(con, path)
-        raw[table] = checked_scan(con, table, path, q, SOURCE)   # the user's file, line-numbered and checked
-        rowref = "'line ' || _line"
-        if "hadm_id" not in cols:
+        raw[table] = rt = open_raw(con, table, path, required)   # the user's file, line-numbered
+        if "hadm_id" not in rt.columns:
             sql = sql.replace("TRY_CAST(hadm_id AS DOUBLE)", "NULL::DOUBLE")
-        if "valueuom" not in cols:
+        if "valueuom" not in rt.columns:
             sql = sql.replace("valueuom unit", "NULL::VARCHAR unit")
         known = STORED
-        if "storetime" not in cols:  # an extract without the column: charted time, reported
+        if "storetime" not in rt.columns:  # an extract without the column: charted time, reported
             known, fallback[table] = "TRY_CAST(charttime AS TIMESTAMP)", "no storetime column: known at charttime"
-        parts.append((table, path, sql.format(scan=raw[table].scan, rowref=rowref, known=known)))
+        parts.append((table, path, sql.format(scan=rt.scan, rowref="'line ' || _line", known=known, key=rt.key_hash)))
         found.append(table)
     omr = table_path(root, "omr")
     if omr is not None:
-        _require(con, omr, ["subject_id", "chartdate", "result_name", "result_value"])
-        raw["omr"] = checked_scan(con, "omr", omr, q, SOURCE)
-        parts.append(("omr", omr, _omr_query(raw["omr"].scan)))
+        raw["omr"] = rt = open_raw(con, "omr", omr, ["subject_id", "chartdate", "result_name", "result_value"])
+        parts.append(("omr", omr, _omr_query(rt.scan, rt.key_hash)))
         found.append("omr")
     else:
         absent.append("omr")
-    adm = out_dir / "admissions.parquet"
+    adm, pats = out_dir / "admissions.parquet", out_dir / "patients.parquet"
     if adm.exists():
         more, more_found, more_absent = extra_parts(root, con, adm, table_path, _scan, _columns)
         parts, found, absent = parts + more, found + more_found, absent + more_absent
     out = out_dir / "events.parquet"
-    counts = {}
+    info = {"event_tables_found": found, "event_tables_absent": absent}
     if not parts:
         write_parquet(EVENTS.empty(), out, EVENTS)
-        return {"event_tables_found": found, "event_tables_absent": absent, "event_rows": 0}
-    # One CSV pass per table into a staging file; a row with an unparseable id or time keeps its
-    # row_ref there and is quarantined from it (listed up to a cap, then counted).
-    bad = "subject_id IS NULL OR (time IS NULL AND raw_time IS NOT NULL)"
-    union = " UNION ALL ".join(
-        f"SELECT subject_id, hadm_id, time, code, value, unit, '{table}' source, known_time::TIMESTAMP known_time, "
-        f"CASE WHEN {bad} THEN row_ref END bad_ref, CASE WHEN subject_id IS NULL THEN 'subject_id' ELSE 'time' END "
-        f"bad_field FROM ({sql}) WHERE ({bad}) OR (time IS NOT NULL AND value IS NOT NULL AND isfinite(value))"
-        for table, path, sql in parts)
-    stage = out.with_name(".events.stage.parquet")
-    con.execute(f"COPY ({union}) TO '{stage}' (FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
-    staged = f"read_parquet('{stage}')"
-    for table, path, _ in parts:
-        where = f"source = '{table}' AND bad_ref IS NOT NULL"
-        n_bad = con.execute(f"SELECT count(*) FROM {staged} WHERE {where}").fetchall()[0][0]
-        if n_bad:
-            for ref, field in con.execute(f"SELECT bad_ref, bad_field FROM {staged} WHERE {where} "
-                                          f"LIMIT {MAX_LISTED_BAD_ROWS}").fetchall():
-                q.add(SOURCE, path, ref, field, "admission not in admissions (absent or quarantined there)"
-                      if table in CODED_AT_DISCHARGE and field == "time" else "unparseable id or timestamp")
-            if n_bad > MAX_LISTED_BAD_ROWS:
-                q.add(SOURCE, path, None, "", f"{n_bad - MAX_LISTED_BAD_ROWS} more rows with unparseable id or time")
-        counts[table] = n_bad
-    drug_maps(con, staged)  # drug names normalised and classed once per distinct name
-    ok = f"SELECT * FROM {staged} WHERE bad_ref IS NULL AND subject_id IS NOT NULL AND time IS NOT NULL"
+        return {**info, "event_rows": 0}
+    stage = out.with_name(".events.stage")
+    shutil.rmtree(stage, ignore_errors=True)
+    _stage(con, parts, raw, stage)
+    staged = f"read_parquet('{stage}/*.parquet', union_by_name=true)"
+    for rt in raw.values():
+        rt.check(con, staged, q, SOURCE)
+    dropped = " UNION ALL ".join(f"SELECT '{t}' source, _line FROM {rt.dropped}" for t, rt in raw.items())
+    con.execute("CREATE OR REPLACE TEMP TABLE dropped_lines AS "
+                + (dropped or "SELECT NULL::VARCHAR source, NULL::BIGINT _line LIMIT 0"))
+    kept = f"(SELECT s.* FROM {staged} s ANTI JOIN dropped_lines d ON s.source = d.source AND s._line = d._line)"
+    counts = _quarantine_unparsed(con, kept, parts, q)
+    drug_maps(con, kept)  # drug names normalised and classed once per distinct name
+    ok = f"SELECT * FROM {kept} WHERE bad_ref IS NULL AND subject_id IS NOT NULL AND time IS NOT NULL"
     rows = (f"SELECT s.subject_id, s.hadm_id, s.time, coalesce(d.code, s.code) code, s.value, s.unit, s.source, "
             f"s.known_time FROM ({ok}) s LEFT JOIN drug_map d ON s.code = d.raw_code "
             "WHERE d.raw_code IS NULL OR d.code IS NOT NULL "
@@ -320,18 +305,80 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
             f"s.known_time FROM ({ok}) s JOIN drug_class k ON s.code = k.raw_code")
     conv = " ".join(f"WHEN code = 'chart:{f}' THEN 'chart:{c}'" for f, c in F_TO_C.items())
     vconv = " ".join(f"WHEN code = 'chart:{f}' THEN (value - 32) * 5.0 / 9.0" for f in F_TO_C)
-    final = (f"SELECT subject_id, hadm_id, time::TIMESTAMP_NS time, CASE {conv} ELSE code END code, "
-             f"CASE {vconv} ELSE value END value, CASE WHEN code IN ({', '.join(repr('chart:' + f) for f in F_TO_C)}) "
-             f"THEN '°C' ELSE unit END unit, source, known_time::TIMESTAMP_NS known_time FROM ({rows})")
+    cleaned = (f"(SELECT subject_id, hadm_id, time, CASE {conv} ELSE code END code, "
+               f"CASE {vconv} ELSE value END value, CASE WHEN code IN ({', '.join(repr('chart:' + f) for f in F_TO_C)}) "
+               f"THEN '°C' ELSE unit END unit, source, known_time FROM ({rows}))")
+    if adm.exists() and pats.exists():
+        alive, info["events_after_death"] = late_events(
+            con, cleaned, pd.read_parquet(pats), pd.read_parquet(adm), q, SOURCE, {t: p for t, p, _ in parts})
+    else:
+        alive = cleaned
+    con.execute(f"CREATE OR REPLACE TEMP TABLE unit_counts AS SELECT source, code, "
+                f"replace(lower(coalesce(unit, '')), ' ', '') u, count(*) n FROM {alive} GROUP BY ALL")
+    units = plan_units(con, "unit_counts", q, SOURCE, raw)
+    final = (f"SELECT subject_id, hadm_id, time::TIMESTAMP_NS time, known_time::TIMESTAMP_NS known_time, code, "
+             f"value, unit, source FROM ({units_sql(alive)})")   # the EVENTS schema's column order
     tmp = out.with_name(".events.parquet.tmp")
     con.execute(f"COPY ({final}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
-    stage.unlink()
+    shutil.rmtree(stage)
     tmp.replace(out)
-    units = harmonise_units(out, q, SOURCE, con, raw=raw)
     n = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchall()[0][0]
-    return {"event_tables_found": found, "event_tables_absent": absent, "event_rows": int(n),
-            "event_bad_rows": counts, "raw_checks": {t: r.counts for t, r in raw.items()},
+    return {**info, "event_rows": int(n), "event_bad_rows": counts, "raw_checks": {t: r.counts for t, r in raw.items()},
             "availability_fallback": fallback, **units}
+
+
+def _stage(con, parts: list, raw: dict, stage: Path) -> None:
+    """One pass over every part's file into the folder ``stage``: the usable rows and the bad ones (an
+    unparseable id or time: ``bad_ref``; a non-numeric value: ``bad_value``), each row of a
+    checked table with its ``_line`` and key hash ``_k``.  File order is kept (line numbers)."""
+    bad = "subject_id IS NULL OR (time IS NULL AND raw_time IS NOT NULL)"
+    selects = []
+    for table, _, sql in parts:
+        rt = raw.get(table)
+        nonnum = ("(value IS NULL AND trim(coalesce(raw_value, '')) <> '')"
+                  if rt is not None and rt.numeric else "FALSE")
+        lined = "_line, _k" if rt is not None else "NULL::BIGINT _line, NULL::UBIGINT _k"
+        field = f"'{rt.numeric[0]}'" if rt is not None and rt.numeric else "NULL"
+        selects.append(
+            f"SELECT subject_id, hadm_id, time, code, value, unit, '{table}' source, known_time::TIMESTAMP known_time, "
+            f"CASE WHEN {bad} OR {nonnum} THEN row_ref END bad_ref, "
+            f"CASE WHEN subject_id IS NULL THEN 'subject_id' WHEN {bad} THEN 'time' WHEN {nonnum} THEN {field} END "
+            f"bad_field, CASE WHEN {nonnum} THEN raw_value END bad_value, {lined} FROM ({sql}) "
+            f"WHERE ({bad}) OR {nonnum} OR (time IS NOT NULL AND value IS NOT NULL AND isfinite(value))")
+    # One COPY per part (a UNION ALL in file order would hold later parts in memory while the
+    # first streams); a checked table keeps its file order for row_number() OVER (), the others not.
+    order = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
+    stage.mkdir()
+    try:
+        for i, ((table, path, _), sel) in enumerate(zip(parts, selects)):
+            con.execute(f"SET preserve_insertion_order={'true' if table in raw else 'false'}")
+            try:
+                con.execute(f"COPY ({sel}) TO '{stage / f'{i:02d}.parquet'}' "
+                            "(FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
+            except duckdb.Error as e:   # a file DuckDB cannot parse: name it
+                raise DataError(f"cannot read the table ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                                file=path) from None
+    finally:
+        con.execute(f"SET preserve_insertion_order={'true' if str(order).lower() == 'true' else 'false'}")
+
+
+def _quarantine_unparsed(con, kept: str, parts: list, q: Quarantine) -> dict:
+    """Rows with an unparseable id or time (or a code row whose admission is absent): listed up to a
+    cap per table, then counted.  Returns the count per table."""
+    where = "bad_ref IS NOT NULL AND bad_field IN ('subject_id', 'time')"
+    n_bad = dict(con.execute(f"SELECT source, count(*) FROM {kept} WHERE {where} GROUP BY source").fetchall())
+    counts = {}
+    for table, path, _ in parts:
+        counts[table] = n = int(n_bad.get(table, 0))
+        if not n:
+            continue
+        for ref, field in con.execute(f"SELECT bad_ref, bad_field FROM {kept} WHERE source = '{table}' AND {where} "
+                                      f"ORDER BY _line LIMIT {MAX_LISTED_BAD_ROWS}").fetchall():
+            q.add(SOURCE, path, ref, field, "admission not in admissions (absent or quarantined there)"
+                  if table in CODED_AT_DISCHARGE and field == "time" else "unparseable id or timestamp")
+        if n > MAX_LISTED_BAD_ROWS:
+            q.add(SOURCE, path, None, "", f"{n - MAX_LISTED_BAD_ROWS} more rows with unparseable id or time")
+    return counts
 
 
 def read_codes(root: Path, con=None) -> pd.DataFrame:
@@ -351,21 +398,19 @@ def read_codes(root: Path, con=None) -> pd.DataFrame:
     return CODES.validate(codes)
 
 
-def drop_events_after_death(out_dir: Path, patients: pd.DataFrame, admissions: pd.DataFrame, q: Quarantine,
-                            source: str = SOURCE, con=None, files: dict[str, Path] | None = None) -> int:
-    """Events timestamped more than a day after the subject's death are recording errors:
-    quarantined (listed up to a cap, then counted) and removed from events.parquet.  ``files``
-    maps an event's source table to the user's file, which the quarantine rows then name."""
+def late_events(con, events: str, patients: pd.DataFrame, admissions: pd.DataFrame, q: Quarantine,
+                source: str = SOURCE, files: dict[str, Path] | None = None) -> tuple[str, int]:
+    """Events timestamped more than a day after the subject's death are recording errors: they
+    are quarantined (listed up to a cap, then counted; ``files`` maps an event's source table to
+    the user's file, which the rows then name).  Returns (the rows of ``events`` without them,
+    how many there were)."""
     files = files or {}
-    events = Path(out_dir) / "events.parquet"
     death = pd.concat([admissions[["subject_id", "deathtime"]].rename(columns={"deathtime": "death"}),
                        patients[["subject_id", "dod"]].rename(columns={"dod": "death"})]).dropna()
     if death.empty:
-        return 0
-    death = death.groupby("subject_id", as_index=False)["death"].min()
-    con = con or connect(temp_dir=out_dir)
-    con.register("death", death)
-    late = (f"SELECT e.* FROM read_parquet('{events}') e JOIN death d USING (subject_id) "
+        return events, 0
+    con.register("death_at", death.groupby("subject_id", as_index=False)["death"].min())
+    late = (f"SELECT e.* FROM {events} e JOIN death_at d USING (subject_id) "
             f"WHERE e.time > d.death + INTERVAL 1 DAY")
     n = con.execute(f"SELECT count(*) FROM ({late})").fetchall()[0][0]
     if n:
@@ -375,12 +420,22 @@ def drop_events_after_death(out_dir: Path, patients: pd.DataFrame, admissions: p
         if n > MAX_LISTED_BAD_ROWS:
             q.add(source, ", ".join(str(f) for f in files.values()) or "events", None, "time",
                   f"{n - MAX_LISTED_BAD_ROWS} more events after death")
+    alive = (f"(SELECT e.* FROM {events} e LEFT JOIN death_at d USING (subject_id) "
+             f"WHERE d.death IS NULL OR e.time <= d.death + INTERVAL 1 DAY)")
+    return (alive if n else events), int(n)
+
+
+def drop_events_after_death(out_dir: Path, patients: pd.DataFrame, admissions: pd.DataFrame, q: Quarantine,
+                            source: str = SOURCE, con=None, files: dict[str, Path] | None = None) -> int:
+    """``late_events`` on out_dir/events.parquet, rewritten without them."""
+    events = Path(out_dir) / "events.parquet"
+    con = con or connect(temp_dir=out_dir)
+    alive, n = late_events(con, f"read_parquet('{events}')", patients, admissions, q, source, files)
+    if n:
         tmp = events.with_name(".events.alive.tmp.parquet")
-        con.execute(f"COPY (SELECT e.* FROM read_parquet('{events}') e LEFT JOIN death d USING (subject_id) "
-                    f"WHERE d.death IS NULL OR e.time <= d.death + INTERVAL 1 DAY) TO '{tmp}' (FORMAT parquet)").fetchall()
+        con.execute(f"COPY (SELECT * FROM {alive}) TO '{tmp}' (FORMAT parquet)").fetchall()
         tmp.replace(events)
-    con.unregister("death")
-    return int(n)
+    return n
 
 
 def ingest_mimic_iv(root: Path, out_dir: Path, q: Quarantine) -> dict:
@@ -397,10 +452,7 @@ def ingest_mimic_iv(root: Path, out_dir: Path, q: Quarantine) -> dict:
     else:
         tables_absent.append("icustays")
     write_parquet(read_codes(root), out_dir / "codes.parquet", CODES)
-    info = ingest_events(root, out_dir, q)
-    tables = {t: table_path(root, t) for t in info.get("event_tables_found", [])}
-    info["events_after_death"] = drop_events_after_death(out_dir, patients, admissions, q,
-                                                         files={t: p for t, p in tables.items() if p is not None})
+    info = ingest_events(root, out_dir, q)   # events after death dropped there
     info["tables_absent"] = tables_absent + info.pop("event_tables_absent")
     info["version_hint"] = "1.0 (core/)" if (root / "core").exists() else "2.x/3.x (hosp/)"
     return info

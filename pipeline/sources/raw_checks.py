@@ -1,30 +1,32 @@
 """Checks of the user's own raw files, each finding naming that file and its line.
 
 ``inside_root`` refuses a path from an index file (record_list.csv, the CXR metadata)
-that would leave the source folder.  ``checked_scan`` runs one DuckDB pass over an
-EHR event table (labevents, chartevents, omr) as the user wrote it, numbering its
-lines (the header is line 1; a quoted field spanning lines counts as one), and
-quarantines, listing up to ``MAX_LISTED`` rows per kind and counting the rest:
+that would leave the source folder.  An EHR event table (labevents, chartevents, omr)
+is checked as the user wrote it, its lines numbered (the header is line 1; a quoted
+field spanning lines counts as one), listing up to ``MAX_LISTED`` rows per kind and
+counting the rest:
 
 * a non-numeric value in a numeric column (``valuenum`` "abc"): the row is dropped;
 * an exact duplicate row (every column equal to an earlier line's): dropped;
 * a conflicting duplicate (same subject, item and time as an earlier line, another
   value): both are kept, and the later line is listed as a warning.
 
-The returned ``RawTable`` is the SQL relation the event query reads (the file's
-columns plus ``_line``, exact duplicates removed) and ``lines_with_unit`` finds the
-lines behind a unit that ``units.harmonise_units`` quarantines.  Cost: the table is
-read once into a DuckDB temp table (text columns; it spills to the temp directory
-beyond ``memory_limit``), which the event query then reads instead of the file.
+Cost: no copy of the table is made.  ``mimic_iv.ingest_events`` streams the file once
+with ``RawTable.scan`` (the file's columns plus ``_line``) and stages each row with its
+line and a hash of its key columns; ``RawTable.check`` then finds the duplicate
+candidates (rows whose key hash repeats), reads only those lines again, whole, and
+decides among them exactly.  A clean file is read once.  ``lines_with_unit`` finds
+the lines behind a unit that ``units.harmonise_units`` quarantines.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import DataError, Quarantine
 
 MAX_LISTED = 200    # rows listed per file and kind of finding; the rest are counted in one row
+CANDIDATE_SLICE_ROWS = 8_000_000   # rows per slice of the duplicate-candidate aggregate
 
 # table: (numeric columns, key columns of one measurement (a value in another unit is not a conflict),
 #         the unit column, the code expression)
@@ -70,99 +72,133 @@ def _source_sql(path: Path) -> str:
 
 @dataclass
 class RawTable:
-    """One event table as the user wrote it, loaded with its line numbers."""
+    """One event table as the user wrote it: its file, columns and the checks' counts.
+
+    ``scan`` is the file with its line numbers (``_line``; run it with
+    ``preserve_insertion_order`` on, as ``ingest_events`` does); ``key_hash`` hashes the
+    columns of one measurement (``EVENT_TABLES``; every column where the file has none of
+    them).  The staged rows of the table carry both, and ``check`` works from them."""
     table: str
     path: Path
-    relation: str         # temp table: the file's columns, _line, _dup
     columns: list[str]
-    counts: dict[str, int]
+    counts: dict[str, int] = field(default_factory=dict)
+    stage: str | None = None      # relation of the staged rows (set by ``check``)
+
+    @property
+    def rel(self) -> str:
+        return f"raw_{self.table}"
 
     @property
     def scan(self) -> str:
-        """The rows to use (exact duplicates removed): the file's columns and ``_line``."""
-        return f"(SELECT * EXCLUDE (_dup) FROM {self.relation} WHERE NOT _dup)"
+        return f"(SELECT row_number() OVER () + 1 AS _line, * FROM {_source_sql(self.path)})"
+
+    @property
+    def key(self) -> list[str]:
+        key = [c for c in EVENT_TABLES.get(self.table, ((), (), None, None))[1] if c in self.columns]
+        return key or list(self.columns)
+
+    @property
+    def key_hash(self) -> str:
+        return f"hash({', '.join(_q(c) for c in self.key)})"
+
+    @property
+    def numeric(self) -> list[str]:
+        return [c for c in EVENT_TABLES.get(self.table, ((), (), None, None))[0] if c in self.columns]
+
+    @property
+    def dropped(self) -> str:
+        """Temp table of the lines dropped as exact duplicates (_line, first)."""
+        return f"{self.rel}_dup"
 
     def lines_with_unit(self, con, code: str, unit_norm: str, limit: int = MAX_LISTED) -> list[int]:
         """Lines whose code is ``code`` and whose unit (lower case, no spaces) is ``unit_norm``."""
-        _, _, unit_col, code_sql = EVENT_TABLES.get(self.table, ((), (), None, None))
-        if unit_col is None or unit_col not in self.columns:
+        if self.stage is None:
             return []
-        rows = con.execute(f"SELECT _line FROM {self.scan} WHERE {code_sql} = ? AND "
-                           f"replace(lower(coalesce(CAST({_q(unit_col)} AS VARCHAR), '')), ' ', '') = ? "
-                           f"ORDER BY _line LIMIT {int(limit)}",
-                           [code, unit_norm]).fetchall()
+        rows = con.execute(f"SELECT DISTINCT _line FROM {self.stage} WHERE source = ? AND code = ? AND "
+                           f"replace(lower(coalesce(unit, '')), ' ', '') = ? ORDER BY _line LIMIT {int(limit)}",
+                           [self.table, code, unit_norm]).fetchall()
         return [int(r[0]) for r in rows]
 
+    def check(self, con, stage: str, q: Quarantine, source: str) -> None:
+        """Quarantine this table's exact duplicates, non-numeric values and conflicting duplicates
+        (module doc) from its staged rows; the exact duplicates' lines go to ``dropped``.
 
-def _listed(con, q: Quarantine, source: str, path: Path, sql: str, field: str, reason) -> int:
+        Only rows whose key hash repeats can be duplicates: those few lines are read again from the
+        file, whole, and the decision among them is made on the columns themselves (exact)."""
+        self.stage = stage
+        mine = f"(SELECT * FROM {stage} WHERE source = '{self.table}')"
+        # repeated key hashes (a raw row may stage several rows: omr's blood pressure), found in
+        # slices of the hash range so that the aggregate's memory does not grow with the table
+        n = con.execute(f"SELECT count(*) FROM {mine}").fetchall()[0][0]
+        slices = max(1, -(-n // CANDIDATE_SLICE_ROWS))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {self.rel}_keys (_k UBIGINT)")
+        for i in range(slices):
+            con.execute(f"INSERT INTO {self.rel}_keys SELECT _k FROM {mine} WHERE _k % {slices} = {i} "
+                        "GROUP BY _k HAVING min(_line) < max(_line)")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {self.rel}_cand AS SELECT DISTINCT _line FROM {mine} "
+                    f"SEMI JOIN {self.rel}_keys USING (_k)")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {self.dropped} (_line BIGINT, first BIGINT)")
+        every = ", ".join(_q(c) for c in self.columns)
+        cand = f"{self.rel}_rows"
+        if con.execute(f"SELECT count(*) FROM {self.rel}_cand").fetchall()[0][0]:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {cand} AS SELECT * FROM {self.scan} "
+                        f"WHERE _line IN (SELECT _line FROM {self.rel}_cand)")
+        else:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {cand} AS SELECT * FROM {self.scan} LIMIT 0")
+        self.counts["exact_duplicates"] = _listed(
+            con, q, source, self.path,
+            f"SELECT _line, first_value(_line) OVER w first FROM {cand} "
+            f"WINDOW w AS (PARTITION BY {every} ORDER BY _line) QUALIFY row_number() OVER w > 1",
+            "row", lambda r: "exact duplicate row (dropped)" + (f" of line {r[1]}" if r else ""), self.dropped)
+        for col in self.numeric:   # staged with bad_field = col and the text in bad_value
+            self.counts[f"non_numeric_{col}"] = _listed(
+                con, q, source, self.path,
+                f"SELECT _line, bad_value FROM {mine} WHERE bad_field = '{col}' "
+                f"AND _line NOT IN (SELECT _line FROM {self.dropped})",
+                col, lambda r: "non-numeric value in a numeric column (row dropped)" + (f": {r[1][:40]!r}" if r else ""),
+                f"{self.rel}_nonnum")
+        key = [c for c in EVENT_TABLES.get(self.table, ((), (), None, None))[1] if c in self.columns]
+        if key and self.numeric:
+            k = ", ".join(_q(c) for c in key)
+            differ = " OR ".join(f"min(TRY_CAST({_q(c)} AS DOUBLE)) OVER (PARTITION BY {k}) <> "
+                                 f"max(TRY_CAST({_q(c)} AS DOUBLE)) OVER (PARTITION BY {k})" for c in self.numeric)
+            self.counts["conflicting_duplicates"] = _listed(
+                con, q, source, self.path,
+                f"SELECT _line, first_value(_line) OVER w first FROM {cand} "
+                f"WHERE _line NOT IN (SELECT _line FROM {self.dropped}) "
+                f"WINDOW w AS (PARTITION BY {k} ORDER BY _line) QUALIFY ({differ}) AND row_number() OVER w > 1",
+                self.numeric[0], lambda r: f"conflicting duplicate: same {', '.join(key)} as line {r[1]}, another "
+                                           "value (both kept)" if r else "conflicting duplicates (both kept)",
+                f"{self.rel}_conflict")
+
+
+def _listed(con, q: Quarantine, source: str, path: Path, sql: str, field: str, reason, name: str) -> int:
     """Quarantine the rows of ``sql`` (columns _line, then what ``reason(row)`` formats): up to
-    MAX_LISTED listed, the rest counted in one row.  Returns how many there were."""
-    n = con.execute(f"SELECT count(*) FROM ({sql})").fetchall()[0][0]
-    for row in con.execute(f"SELECT * FROM ({sql}) ORDER BY _line LIMIT {MAX_LISTED}").fetchall():
+    MAX_LISTED listed, the rest counted in one row.  The rows are computed once, into the temp
+    table ``name``.  Returns how many there were."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+    n = con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
+    for row in con.execute(f"SELECT * FROM {name} ORDER BY _line LIMIT {MAX_LISTED}").fetchall():
         q.add(source, path, f"line {row[0]}", field, reason(row))
     if n > MAX_LISTED:
         q.add(source, path, None, field, reason(None) + f": {n - MAX_LISTED} more rows not listed")
     return int(n)
 
 
-def checked_scan(con, table: str, path: Path, q: Quarantine, source: str) -> RawTable:
-    """Load ``path`` with line numbers into a temp table, quarantine what is wrong (see module
-    doc) and return the ``RawTable`` the event query reads."""
+def open_raw(con, table: str, path: Path, required: list[str]) -> RawTable:
+    """The ``RawTable`` of ``path`` after checking its header (required columns, no ``_line``)."""
     path = Path(path)
-    numeric, key, _, _ = EVENT_TABLES.get(table, ((), (), None, None))
-    rel = f"raw_{table}"
-    order = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
-    con.execute("SET preserve_insertion_order=true")     # the temp tables keep the file's order: rowid = line - 2
     try:
-        try:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {rel}_in AS SELECT * FROM {_source_sql(path)}")
-        except Exception as e:  # DuckDB's CSV/parquet errors name the problem; ours names the file too
-            raise DataError(f"cannot read the table ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                            file=path) from None
-        cols = [r[0] for r in con.execute(f"DESCRIBE {rel}_in").fetchall()]
-        if "_line" in cols or "_dup" in cols:
-            raise DataError("a column is named _line or _dup (reserved for line numbers)", file=path, field="_line")
-        every = ", ".join(_q(c) for c in cols)
-        # a plain projection keeps the file's order (rowid = line - 2); no window over the whole file
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {rel} AS SELECT *, rowid + 2 AS _line, FALSE AS _dup "
-                    f"FROM {rel}_in")
-        con.execute(f"DROP TABLE {rel}_in")
-    finally:
-        con.execute(f"SET preserve_insertion_order={'true' if str(order).lower() == 'true' else 'false'}")
-    counts = {}
-    # Exact duplicates: only rows whose whole-row hash repeats are candidates (a hash aggregate over
-    # the file); among them equality is decided on the columns themselves, so the result is exact.
-    dups = f"(SELECT * FROM {rel} WHERE hash({every}) IN " \
-           f"(SELECT hash({every}) h FROM {rel} GROUP BY h HAVING count(*) > 1))"
-    con.execute(f"UPDATE {rel} SET _dup = TRUE WHERE _line IN (SELECT _line FROM {dups} "
-                f"QUALIFY row_number() OVER (PARTITION BY {every} ORDER BY _line) > 1)")
-    counts["exact_duplicates"] = _listed(
-        con, q, source, path,
-        f"SELECT _line, first_value(_line) OVER (PARTITION BY {every} ORDER BY _line) FROM {dups} QUALIFY _dup",
-        "row", lambda r: "exact duplicate row (dropped)" + (f" of line {r[1]}" if r else ""))
-    for col in (c for c in numeric if c in cols):
-        counts[f"non_numeric_{col}"] = _listed(
-            con, q, source, path,
-            f"SELECT _line, CAST({_q(col)} AS VARCHAR) FROM {rel} WHERE NOT _dup "
-            f"AND trim(coalesce(CAST({_q(col)} AS VARCHAR), '')) <> '' AND TRY_CAST({_q(col)} AS DOUBLE) IS NULL",
-            col, lambda r: "non-numeric value in a numeric column (row dropped)" + (f": {r[1][:40]!r}" if r else ""))
-    key = [c for c in key if c in cols]
-    value = [c for c in numeric if c in cols]
-    if key and value:
-        k = ", ".join(_q(c) for c in key)
-        differ = " OR ".join(f"min(TRY_CAST({_q(c)} AS DOUBLE)) OVER (PARTITION BY {k}) <> "
-                             f"max(TRY_CAST({_q(c)} AS DOUBLE)) OVER (PARTITION BY {k})" for c in value)
-        # candidates: rows whose key hash repeats; the windows then decide exactly among them
-        same_key = f"(SELECT * FROM {rel} WHERE NOT _dup AND hash({k}) IN " \
-                   f"(SELECT hash({k}) h FROM {rel} WHERE NOT _dup GROUP BY h HAVING count(*) > 1))"
-        counts["conflicting_duplicates"] = _listed(
-            con, q, source, path,
-            f"SELECT _line, first_value(_line) OVER w FROM {same_key} "
-            f"WINDOW w AS (PARTITION BY {k} ORDER BY _line) "
-            f"QUALIFY ({differ}) AND row_number() OVER w > 1",
-            value[0], lambda r: f"conflicting duplicate: same {', '.join(key)} as line {r[1]}, another value "
-                                "(both kept)" if r else "conflicting duplicates (both kept)")
-    return RawTable(table, path, rel, cols, counts)
+        cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {_source_sql(path)}").fetchall()]
+    except Exception as e:  # DuckDB's CSV/parquet errors name the problem; ours names the file too
+        raise DataError(f"cannot read the table ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                        file=path) from None
+    missing = [c for c in required if c not in cols]
+    if missing:
+        raise DataError(f"required column(s) {missing} missing; found {cols}", file=path, field=missing[0])
+    if "_line" in cols:
+        raise DataError("a column is named _line (reserved for line numbers)", file=path, field="_line")
+    return RawTable(table, path, cols)
 
 
 GZIP_MAX_RATIO = 200            # text compresses 3-10x; a gzip bomb of one repeated byte ~1000x

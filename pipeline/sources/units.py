@@ -35,28 +35,27 @@ def _norm(col: str) -> str:
     return f"replace(lower(coalesce({col}, '')), ' ', '')"
 
 
-def harmonise_units(events: Path, q: Quarantine, source: str, con, raw: dict | None = None) -> dict:
-    """Rewrite ``events`` (parquet) in place with one unit per code.
+def plan_units(con, counts: str, q: Quarantine, source: str, raw: dict | None = None) -> dict:
+    """Choose each code's unit from ``counts`` (a relation: source, code, u = the normalised
+    unit, n), register the temp tables ``conv`` and ``dom`` that ``units_sql`` reads, and
+    quarantine the values in an unknown unit.
 
     ``raw`` maps an event source table to its ``raw_checks.RawTable`` (a quarantine row then
     names the user's file and line) or to its file (the row names the file and the count)."""
-    conv = pd.DataFrame(CONVERSIONS, columns=["code", "from_unit", "to_unit", "factor"])
-    con.register("conv", conv)
-    ev = f"read_parquet('{events}')"
+    con.register("conv", pd.DataFrame(CONVERSIONS, columns=["code", "from_unit", "to_unit", "factor"]))
     # A code with a known conversion keeps its target unit whatever this extract holds most of (a
     # scoring extract must land on the training scale); ties broken by name, never by scan order.
     con.execute(f"""CREATE OR REPLACE TEMP TABLE dom AS
         SELECT d.code, coalesce(any_value(k.to_unit), arg_max(u, (n, u))) AS unit FROM (
-          SELECT code, {_norm('unit')} AS u, count(*) n FROM {ev} WHERE unit IS NOT NULL AND unit <> ''
-          GROUP BY code, u) d LEFT JOIN (SELECT DISTINCT code, to_unit FROM conv) k ON d.code = k.code
+          SELECT code, u, sum(n) n FROM {counts} WHERE u <> '' GROUP BY code, u) d
+        LEFT JOIN (SELECT DISTINCT code, to_unit FROM conv) k ON d.code = k.code
         GROUP BY d.code""")
-    joined = f"""SELECT e.*, {_norm('e.unit')} AS u, d.unit AS du, c.factor
-        FROM {ev} e LEFT JOIN dom d ON e.code = d.code
-        LEFT JOIN conv c ON e.code = c.code AND c.from_unit = {_norm('e.unit')} AND c.to_unit = d.unit"""
-    mismatch = "(u <> '' AND du IS NOT NULL AND u <> du)"
-    unknown = con.execute(f"""SELECT source, code, u, du, count(*) FROM ({joined}) WHERE {mismatch} AND factor IS NULL
-        GROUP BY source, code, u, du ORDER BY count(*) DESC""").fetchall()
-    for table, code, u, du, n in unknown:
+    found = con.execute(f"""SELECT s.source, s.code, s.u, d.unit, sum(s.n), bool_or(c.factor IS NOT NULL)
+        FROM {counts} s JOIN dom d ON s.code = d.code
+        LEFT JOIN conv c ON s.code = c.code AND c.from_unit = s.u AND c.to_unit = d.unit
+        WHERE s.u <> '' AND s.u <> d.unit GROUP BY ALL ORDER BY sum(s.n) DESC""").fetchall()
+    unknown = [r for r in found if not r[5]]
+    for table, code, u, du, n, _ in unknown:
         reason = f"unknown unit '{u}', expected '{du}' (value dropped)"
         rt = (raw or {}).get(table)
         file = getattr(rt, "path", rt) or table
@@ -66,12 +65,29 @@ def harmonise_units(events: Path, q: Quarantine, source: str, con, raw: dict | N
         if n > len(lines):
             q.add(source, file, None, f"unit ({code})",
                   f"unknown unit: {n - len(lines)} {'more ' if lines else ''}value(s) in '{u}', expected '{du}'")
-    converted = con.execute(f"SELECT count(*) FROM ({joined}) WHERE {mismatch} AND factor IS NOT NULL").fetchall()[0][0]
-    tmp = events.with_name(".events.units.tmp.parquet")
-    con.execute(f"""COPY (SELECT * EXCLUDE (u, du, factor, value, unit),
+    return {"unit_converted": int(sum(r[4] for r in found if r[5])),
+            "unit_unknown_dropped": int(sum(r[4] for r in unknown))}
+
+
+def units_sql(relation: str) -> str:
+    """``relation``'s rows on each code's unit (``plan_units`` first): converted where the
+    conversion is known, dropped where the unit is unknown."""
+    mismatch = "(u <> '' AND du IS NOT NULL AND u <> du)"
+    return f"""SELECT * EXCLUDE (u, du, factor, value, unit),
             CASE WHEN {mismatch} THEN value * factor ELSE value END AS value,
             CASE WHEN {mismatch} THEN du ELSE unit END AS unit
-        FROM ({joined}) WHERE NOT ({mismatch} AND factor IS NULL)) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)""").fetchall()
+        FROM (SELECT e.*, {_norm('e.unit')} AS u, d.unit AS du, c.factor
+              FROM {relation} e LEFT JOIN dom d ON e.code = d.code
+              LEFT JOIN conv c ON e.code = c.code AND c.from_unit = {_norm('e.unit')} AND c.to_unit = d.unit)
+        WHERE NOT ({mismatch} AND factor IS NULL)"""
+
+
+def harmonise_units(events: Path, q: Quarantine, source: str, con, raw: dict | None = None) -> dict:
+    """Rewrite ``events`` (parquet) in place with one unit per code (``plan_units``, ``units_sql``)."""
+    ev = f"read_parquet('{events}')"
+    info = plan_units(con, f"(SELECT source, code, {_norm('unit')} u, count(*) n FROM {ev} GROUP BY ALL)",
+                      q, source, raw)
+    tmp = events.with_name(".events.units.tmp.parquet")
+    con.execute(f"COPY ({units_sql(ev)}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
     tmp.replace(events)
-    con.unregister("conv")
-    return {"unit_converted": int(converted), "unit_unknown_dropped": int(sum(r[4] for r in unknown))}
+    return info

@@ -10,6 +10,13 @@ that the raw rows never make available, is a VIOLATION (the run fails).  Rows ch
 look-back but not yet available are counted as held back, by reason.  Under
 ``ehr.availability: charttime`` (the comparison mode) the rows used before they were
 available are counted, not failed: that mode exists to measure what they are worth.
+
+Notes (``audit_notes``): every (admission, note) pair the notes featuriser used
+(``used_notes.parquet``) is looked up by ``note_id`` in the raw note file and its
+availability re-derived there: a timed note at its ``storetime`` (never before its
+charttime; no storetime in a file that has the column: never), a date-only note at the end
+of its day, a file without the column at the charttime.  A used note not available by
+the prediction time, or absent from the raw files, is a violation.
 """
 from __future__ import annotations
 
@@ -132,3 +139,61 @@ def audit_availability(cohort: pd.DataFrame, ingest_dir: Path, raw_root: Path, c
         result["used_before_available"] = int(n_bad)
     con.close()
     return result
+
+
+NOTE_DATE_ONLY = "(length(trim(charttime)) <= 10 OR strftime(TRY_CAST(charttime AS TIMESTAMP), '%H:%M:%S') = '00:00:00')"
+
+
+def _raw_notes(files: list[str], con) -> str:
+    """SQL of (note_id, subject_id, hadm_id, kind, charted, avail, reason) over the raw note files."""
+    parts = []
+    for f in files:
+        cols = _columns(con, Path(f))
+        ct = _ts("charttime")
+        eod = EOD.format(d="charttime")
+        if "storetime" in cols:
+            avail = (f"CASE WHEN {_ts('storetime')} IS NOT NULL THEN greatest({ct}, {_ts('storetime')}) "
+                     f"WHEN {NOTE_DATE_ONLY} THEN {eod} END")
+            reason = (f"CASE WHEN {_ts('storetime')} IS NOT NULL THEN 'stored later' WHEN {NOTE_DATE_ONLY} "
+                      "THEN 'date-only' ELSE 'no storetime' END")
+        else:
+            avail, reason = f"CASE WHEN {NOTE_DATE_ONLY} THEN {eod} ELSE {ct} END", "'date-only'"
+        text = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in ("note_id", "charttime", "storetime", "note_type")
+                         if c in cols)   # a parquet file may hold typed columns
+        kind = "lower(trim(note_type))" if "note_type" in cols else f"'{Path(f).name.split('.')[0].lower()}'"
+        hadm = "TRY_CAST(hadm_id AS DOUBLE)" if "hadm_id" in cols else "NULL::DOUBLE"
+        parts.append(f"SELECT trim(note_id) note_id, TRY_CAST(subject_id AS BIGINT) subject_id, {hadm} hadm_id, "
+                     f"{kind} kind, CASE WHEN {NOTE_DATE_ONLY} THEN TRY_CAST(charttime AS DATE)::TIMESTAMP ELSE {ct} "
+                     f"END charted, {avail} avail, {reason} reason FROM (SELECT * REPLACE ({text}) FROM {_scan(Path(f))})")
+    return " UNION ALL ".join(parts)
+
+
+def audit_notes(cohort: pd.DataFrame, used_notes: Path, note_files: list[str], lookback_hours: float,
+                workdir: Path) -> dict:
+    """{'used', 'used_before_available', 'held_back': {reason: n}, 'violations': [...]} for the notes
+    source (module doc): the pairs used, re-checked on the raw files, and the notes of each cohort
+    row's subject charted in its look-back but not yet available at its prediction time."""
+    out = {"usable": 0, "used_before_available": 0, "held_back": {}, "violations": []}
+    if not note_files or not Path(used_notes).exists():
+        return out
+    con = connect(temp_dir=Path(workdir))
+    con.execute(f"CREATE TEMP TABLE raw_notes AS {_raw_notes(note_files, con)}")
+    con.register("c", cohort[["subject_id", "hadm_id", "prediction_time"]])
+    used = f"""SELECT u.hadm_id, u.note_id, c.prediction_time pt, r.avail, r.charted FROM read_parquet('{used_notes}') u
+        JOIN c USING (hadm_id) LEFT JOIN raw_notes r ON r.note_id = u.note_id AND r.subject_id = c.subject_id"""
+    n_used, n_bad = con.execute(f"SELECT count(*), count(*) FILTER (WHERE avail IS NULL OR avail > pt) "
+                                f"FROM ({used})").fetchall()[0]
+    out["usable"], out["used_before_available"] = int(n_used), int(n_bad)
+    if n_bad:
+        out["violations"] = [{"modality": "notes", "source": "notes", "hadm_id": int(h), "note_id": n,
+                              "available": str(a), "prediction_time": str(p), "charted": str(t)}
+                             for h, n, p, a, t in con.execute(f"SELECT * FROM ({used}) WHERE avail IS NULL OR avail > pt "
+                                                             "ORDER BY hadm_id, note_id LIMIT 20").fetchall()]
+    held = con.execute(f"""SELECT r.reason, count(*) FROM raw_notes r JOIN c ON r.subject_id = c.subject_id
+        WHERE r.charted <= c.prediction_time AND r.charted >= c.prediction_time - INTERVAL {float(lookback_hours)} HOUR
+          AND (r.avail IS NULL OR r.avail > c.prediction_time)
+          AND NOT ((r.kind = 'ds' OR r.kind LIKE 'discharge%') AND r.hadm_id = c.hadm_id)
+        GROUP BY r.reason ORDER BY r.reason""").fetchall()
+    out["held_back"] = {f"note {why}": int(n) for why, n in held}
+    con.close()
+    return out

@@ -104,7 +104,11 @@ def _icu_task(adm: pd.DataFrame, icustays, task: TaskConfig, counts: dict) -> pd
     return adm.assign(prediction_time=pt, label=label)[keep]
 
 
-def _readmission_task(adm: pd.DataFrame, task: TaskConfig, counts: dict) -> pd.DataFrame:
+def _readmission_task(adm: pd.DataFrame, task: TaskConfig, counts: dict, scoring: bool = False) -> pd.DataFrame:
+    """Index stays and their 30-day readmission label.  Training excludes the stays whose outcome
+    cannot be known (a death before any readmission: competing event; a window running past the
+    end of the data: censored).  ``scoring`` keeps them, label unknown (NaN): at discharge nobody
+    knows either, and a recently discharged patient is exactly whom a readmission score is for."""
     adm = adm.sort_values(["subject_id", "admittime", "hadm_id"]).reset_index(drop=True)
     end = adm["dischtime"].fillna(adm["admittime"])
     gap = pd.Timedelta(hours=TRANSFER_HOURS)
@@ -141,9 +145,14 @@ def _readmission_task(adm: pd.DataFrame, task: TaskConfig, counts: dict) -> pd.D
     # competing event: death (date only: known by the end of its day) within the window, no readmission before it
     dod_end = adm["dod"] + pd.Timedelta(days=1)
     died_first = keep & adm["dod"].notna() & (adm["dod"] <= window_end) & ~(readmitted & (nxt <= dod_end))
+    data_end = pd.concat([adm["admittime"], adm["dischtime"]]).max()
+    censored = keep & ~died_first & ~readmitted & (window_end > data_end)
+    if scoring:
+        unknown = died_first | censored
+        counts["outcome_unknown_at_data_end"] = int(unknown.sum())
+        return adm.assign(prediction_time=pt, label=readmitted.astype(float).where(~unknown))[keep]
     counts["excluded_died_within_30d_before_readmission"] = int(died_first.sum())
     keep &= ~died_first
-    data_end = pd.concat([adm["admittime"], adm["dischtime"]]).max()
     censored = keep & (window_end > data_end)
     counts["excluded_censored_end_of_data"] = int(censored.sum())
     keep &= ~censored
@@ -168,7 +177,7 @@ def build_cohort(patients: pd.DataFrame, admissions: pd.DataFrame, icustays: pd.
     elif task.name == "icu_mortality":
         df = _icu_task(adm, icustays, task, counts)
     elif task.name == "readmission30":
-        df = _readmission_task(adm, task, counts)
+        df = _readmission_task(adm, task, counts, scoring=not require_outcomes)
     else:  # pragma: no cover - pydantic restricts the names
         raise DataError(f"unknown task {task.name!r}", field="task.name")
     if task.name != "readmission30":  # an open stay (live extract): its outcome is not known yet

@@ -55,6 +55,7 @@ from pipeline.config import ECGConfig
 from pipeline.errors import DataError, Quarantine
 from pipeline.progress import track
 from pipeline.sources.ecg import LEAD_INDEX, SOURCE, STANDARD_LEADS, load_ecg
+from pipeline.sources.zero_phase import ZeroPhase
 
 PREFIX = "ecg__"
 FEATURE_NAMES = ("hr", "rr_mean", "rr_std", "sdnn", "rmssd", "rr_cv", "pnn50", "pr", "qrs", "qt", "qtc",
@@ -127,13 +128,13 @@ def _first_run_below(g: np.ndarray, start: int, stop: int, thr: float, hold: int
 
 
 @lru_cache(maxsize=8)
-def _beat_filter(fs: int) -> np.ndarray:
+def _beat_filter(fs: int) -> ZeroPhase:
     """40 Hz low-pass and 50 / 60 Hz notches (mains hum survives the median over a few beats)."""
     sos = [sps.butter(2, min(DELINEATION_LOWPASS_HZ, 0.45 * fs), btype="lowpass", fs=fs, output="sos")]
     for mains in (50.0, 60.0):
         if mains < 0.45 * fs:
             sos.append(sps.tf2sos(*sps.iirnotch(mains, 5.0, fs=fs)))
-    return np.vstack(sos)
+    return ZeroPhase(np.vstack(sos))
 
 
 def _fiducials(tpl: np.ndarray, r: int, fs: int, rr_ms: float, p_lead: int) -> dict[str, int]:
@@ -196,7 +197,7 @@ def _fiducials(tpl: np.ndarray, r: int, fs: int, rr_ms: float, p_lead: int) -> d
 def _delineate(tpl: np.ndarray, r: int, fs: int, rr_ms: float, p_lead: int) -> dict[str, float]:
     """Intervals (ms), ST levels and QRS amplitude (mV) from median beats ``tpl`` [leads, samples]."""
     ms = fs / 1000.0
-    tpl = sps.sosfiltfilt(_beat_filter(fs), tpl, axis=1)            # delineate a low-passed, de-hummed beat
+    tpl = _beat_filter(fs)(tpl, axis=1)                      # delineate a low-passed, de-hummed beat
     pts = _fiducials(tpl, r, fs, rr_ms, p_lead)
     out: dict[str, float] = {}
     if "qrs_on" not in pts:
@@ -317,7 +318,7 @@ def select_records(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ECGConfig) ->
 
 @dataclass
 class _Outcome:
-    """What the stage keeps of one loaded record (the waveform goes to the on-disk store)."""
+    """What the stage keeps of one loaded record (its waveform went to the part file)."""
     path: str
     verdict: str
     reasons: str
@@ -325,55 +326,78 @@ class _Outcome:
     n_leads: int = 0
     features: dict | None = None
     lead_mask: np.ndarray | None = None
-    wave: np.ndarray | None = None
+    slot: int = -1                     # the row of the current part file holding its waveform, -1: none
 
     @property
     def usable(self) -> bool:
         return self.verdict != "bad"
 
 
-def _process(task: tuple[str, bool, int, float, int]) -> _Outcome:
-    path, want_wave, fs, seconds, min_leads = task
+@dataclass(frozen=True)
+class _Task:
+    """One record to load: its waveform, when wanted, goes to row ``slot`` of the .npy file
+    ``part`` (written there by whichever process loads it: no waveform crosses a pipe)."""
+    path: str
+    slot: int
+    part: str
+    fs: int
+    seconds: float
+    min_leads: int
+
+
+def _process(task: _Task) -> _Outcome:
     try:
-        rec = load_ecg(path, fs=fs, seconds=seconds, min_leads=min_leads)
+        rec = load_ecg(task.path, fs=task.fs, seconds=task.seconds, min_leads=task.min_leads)
     except DataError as e:
-        return _Outcome(path, "bad", str(e), e.field or "record")
+        return _Outcome(task.path, "bad", str(e), e.field or "record")
     problem = rec.problem
-    out = _Outcome(path, rec.verdict, "; ".join(rec.reasons), problem.field if problem else "", rec.n_leads,
+    out = _Outcome(task.path, rec.verdict, "; ".join(rec.reasons), problem.field if problem else "", rec.n_leads,
                    lead_mask=rec.lead_mask)
     if out.usable:
-        out.features = {**ecg_features(rec.signal, fs, rec.lead_mask), "n_leads": float(rec.n_leads)}
-        if want_wave:
-            out.wave = normalise_waveform(rec.signal, rec.lead_mask)
+        out.features = {**ecg_features(rec.signal, task.fs, rec.lead_mask), "n_leads": float(rec.n_leads)}
+        if task.slot >= 0:
+            wave = np.ascontiguousarray(normalise_waveform(rec.signal, rec.lead_mask))
+            part = np.load(task.part, mmap_mode="r+")
+            part[task.slot] = wave
+            del part
+            out.slot = task.slot
     return out
 
 
 class _WaveStore:
-    """Normalised waveforms received from the workers, kept on disk so memory stays bounded."""
+    """Normalised waveforms, one part file per loading round (rows in task order), so memory
+    stays bounded and the workers write them in place."""
 
     def __init__(self, folder: Path, shape: tuple[int, int]):
         self.folder, self.shape = folder, shape
-        self.parts: list[tuple[Path, np.ndarray]] = []
+        self.parts: list[tuple[Path, int]] = []          # (file, rows)
         self.where: dict[str, tuple[int, int]] = {}
-        self._next = 0
 
-    def new_part(self, n: int) -> None:
+    def new_part(self, n: int) -> str:
         path = self.folder / f".ecg_waves_part{len(self.parts)}.npy"
-        self.parts.append((path, open_memmap(path, mode="w+", dtype=np.float32, shape=(max(n, 1), *self.shape))))
-        self._next = 0
+        created = open_memmap(path, mode="w+", dtype=np.float32, shape=(max(n, 1), *self.shape))
+        del created                                      # the loading processes write its rows
+        self.parts.append((path, max(n, 1)))
+        return str(path)
 
-    def put(self, key: str, wave: np.ndarray) -> None:
-        part = len(self.parts) - 1
-        self.parts[part][1][self._next] = wave
-        self.where[key] = (part, self._next)
-        self._next += 1
+    def put(self, key: str, slot: int) -> None:
+        self.where[key] = (len(self.parts) - 1, slot)
 
     def __contains__(self, key: str) -> bool:
         return key in self.where
 
-    def get(self, key: str) -> np.ndarray:
-        part, slot = self.where[key]
-        return self.parts[part][1][slot]
+    def read(self, part: int) -> np.ndarray:
+        return np.load(self.parts[part][0], mmap_mode="r")
+
+    def take_whole(self, keys: list[str], dest: Path) -> bool:
+        """Move the only part file to ``dest`` when it holds exactly ``keys``' waveforms in order
+        (the usual case: every admission's latest record usable); False otherwise."""
+        if len(self.parts) != 1 or self.parts[0][1] != len(keys) or not keys:
+            return False
+        if any(self.where[k] != (0, i) for i, k in enumerate(keys)):
+            return False
+        os.replace(self.parts[0][0], dest)
+        return True
 
     def close(self) -> None:
         paths = [path for path, _ in self.parts]
@@ -442,14 +466,15 @@ def featurize_ecg(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ECGConfig, out
                     need[p] = need.get(p, False) or want
             if not need:
                 break
-            tasks = [(p, want, cfg.fs, cfg.seconds, cfg.min_leads) for p, want in need.items()]
-            waves.new_part(sum(need.values()))
+            part = waves.new_part(sum(need.values()))
+            slots = np.cumsum(list(need.values())) - 1
+            tasks = [_Task(p, int(slots[i]) if want else -1, part, cfg.fs, cfg.seconds, cfg.min_leads)
+                     for i, (p, want) in enumerate(need.items())]
             outcomes = (pool.imap(_process, tasks, chunksize=max(1, min(16, len(tasks) // (8 * n_jobs))))
                         if pool is not None else map(_process, tasks))
             for out in track(outcomes, total=len(tasks), desc="ECG records", stage="features_ecg"):
-                if out.wave is not None:
-                    waves.put(out.path, out.wave)
-                    out.wave = None
+                if out.slot >= 0:
+                    waves.put(out.path, out.slot)
                 results[out.path] = out
         rows, chosen_paths = [], []
         for hadm, paths in per_hadm.items():
@@ -495,13 +520,16 @@ def _write_outputs(out_dir: Path, rows: list[dict], chosen: list[str], results: 
     feats[columns[2:]] = feats[columns[2:]].astype("float64")
     write_parquet(feats, out_dir / "features.parquet", FEATURES)
 
-    tmp = out_dir / f".waveforms.npy.tmp{os.getpid()}"
-    arr = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(chosen), len(STANDARD_LEADS), n_samples))
-    for i, p in enumerate(chosen):
-        arr[i] = waves.get(p)
-    arr.flush()
-    del arr
-    os.replace(tmp, out_dir / "waveforms.npy")
+    if not waves.take_whole(chosen, out_dir / "waveforms.npy"):
+        tmp = out_dir / f".waveforms.npy.tmp{os.getpid()}"
+        arr = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(chosen), len(STANDARD_LEADS), n_samples))
+        parts = [waves.read(k) for k in range(len(waves.parts))]
+        for i, p in enumerate(chosen):
+            part, slot = waves.where[p]
+            arr[i] = parts[part][slot]
+        arr.flush()
+        del arr, parts
+        os.replace(tmp, out_dir / "waveforms.npy")
     masks = np.array([results[p].lead_mask for p in chosen], bool).reshape(len(chosen), len(STANDARD_LEADS))
     tmp = out_dir / f".lead_mask.npy.tmp{os.getpid()}.npy"
     np.save(tmp, masks)
@@ -511,7 +539,7 @@ def _write_outputs(out_dir: Path, rows: list[dict], chosen: list[str], results: 
     results = dict(sorted(results.items()))   # one row per record, in path order
     qc = pd.DataFrame({
         "path": pd.Series(list(results), dtype=object),
-        "study_id": pd.array([meta.at[p, "study_id"] for p in results], dtype="Int64"),
+        "study_id": pd.array(meta["study_id"].reindex(list(results)).to_numpy(object), dtype="Int64"),
         "verdict": [o.verdict for o in results.values()],
         "reasons": [o.reasons for o in results.values()],
         "n_leads": pd.array([o.n_leads for o in results.values()], dtype="int64"),

@@ -489,6 +489,9 @@ def featurize_notes(cohort: pd.DataFrame, notes: pd.DataFrame, cfg: NotesConfig,
     if cfg.text_risk:
         feats["notes__text_risk"] = _text_risk(encoder, fitted_here, [docs[h] for h in hadms], hadms, cohort, out_dir)
     write_parquet(feats, out_dir / "features.parquet")
+    # which note fed which admission: the availability audit checks each against the raw note file
+    write_parquet(pd.DataFrame({"hadm_id": sel["hadm_id"].astype("int64"), "note_id": sel["note_id"].astype(str)}),
+                  out_dir / "used_notes.parquet")
     out = {"notes_considered": len(sel), "notes_embedded": len(note_owner), "chunks": len(texts),
            "rows": len(feats), "encoder": type(encoder).__name__, "encoder_fitted_here": fitted_here}
     if isinstance(encoder, SentenceEncoder):

@@ -71,6 +71,21 @@ def add_availability(result: dict, availability: dict) -> dict:
     return result
 
 
+def add_notes_availability(result: dict, notes: dict) -> dict:
+    """Merge ``availability.audit_notes`` into ``result`` as the source 'notes'; its violations
+    fail the run whatever the EHR rule (notes have no charttime comparison mode)."""
+    av = result.setdefault("availability", {"rule": "storetime", "tables": [], "per_source": {}, "violations": [],
+                                            "passed": True})
+    av["per_source"]["notes"] = {k: notes[k] for k in ("usable", "used_before_available", "held_back")}
+    av["tables"] = [*av.get("tables", []), "notes"]
+    if notes["used_before_available"]:
+        av["passed"] = False
+        av["violations"] += notes["violations"]
+        result["passed"] = False
+        result["violations"] += notes["violations"]
+    return result
+
+
 def held_back(result: dict) -> dict[str, int]:
     """reason -> rows charted before a prediction time but not yet available (over all sources)."""
     out: dict[str, int] = {}
