@@ -190,7 +190,7 @@ def test_fused_net_shap_in_first_layer_space_equals_expected_gradients_on_the_fe
 def test_scoring_and_explaining_use_one_torch_thread_and_restore_the_count(monkeypatch):
     import torch
 
-    import pipeline.explain.deep as deep
+    from pipeline.explain import deep
     from pipeline.models.fusion import INFERENCE_THREADS
     X, y, T = _data(n=60)
     m = FusionNetClassifier(max_epochs=0, ecg_fs=100).fit(X, y, tensors=T).with_tensors(T)
