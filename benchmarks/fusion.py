@@ -1,18 +1,20 @@
 """Fusion benchmark (issue 4 bars) on a generated cohort where each modality carries risk.
 
 Prints, on the test split: AUROC of every model (early/late fusion LightGBM, the fused
-nets, single-modality LightGBMs), the generator's Bayes-optimal AUROC (an upper bound:
-its posterior given more than the files show before the prediction time, synthetic.bayes),
+nets, single-modality LightGBMs), the AUROC of the generator's reference posterior p_bayes
+(synthetic.bayes: what a model using the generator's true risk, given what the files show
+before the prediction time, would reach; a reference, not a bound: it ignores, for one,
+that a stay followed by another stay was survived),
 the gain of fusion over the best single modality, the cost of dropping 50% of one
 modality at test time against that modality's own contribution (AUROC with it minus
 AUROC without it), and the fused nets' CPU training times.
-Bars: fused net and early-fusion GBM >= best single + 0.05 and within 0.03 of Bayes;
+Bars: fused net and early-fusion GBM >= best single + 0.05 and within 0.03 of the reference;
 50% drop of a modality costs <= its own contribution; fused net trains in < 2 min on 5k.
 
 Statistics: models are RANKED on the held-out calibration rows of the train split (rows no
 fit, early stopping or penalty choice used; validation AUROC beside it), never on test: a
 default is justified by that column only.  On test, each model's difference to the primary
-(dAUROC) and to the Bayes reference carry a paired, patient-clustered bootstrap 95% CI, and
+(dAUROC) and to the p_bayes reference carry a paired, patient-clustered bootstrap 95% CI, and
 a difference is called significant only when its CI excludes 0.
 """
 from __future__ import annotations
@@ -69,9 +71,11 @@ def main() -> None:
     te = t[t.split == "test"].reset_index(drop=True)
     y = te["label"].to_numpy()
     truth = pd.read_csv(data / "ground_truth.csv.gz").set_index("hadm_id")
-    # The generator's Bayes-optimal AUROC: its posterior given more than the files show before
-    # the prediction time (synthetic.bayes), an upper bound on what any model of them can reach;
-    # and the AUROC of its full latent risk, which includes what no file shows.
+    # The generator's reference posterior p_bayes (synthetic.bayes): what a model using the
+    # generator's true risk would reach from what the files show before the prediction time.
+    # A reference, not an upper bound (it ignores, e.g., that a stay followed by another stay
+    # was survived, which a model may learn); and the AUROC of the full latent risk, which
+    # includes what no file shows.
     p_bayes = truth.loc[te.hadm_id, "p_bayes"].to_numpy()
     bayes = roc_auc_score(y, p_bayes)
     latent_risk = roc_auc_score(y, truth.loc[te.hadm_id, "p_true"].to_numpy())
@@ -103,7 +107,8 @@ def main() -> None:
     singles = {k: v for k, v in res.items() if k.startswith("gbm_only_")}
     best_single = max(singles.values()) if singles else float("nan")
     print(f"\ntest admissions: {len(te)} ({int(y.sum())} deaths); modalities {prep.modalities}")
-    print(f"Bayes-optimal AUROC given the files (upper bound, synthetic.bayes): {bayes:.4f}")
+    print(f"reference AUROC of p_bayes (a model using the generator's true risk; a reference, "
+          f"not a bound; synthetic.bayes): {bayes:.4f}")
     print(f"latent risk (includes absent modalities and record noise; no model can reach it): {latent_risk:.3f}")
     print(f"early-fusion LightGBM on the hidden parts of the recorded modalities (perfect extraction): "
           f"{parts_auc:.3f}; a logistic model on them: {logit_parts_auc:.3f}")
@@ -122,7 +127,7 @@ def main() -> None:
     print(f"\nranked by AUROC on the held-out calibration rows ({len(ca)} admissions of train subjects no model "
           f"was fitted or tuned on); primary {primary}; * = 95% CI excludes 0")
     print(f"{'model':22s} {'held-out':>8s} {'valid':>6s} {'test':>6s} {'-best single':>12s} "
-          f"{'dAUROC vs primary [95% CI]':>28s} {'-Bayes [95% CI]':>26s}")
+          f"{'dAUROC vs primary [95% CI]':>28s} {'-p_bayes [95% CI]':>26s}")
     for name in sorted(res, key=lambda k: -np.nan_to_num(held[k], nan=-1)):
         a = res[name]
         d = paired_difference(y, scores[name], scores[primary], subjects, n_boot=300, seed=1)
@@ -163,7 +168,8 @@ def main() -> None:
     for name in [n for n in models if n == "gbm_early" or n.startswith("fusion_")]:
         a = res[name]
         print(f"  {name:18s} best single + 0.05: {'met' if a >= best_single + 0.05 else 'NOT met':7s} "
-              f"within 0.03 of Bayes: {'met' if a >= bayes - 0.03 else 'NOT met'} ({a - bayes:+.4f})")
+              f"within 0.03 of the p_bayes reference: {'met' if a >= bayes - 0.03 else 'NOT met'} "
+              f"({a - bayes:+.4f})")
     print("\nfused-net training (CPU, 2 threads; bar: under 120 s each):")
     for name, m in models.items():
         if name.startswith("fusion_"):

@@ -86,20 +86,19 @@ class ImagingConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    # Small, column-subsampled trees at a low rate with patient early stopping: on the 5k
-    # benchmark cohort this beat 300 x 15-leaf trees at 0.05 by ~0.01 AUROC (benchmarks/fusion.py).
+    # Small, column-subsampled trees at a low rate, early-stopped on the validation split (which
+    # sets the number of trees, so the large cap costs nothing when it is not needed).
     gbm_estimators: int = 1000
     gbm_learning_rate: float = 0.03
     gbm_num_leaves: int = 7
     # gbm_early boosts from a cross-fitted penalised logistic model's logit, so its trees learn
-    # what is not additive in the features (5k benchmark: 0.843 -> 0.855 AUROC)
+    # what is not additive in the features
     linear_base: bool = True
     # the fused nets learn a residual over the same base, starting at it (on the 5k benchmark
     # early stopping then keeps the base alone: the deep part lowers no validation loss)
     fusion_linear_base: bool = False
     # each fused net is a deep ensemble of this many nets (seeds seed, seed + 1, ...), their
-    # logits averaged: n times the training time, much less seed-to-seed variance (5k benchmark:
-    # single attention nets 0.848-0.852 AUROC, three of them averaged 0.855, 89 s on 2 cores)
+    # logits averaged: n times the training time, less seed-to-seed variance
     fusion_members: int = Field(default=3, ge=1)
     # gbm_early | gbm_late | linear_early | linear_late | fusion_early | fusion_late |
     # fusion_hybrid | fusion_attention, all on the same splits

@@ -154,3 +154,48 @@ def test_fused_net_shap_is_labelled_approximate_with_its_additivity_error_and_ba
     # a patient's values do not depend on the other rows of its batch
     one = fusion_shap(m, X[405:406], X[:100], T)
     assert np.allclose(one.values[0], exp.values[5], atol=1e-5)
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_fused_net_shap_in_first_layer_space_equals_expected_gradients_on_the_features(members):
+    """The path runs in the first layers' pre-activations (pipeline.explain.deep._lift): the
+    values must be those of expected gradients taken on the features themselves (same
+    baselines, same midpoints), for a wide net and for an ensemble, waveform included."""
+    import torch
+
+    from pipeline.explain.deep import _Flat, _inputs, fusion_shap
+    X, y, T = _data(n=300)
+    X.insert(2, "ehr__c", np.random.default_rng(2).normal(size=len(X)))
+    m = FusionNetClassifier(fusion="hybrid", max_epochs=2, ecg_fs=100, use_images=False, n_members=members).fit(
+        X[:200], y[:200], tensors=T)
+    bg, rows = X[:50], X[200:230]
+    exp = fusion_shap(m, rows, bg, T, n_baselines=3, steps=2)
+    xs, wave, image = _inputs(m, rows, T)
+    pick = np.sort(np.random.default_rng(0).choice(len(bg), 3, replace=False))
+    bs, _, _ = _inputs(m, bg.iloc[pick], T)
+    flat = _Flat(m.net_, m.modalities_, wave, image).eval()
+    naive = [torch.zeros_like(x) for x in xs]
+    for k in range(3):
+        for a in (0.25, 0.75):
+            pts = [(b[k:k + 1] + a * (x - b[k:k + 1])).requires_grad_(True) for x, b in zip(xs, bs)]
+            grads = torch.autograd.grad(flat(*pts).sum(), pts)
+            for j, (g, x, b) in enumerate(zip(grads, xs, bs)):
+                naive[j] += g * (x - b[k:k + 1]) / 6
+    want = np.concatenate([naive[i].numpy() for i in range(len(m.modalities_) + 1)]
+                          + [naive[-1].numpy().reshape(len(rows), -1).sum(1, keepdims=True)], axis=1)
+    assert exp.feature_names[-1] == "ecg__waveform"
+    assert np.allclose(exp.values, want, atol=1e-5) and np.abs(want).max() > 1e-3
+
+
+def test_scoring_and_explaining_use_one_torch_thread_and_restore_the_count(monkeypatch):
+    import torch
+
+    from pipeline.explain import deep
+    from pipeline.models.fusion import INFERENCE_THREADS
+    X, y, T = _data(n=60)
+    m = FusionNetClassifier(max_epochs=0, ecg_fs=100).fit(X, y, tensors=T).with_tensors(T)
+    torch.set_num_threads(2)
+    seen, real = [], deep.fusion_shap
+    monkeypatch.setattr(deep, "fusion_shap", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    m.explain(X[:5], X)
+    assert INFERENCE_THREADS == 1 and seen == [1] and torch.get_num_threads() == 2

@@ -65,6 +65,11 @@ def test_empty_coalition_equals_the_output_for_a_real_context_only_row():
     assert np.allclose(phi.sum(axis=1), model.decision_function(X) - model.decision_function(hidden))
     for m in MODS:   # a modality the patient lacks contributes exactly 0
         assert np.allclose(phi.loc[X[f"mask__{m}"] == 0, m], 0.0)
+    # the caller's logit for X as it is stands in for v(all): the same contributions
+    pd.testing.assert_frame_equal(modality_shapley(model.decision_function, X, MODS, t,
+                                                   full=model.decision_function(X)), phi)
+    # hidden columns keep the dtypes a training row has (masks integer, features float)
+    assert all(hidden[f"mask__{m}"].dtype == np.int64 for m in MODS) and hidden["ecg__hr"].dtype == np.float64
 
 
 def test_a_modality_never_absent_in_training_is_reported_as_unobserved():

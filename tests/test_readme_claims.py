@@ -1,6 +1,7 @@
 """README claims with a test each: plain .csv / .parquet and MIMIC-IV 1.0 ``core/`` layouts,
 JSON and YAML config files, the ``los7`` and ``icu_mortality`` tasks, the eICU timeline,
-DICOM and NIfTI pixel values against pydicom / nibabel.  (``band``, subgroup metrics and
+DICOM and NIfTI pixel values against pydicom / nibabel, the fusion benchmark table against
+the committed benchmark output.  (``band``, subgroup metrics and
 ``--engine dask`` against a separately started scheduler are in tests/test_faults.py,
 which has a trained run at hand.)"""
 import gzip
@@ -141,3 +142,28 @@ def test_nifti_pixels_equal_nibabels_middle_slice(tmp_path):
     nib.save(nib.Nifti1Image(v, np.eye(4)), tmp_path / "v.nii.gz")
     ref = nib.load(tmp_path / "v.nii.gz").get_fdata()[:, :, 2]
     np.testing.assert_allclose(load_image(tmp_path / "v.nii.gz", size=32), _scaled(ref), atol=1e-6)
+
+
+def test_readme_fusion_table_is_the_benchmark_output():
+    """Every row of the README's fusion benchmark table (held-out, valid and test AUROC, the
+    paired dAUROC to the primary and the gap to p_bayes with their CIs and significance marks)
+    is what the committed run of benchmarks/fusion.py printed."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    log = (root / "benchmarks" / "results" / "fusion_5000.txt").read_text().splitlines()
+    readme = (root / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(readme) if "| model (ranked by held-out AUROC) |" in line)
+    rows = [line.strip() for line in readme[start + 2:]]
+    rows = rows[:rows.index("")]
+    assert len(rows) == 12
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        name = re.match(r"`(\w+)`", cells[0]).group(1)
+        printed = [line for line in log if line.startswith(name + " ") and len(line.split()) > 5]
+        assert len(printed) == 1, name
+        fields = printed[0].split()
+        assert [float(c) for c in cells[1:4]] == [float(f) for f in fields[1:4]], name
+        # '+0.0012 [-0.003, +0.005]', '*' when the CI excludes 0, or '(primary)'
+        diffs = re.findall(r"\(primary\)|[+-]\d\.\d{4} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]\*?", printed[0])
+        assert [c.replace("\\*", "*") for c in cells[4:6]] == diffs, name

@@ -50,8 +50,13 @@ class Explanation:
 
     def top_reasons(self, k: int, pretty) -> list[str]:
         """Per row: the k features with the largest |SHAP|, as 'label=value (+shap)'."""
-        order = np.argsort(-np.abs(self.values), axis=1)[:, :k]
-        out = []
+        mag = np.abs(self.values)
+        k = min(k, mag.shape[1])
+        top = np.argpartition(-mag, k - 1, axis=1)[:, :k] if 0 < k < mag.shape[1] else \
+            np.tile(np.arange(mag.shape[1]), (len(mag), 1))[:, :max(k, 0)]
+        # the k largest |SHAP| of each row, largest first (ties: lower feature index first)
+        order = np.take_along_axis(top, np.lexsort((top, -np.take_along_axis(mag, top, axis=1)), axis=1), axis=1)
+        out, label = [], {}
         for i, idx in enumerate(order):
             parts = []
             for j in idx:
@@ -60,7 +65,9 @@ class Explanation:
                     continue
                 x = self.data[i, j]
                 xs = "missing" if np.isnan(x) else f"{x:.3g}"
-                parts.append(f"{pretty(self.feature_names[j])}={xs} ({v:+.2f})")
+                if j not in label:
+                    label[j] = pretty(self.feature_names[j])
+                parts.append(f"{label[j]}={xs} ({v:+.2f})")
             out.append("; ".join(parts))
         return out
 

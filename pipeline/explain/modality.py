@@ -62,17 +62,24 @@ class AbsenceTemplate:
         return cls(values, context, unobserved)
 
     def hide(self, X: pd.DataFrame, modalities) -> pd.DataFrame:
-        X = X.copy()
+        context, fill = set(self.context), {}
         for m in modalities:
             known = self.values.get(m)
             for c in _feature_cols(X.columns, m):
-                if c in self.context:
-                    continue
-                v = None if known is None else known.get(c)
-                X[c] = np.nan if v is None else v
+                if c not in context:
+                    v = None if known is None else known.get(c)
+                    fill[c] = np.nan if v is None else v
             if mask_col(m) in X.columns:
-                X[mask_col(m)] = 0
-        return X
+                fill[mask_col(m)] = 0
+        if not fill:
+            return X.copy()
+        # all replaced columns at once (two blocks, not a column assignment each: a modality has
+        # hundreds): masks as integers, features as floats, as a column assignment would make them
+        blocks = [pd.DataFrame(np.tile(np.array([fill[c] for c in cols], dtype=dtype), (len(X), 1)),
+                               columns=cols, index=X.index)
+                  for cols, dtype in (([c for c in fill if c.startswith("mask__")], np.int64),
+                                      ([c for c in fill if not c.startswith("mask__")], np.float64)) if cols]
+        return pd.concat([X.drop(columns=list(fill)), *blocks], axis=1)[X.columns]
 
     def to_json(self) -> dict:
         return {"values": self.values, "context": self.context, "unobserved": self.unobserved}
@@ -89,10 +96,11 @@ def hide(X: pd.DataFrame, modalities: set[str], template: AbsenceTemplate | None
 
 
 def modality_shapley(logit_fn, X: pd.DataFrame, modalities: list[str],
-                     template: AbsenceTemplate | None = None) -> pd.DataFrame:
-    """Exact Shapley contributions (logit units), one column per modality."""
+                     template: AbsenceTemplate | None = None, full: np.ndarray | None = None) -> pd.DataFrame:
+    """Exact Shapley contributions (logit units), one column per modality; ``full``: the
+    model's logit for X as it is (v(all)), when the caller has it already."""
     M = len(modalities)
-    cache: dict[frozenset, np.ndarray] = {}
+    cache: dict[frozenset, np.ndarray] = {} if full is None else {frozenset(modalities): np.asarray(full, float)}
 
     def v(S: frozenset) -> np.ndarray:
         if S not in cache:

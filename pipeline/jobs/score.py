@@ -46,15 +46,16 @@ def pretty_namer(labels: dict[str, str]):
 
 
 def explain(model, X: pd.DataFrame, hadm: np.ndarray, modalities: list[str],
-            background: pd.DataFrame | None = None, absence: AbsenceTemplate | None = None) -> Explanation:
+            background: pd.DataFrame | None = None, absence: AbsenceTemplate | None = None,
+            logit: np.ndarray | None = None) -> Explanation:
     """Feature SHAP (the model's own ``explain``) and modality Shapley values; ``absence``: how
     a training row without each modality looks (the model folder's ``absence``), so hiding
-    one stays in distribution."""
+    one stays in distribution; ``logit``: ``model.decision_function(X)`` when the caller has it."""
     exp = model.explain(X, background)
     exp.hadm_id = np.asarray(hadm)
     cols = [c for c in model.feature_names_in_]
     exp.modality_contrib = modality_shapley(model.decision_function, X[cols], modalities,
-                                            absence).reset_index(drop=True)
+                                            absence, full=logit).reset_index(drop=True)
     return exp
 
 
@@ -64,7 +65,8 @@ def score_rows(rows: pd.DataFrame, model, calibrator: Calibrator, meta: dict, pr
     """The score file rows for ``rows`` (aligned table rows) and their explanation.
     ``explain_rows=False`` skips SHAP reasons and modality contributions (empty / NaN)."""
     X = rows[meta["features"]]
-    risk = calibrator.transform(model.decision_function(X))
+    logit = model.decision_function(X)
+    risk = calibrator.transform(logit)
     out = pd.DataFrame({
         "subject_id": rows["subject_id"].to_numpy(), "hadm_id": rows["hadm_id"].to_numpy(),
         "prediction_time": rows["prediction_time"].to_numpy(), "risk": risk,
@@ -75,7 +77,7 @@ def score_rows(rows: pd.DataFrame, model, calibrator: Calibrator, meta: dict, pr
             out[m] = np.nan
         return out, None
     exp = explain(model, X, rows["hadm_id"].to_numpy(), meta["modalities"], background,
-                  AbsenceTemplate.from_json(meta.get("absence")))
+                  AbsenceTemplate.from_json(meta.get("absence")), logit=logit)
     out["reasons"] = exp.top_reasons(meta["top_k_reasons"], pretty)
     for m in ("ehr", "ecg", "notes", "imaging"):
         out[m] = exp.modality_contrib[m].to_numpy() if m in exp.modality_contrib.columns else 0.0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,23 @@ from pipeline.progress import track
 from pipeline.stages.align import mask_col, modality_of
 
 WAVE_FS = 100  # the CNN sees ECGs decimated to 100 Hz
+# Scoring and explaining run the net on small matrices (a few dozen columns once the first
+# layer is applied), where a second OpenMP thread mostly synchronises: on the shared 2-core
+# machine scoring with explanations took 2.2-3.6x the CPU with 2 threads and was slower in wall
+# time (10,000 patients: 1,592/s against 4,897/s; benchmarks/score.py --fused-threads 1,2).  One thread also leaves the other core to a second
+# scoring worker.
+INFERENCE_THREADS = 1
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to ``n`` inside the block, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def epochs_per_net(history: list[dict]) -> list[int]:
@@ -272,7 +290,8 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         A = self._arrays(X)
         waves = self._tensor_rows(tensors, "ecg", A["hadm_id"]) if self.arch_["ecg_wave"] else None
         images = self._tensor_rows(tensors, "imaging", A["hadm_id"]) if self.arch_["image"] else None
-        out = self._logits(A, waves, images).astype(np.float64)
+        with torch_threads(INFERENCE_THREADS):
+            out = self._logits(A, waves, images).astype(np.float64)
         return out if getattr(self, "base_", None) is None else out + self.base_.decision_function(X)
 
     def predict_proba(self, X, tensors=None):
@@ -287,7 +306,8 @@ class FusionNetClassifier(ClassifierMixin, BaseEstimator):
         100 rows of ``background`` (default: X), with each row's additivity error."""
         from pipeline.explain.deep import fusion_shap
         bg = background if background is not None else X
-        return fusion_shap(self, X, bg.sample(min(100, len(bg)), random_state=0))
+        with torch_threads(INFERENCE_THREADS):
+            return fusion_shap(self, X, bg.sample(min(100, len(bg)), random_state=0))
 
     def with_tensors(self, tensors: dict | None) -> "FusionNetClassifier":
         """Attach raw tensors used when decision_function is called without them."""
