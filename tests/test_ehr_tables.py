@@ -242,3 +242,21 @@ def test_line_numbers_hold_deep_in_a_file_read_in_parallel_chunks(tmp_path, monk
     assert info["raw_checks"]["labevents"] == {"exact_duplicates": 1, "non_numeric_valuenum": 1,
                                                "conflicting_duplicates": 1}
     assert info["event_rows"] == n - 1 + 1                            # the bad row out, the conflict kept
+
+
+@pytest.mark.parametrize("header", ["subject_id,itemid,charttime", '"subject_id","item, id",charttime',
+                                    "\ufeffsubject_id,itemid", "subject_id, itemid ,charttime", "a,,b", "a,a,b"])
+def test_header_columns_name_the_columns_as_duckdb_does(tmp_path, header):
+    """The event tables' columns come from the first line (no sampling of a big file): the same
+    names as DuckDB's reader gives, whatever the quoting, a byte-order mark or spaces."""
+    import csv
+    import gzip
+    from pipeline.sources.mimic_iv import connect
+    from pipeline.sources.raw_checks import _source_sql, header_columns
+    for path in (tmp_path / "t.csv", tmp_path / "t.csv.gz"):
+        width = len(next(csv.reader([header])))
+        text = header + "\n" + ",".join(["1"] * width) + "\n"
+        path.write_bytes(gzip.compress(text.encode()) if path.suffix == ".gz" else text.encode())
+        con = connect()
+        duck = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {_source_sql(path)}").fetchall()]
+        assert header_columns(con, path) == duck

@@ -20,7 +20,7 @@ import pandas as pd
 from data_schemas.tables import ADMISSIONS, CODES, EVENTS, ICUSTAYS, PATIENTS
 from pipeline.artifacts import write_parquet
 from pipeline.errors import DataError, Quarantine
-from pipeline.sources.raw_checks import open_raw
+from pipeline.sources.raw_checks import header_columns, open_raw
 from pipeline.sources.tables import find_table
 from pipeline.sources.units import plan_units, units_sql
 
@@ -188,7 +188,7 @@ def _scan(path: Path) -> str:
 
 
 def _columns(con, path: Path) -> list[str]:
-    return [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {_scan(path)}").fetchall()]
+    return header_columns(con, path)
 
 
 EVENT_QUERIES = {

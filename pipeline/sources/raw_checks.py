@@ -185,11 +185,32 @@ def _listed(con, q: Quarantine, source: str, path: Path, sql: str, field: str, r
     return int(n)
 
 
+def header_columns(con, path: Path) -> list[str]:
+    """The column names of a CSV (plain or .gz) from its first line, as DuckDB's reader names them;
+    DuckDB's own DESCRIBE (which samples the file) for parquet or a header it would rename
+    (an empty or repeated name)."""
+    path = Path(path)
+    if path.suffix != ".parquet":
+        import csv
+        import gzip
+        try:
+            with (gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="") if path.suffix == ".gz"
+                  else open(path, encoding="utf-8-sig", errors="replace", newline="")) as f:
+                line = f.readline()
+                # a quoted name spanning lines (odd quote count): DuckDB's reader decides
+                names = [n.strip() for n in next(csv.reader([line]), [])] if line.count('"') % 2 == 0 else []
+        except (OSError, EOFError):
+            names = []   # DuckDB says what is wrong with the file
+        if names and all(n.strip() for n in names) and len(set(names)) == len(names) and '"' not in "".join(names):
+            return names
+    return [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {_source_sql(path)}").fetchall()]
+
+
 def open_raw(con, table: str, path: Path, required: list[str]) -> RawTable:
     """The ``RawTable`` of ``path`` after checking its header (required columns, no ``_line``)."""
     path = Path(path)
     try:
-        cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {_source_sql(path)}").fetchall()]
+        cols = header_columns(con, path)
     except Exception as e:  # DuckDB's CSV/parquet errors name the problem; ours names the file too
         raise DataError(f"cannot read the table ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
                         file=path) from None
