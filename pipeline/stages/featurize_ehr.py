@@ -94,7 +94,7 @@ def featurize_ehr(cohort: pd.DataFrame, stage_in: Path, cfg: EHRConfig, out_dir:
                   codes: list[str] | None = None, shard_rows: int = 5_000, engine=None) -> dict:
     """Write out_dir/features.parquet (hadm_id, item_time, ehr__*) and out_dir/codes.json.
 
-    Admissions are featurised ``shard_rows`` at a time (sorted by hadm_id) and appended to
+    Admissions are featurised ``shard_rows`` at a time (sorted by subject_id) and appended to
     the parquet file, so memory is bounded by one shard's wide table, not by the cohort.
     With a distributed ``engine`` (pipeline.engine) each shard is a task on its workers
     (DuckDB there, over the same events parquet)."""
@@ -104,7 +104,9 @@ def featurize_ehr(cohort: pd.DataFrame, stage_in: Path, cfg: EHRConfig, out_dir:
         codes = choose_codes(events_path, cohort, cfg, con, stage_in=stage_in)
         con.close()
     write_json({"codes": codes, "aggregations": list(cfg.aggregations)}, out_dir / "codes.json")
-    ordered = cohort.sort_values("hadm_id", kind="stable")
+    # shards of consecutive subjects: each shard's scan of the events skips the row groups
+    # (parquet statistics) of other subjects' rows instead of reading the whole file every time
+    ordered = cohort.sort_values(["subject_id", "hadm_id"], kind="stable")
     shards = [ordered.iloc[s:s + shard_rows] for s in range(0, max(len(ordered), 1), shard_rows)]
     n_with = 0
     with ParquetShardWriter(out_dir / "features.parquet") as out:
@@ -132,7 +134,8 @@ def _shard_features(shard: pd.DataFrame, events_path: str, cfg: EHRConfig, codes
 
 def _featurize_shard(con, shard: pd.DataFrame, stage_in: Path, cfg: EHRConfig, codes: list[str]) -> pd.DataFrame:
     base = shard[["subject_id", "hadm_id", "prediction_time"]].copy()
-    events = events_source(stage_in / "events.parquet", con)
+    lo, hi = int(base["subject_id"].min()), int(base["subject_id"].max())
+    events = f"(SELECT * FROM {events_source(stage_in / 'events.parquet', con)} WHERE subject_id BETWEEN {lo} AND {hi})"
     known = featurize_meds.known_col(cfg)
     con.register("cohort", base)
     agg = con.execute(f"""
