@@ -176,7 +176,57 @@ def main() -> None:
             epochs = epochs_per_net(m.history_)
             seconds = getattr(getattr(m, "model_", m), "fit_seconds_", float("nan"))   # model_: imputed
             print(f"  {name}: {seconds:.0f} s, {len(epochs)} net(s), epochs {epochs}")
+    if "gbm_early" in models:
+        ehr_inputs(models["gbm_early"], cfg, prep, te, y, subjects, feats)
     print(f"\nrun folder: {work}")
+
+
+# EHR feature families by their code's prefix (ehr__<prefix>:...): what issue 14 added beside labs,
+# vitals and omr.
+EHR_FAMILIES = {"lab": "labs, vitals, omr", "chart": "labs, vitals, omr", "omr": "labs, vitals, omr",
+                "dx": "codes of earlier admissions", "px": "codes of earlier admissions",
+                "cmb": "codes of earlier admissions", "hist": "history (earlier stays, ED)",
+                "rx": "medications", "med": "medications", "medclass": "medications",
+                "input": "ICU treatments", "fluid": "ICU treatments", "output": "ICU treatments",
+                "proc": "ICU treatments", "icu": "ICU treatments", "micro": "microbiology"}
+
+
+def ehr_family(feature: str) -> str:
+    code = feature.removeprefix("ehr__")
+    return EHR_FAMILIES.get(code.split(":", 1)[0], "context, demographics") if ":" in code else "context, demographics"
+
+
+def ehr_inputs(model, cfg, prep, te, y, subjects, feats) -> None:
+    """The EHR inputs of the primary early-fusion LightGBM by family (feature count, share of its
+    trees' split gain), and the same model refitted without the families issue 14 added (labs, vitals,
+    omr, context and demographics only), with the paired test dAUROC."""
+    from pipeline.jobs.train import model_rows
+    from pipeline.models import registry
+    from pipeline.models.metrics import paired_difference
+    inner = getattr(model, "model_", model)
+    booster = getattr(inner, "booster_", None) or getattr(getattr(inner, "model_", None), "booster_", None)
+    names = list(model.feature_names_in_)
+    imp = booster.feature_importance("gain") if booster is not None else []
+    gain = pd.Series(imp, index=names) if len(imp) == len(names) else pd.Series(dtype=float)   # in column order
+    ehr = [f for f in names if f.startswith("ehr__")]
+    fam = pd.Series({f: ehr_family(f) for f in ehr})
+    print("\nEHR inputs of gbm_early (issue 14): features and share of its trees' split gain (the linear "
+          "base it boosts from is not counted)")
+    total = float(gain.sum()) or float("nan")
+    for family, cols in fam.groupby(fam).groups.items():
+        share = float(gain.reindex([c for c in cols]).fillna(0).sum()) / total
+        print(f"  {family:30s} {len(cols):5d} features  {share:6.1%} of the gain")
+    old = {"labs, vitals, omr", "context, demographics"}
+    keep = [f for f in feats if not f.startswith("ehr__") or fam.get(f) in old]
+    tr, va, _ = model_rows(prep.table, cfg)
+    base = registry.fit("gbm_early", cfg, registry.TrainingData(tr, va, keep))
+    s_all = model.decision_function(te[names])
+    s_old = base.decision_function(te[list(base.feature_names_in_)])
+    d = paired_difference(y, s_all, s_old, subjects, n_boot=300, seed=1)
+    lo, hi = d["dauroc_ci"] if d["dauroc_ci"] is not None else (float("nan"), float("nan"))
+    print(f"  gbm_early without the new families ({len(keep)} of {len(feats)} features): test AUROC "
+          f"{roc_auc_score(y, s_old):.4f}; with them {roc_auc_score(y, s_all):.4f}: dAUROC {d['dauroc']:+.4f} "
+          f"[{lo:+.3f}, {hi:+.3f}]{' (95% CI excludes 0)' if d['significant'] else ''}")
 
 
 if __name__ == "__main__":
