@@ -336,7 +336,7 @@ def _stage(con, parts: list, raw: dict, stage: Path) -> None:
     selects = []
     for table, _, sql in parts:
         rt = raw.get(table)
-        nonnum = ("(value IS NULL AND trim(coalesce(raw_value, '')) <> '')"
+        nonnum = ("(value IS NULL AND trim(coalesce(CAST(raw_value AS VARCHAR), '')) <> '')"
                   if rt is not None and rt.numeric else "FALSE")
         lined = "_line, _k" if rt is not None else "NULL::BIGINT _line, NULL::UBIGINT _k"
         field = f"'{rt.numeric[0]}'" if rt is not None and rt.numeric else "NULL"
@@ -344,7 +344,7 @@ def _stage(con, parts: list, raw: dict, stage: Path) -> None:
             f"SELECT subject_id, hadm_id, time, code, value, unit, '{table}' source, known_time::TIMESTAMP known_time, "
             f"CASE WHEN {bad} OR {nonnum} THEN row_ref END bad_ref, "
             f"CASE WHEN subject_id IS NULL THEN 'subject_id' WHEN {bad} THEN 'time' WHEN {nonnum} THEN {field} END "
-            f"bad_field, CASE WHEN {nonnum} THEN raw_value END bad_value, {lined} FROM ({sql}) "
+            f"bad_field, CASE WHEN {nonnum} THEN CAST(raw_value AS VARCHAR) END bad_value, {lined} FROM ({sql}) "
             f"WHERE ({bad}) OR {nonnum} OR (time IS NOT NULL AND value IS NOT NULL AND isfinite(value))")
     # One COPY per part (a UNION ALL in file order would hold later parts in memory while the
     # first streams), the parts on two cursors at once, largest file first: decompressing a gzip
