@@ -20,7 +20,7 @@ import pandas as pd
 from data_schemas.tables import ADMISSIONS, CODES, EVENTS, ICUSTAYS, PATIENTS
 from pipeline.artifacts import write_parquet
 from pipeline.errors import DataError, Quarantine
-from pipeline.sources.raw_checks import header_columns, open_raw
+from pipeline.sources.raw_checks import header_columns, in_file_order, open_raw
 from pipeline.sources.tables import find_table
 from pipeline.sources.units import plan_units, units_sql
 
@@ -350,8 +350,6 @@ def _stage(con, parts: list, raw: dict, stage: Path) -> None:
     # first streams), the parts on two cursors at once, largest file first: decompressing a gzip
     # file is sequential, so two files at a time is what keeps both cores busy.  Line numbers
     # (row_number() OVER ()) need the file order kept: preserve_insertion_order stays on meanwhile.
-    order = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
-    con.execute("SET preserve_insertion_order=true")
     stage.mkdir()
 
     def copy(i: int) -> None:
@@ -362,13 +360,10 @@ def _stage(con, parts: list, raw: dict, stage: Path) -> None:
         except duckdb.Error as e:   # a file DuckDB cannot parse: name it
             raise DataError(f"cannot read the table ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
                             file=path) from None
-    try:
-        by_size = sorted(range(len(parts)), key=lambda i: -Path(parts[i][1]).stat().st_size)
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            for f in [pool.submit(copy, i) for i in by_size]:
-                f.result()
-    finally:
-        con.execute(f"SET preserve_insertion_order={'true' if str(order).lower() == 'true' else 'false'}")
+    by_size = sorted(range(len(parts)), key=lambda i: -Path(parts[i][1]).stat().st_size)
+    with in_file_order(con), ThreadPoolExecutor(max_workers=2) as pool:
+        for f in [pool.submit(copy, i) for i in by_size]:
+            f.result()
 
 
 def _quarantine_unparsed(con, kept: str, parts: list, q: Quarantine) -> dict:

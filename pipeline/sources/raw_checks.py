@@ -20,6 +20,7 @@ the lines behind a unit that ``units.harmonise_units`` quarantines.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,12 +71,24 @@ def _source_sql(path: Path) -> str:
     return f"read_csv('{p}', header=true, all_varchar=true, quote='\"', escape='\"', strict_mode=false)"
 
 
+@contextmanager
+def in_file_order(con):
+    """DuckDB keeps rows in the order they were read (``preserve_insertion_order``) inside the
+    block, as ``RawTable.scan``'s line numbers need; the connection's setting is restored after."""
+    order = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
+    con.execute("SET preserve_insertion_order=true")
+    try:
+        yield con
+    finally:
+        con.execute(f"SET preserve_insertion_order={'true' if str(order).lower() == 'true' else 'false'}")
+
+
 @dataclass
 class RawTable:
     """One event table as the user wrote it: its file, columns and the checks' counts.
 
-    ``scan`` is the file with its line numbers (``_line``; run it with
-    ``preserve_insertion_order`` on, as ``ingest_events`` does); ``key_hash`` hashes the
+    ``scan`` is the file with its line numbers (``_line``; run it ``in_file_order``);
+    ``key_hash`` hashes the
     columns of one measurement (``EVENT_TABLES``; every column where the file has none of
     them).  The staged rows of the table carry both, and ``check`` works from them."""
     table: str
@@ -92,10 +105,13 @@ class RawTable:
     def scan(self) -> str:
         return f"(SELECT row_number() OVER () + 1 AS _line, * FROM {_source_sql(self.path)})"
 
+    def _present(self, part: int) -> list[str]:
+        """The columns of EVENT_TABLES[table][part] (0: numeric, 1: measurement key) the file has."""
+        return [c for c in EVENT_TABLES.get(self.table, ((), (), None, None))[part] if c in self.columns]
+
     @property
     def key(self) -> list[str]:
-        key = [c for c in EVENT_TABLES.get(self.table, ((), (), None, None))[1] if c in self.columns]
-        return key or list(self.columns)
+        return self._present(1) or list(self.columns)
 
     @property
     def key_hash(self) -> str:
@@ -103,7 +119,7 @@ class RawTable:
 
     @property
     def numeric(self) -> list[str]:
-        return [c for c in EVENT_TABLES.get(self.table, ((), (), None, None))[0] if c in self.columns]
+        return self._present(0)
 
     @property
     def dropped(self) -> str:
@@ -141,8 +157,9 @@ class RawTable:
         every = ", ".join(_q(c) for c in self.columns)
         cand = f"{self.rel}_rows"
         if con.execute(f"SELECT count(*) FROM {self.rel}_cand").fetchall()[0][0]:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {cand} AS SELECT * FROM {self.scan} "
-                        f"WHERE _line IN (SELECT _line FROM {self.rel}_cand)")
+            with in_file_order(con):
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {cand} AS SELECT * FROM {self.scan} "
+                            f"WHERE _line IN (SELECT _line FROM {self.rel}_cand)")
         else:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {cand} AS SELECT * FROM {self.scan} LIMIT 0")
         self.counts["exact_duplicates"] = _listed(
@@ -157,7 +174,7 @@ class RawTable:
                 f"AND _line NOT IN (SELECT _line FROM {self.dropped})",
                 col, lambda r: "non-numeric value in a numeric column (row dropped)" + (f": {r[1][:40]!r}" if r else ""),
                 f"{self.rel}_nonnum")
-        key = [c for c in EVENT_TABLES.get(self.table, ((), (), None, None))[1] if c in self.columns]
+        key = self._present(1)
         if key and self.numeric:
             k = ", ".join(_q(c) for c in key)
             differ = " OR ".join(f"min(TRY_CAST({_q(c)} AS DOUBLE)) OVER (PARTITION BY {k}) <> "
