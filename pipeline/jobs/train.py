@@ -101,10 +101,9 @@ def _train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=No
     notes_dir = prep.stage_dirs.get("features_notes")
     if notes_dir is not None and prep.stage_dirs.get("index_notes") is not None:
         from pipeline.stages.availability import audit_notes
-        from pipeline.sources.tables import find_table
-        files = [find_table(sources.paths["notes"] / "note", t) for t in cfg.notes.note_types]
-        leakage.add_notes_availability(audit, audit_notes(prep.cohort, notes_dir / "used_notes.parquet",
-                                                          [str(f) for f in files if f is not None],
+        from pipeline.sources.notes import note_files
+        files = [str(f) for f in note_files(sources.paths["notes"], cfg.notes.note_types)]
+        leakage.add_notes_availability(audit, audit_notes(prep.cohort, notes_dir / "used_notes.parquet", files,
                                                           cfg.notes.lookback_hours, out))
     if "availability" in audit:
         log(f"[leakage] rows held back (charted before the prediction time, available after): "

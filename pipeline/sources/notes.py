@@ -131,15 +131,17 @@ def _empty() -> pd.DataFrame:
                          "_file": pd.Series(dtype=object), "_line": pd.Series(dtype="int64")})
 
 
+def note_files(note_root: Path, note_types: tuple[str, ...] = ("radiology", "discharge")) -> list[Path]:
+    """The files of ``note_root/note/`` holding the wanted note types, those present."""
+    paths = [find_table(Path(note_root) / "note", name) for name in note_types]
+    return [p for p in paths if p is not None]
+
+
 def read_notes(note_root: Path, quarantine: Quarantine,
                note_types: tuple[str, ...] = ("radiology", "discharge")) -> pd.DataFrame:
     """The note files of ``note_root/note/`` that are present (either may be absent) ->
     one NOTES table; a note_id already read from an earlier file is quarantined."""
-    frames = []
-    for name in note_types:
-        path = find_table(Path(note_root) / "note", name)
-        if path is not None:
-            frames.append(read_note_file(path, quarantine))
+    frames = [read_note_file(path, quarantine) for path in note_files(note_root, note_types)]
     notes = pd.concat(frames, ignore_index=True) if frames else _empty()
     dup = notes["note_id"].duplicated()
     for f, line in zip(notes.loc[dup, "_file"], notes.loc[dup, "_line"]):
