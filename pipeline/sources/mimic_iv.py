@@ -22,7 +22,7 @@ from pipeline.artifacts import write_parquet
 from pipeline.errors import DataError, Quarantine
 from pipeline.sources.raw_checks import header_columns, in_file_order, open_raw
 from pipeline.sources.tables import find_table
-from pipeline.sources.units import plan_units, units_sql
+from pipeline.sources.units import plan_units, unit_counts, units_sql
 
 SOURCE = "mimic_iv"
 # code tables: a row's time and known_time come from its admission (admittime, dischtime)
@@ -314,8 +314,7 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
             con, cleaned, pd.read_parquet(pats), pd.read_parquet(adm), q, SOURCE, {t: p for t, p, _ in parts})
     else:
         alive = cleaned
-    con.execute(f"CREATE OR REPLACE TEMP TABLE unit_counts AS SELECT source, code, "
-                f"replace(lower(coalesce(unit, '')), ' ', '') u, count(*) n FROM {alive} GROUP BY ALL")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE unit_counts AS SELECT * FROM {unit_counts(alive)}")
     units = plan_units(con, "unit_counts", q, SOURCE, raw)
     final = (f"SELECT subject_id, hadm_id, time::TIMESTAMP_NS time, known_time::TIMESTAMP_NS known_time, code, "
              f"value, unit, source FROM ({units_sql(alive)})")   # the EVENTS schema's column order

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import DataError, Quarantine
+from pipeline.sources.units import norm_unit
 
 MAX_LISTED = 200    # rows listed per file and kind of finding; the rest are counted in one row
 CANDIDATE_SLICE_ROWS = 8_000_000   # rows per slice of the duplicate-candidate aggregate
@@ -131,7 +132,7 @@ class RawTable:
         if self.stage is None:
             return []
         rows = con.execute(f"SELECT DISTINCT _line FROM {self.stage} WHERE source = ? AND code = ? AND "
-                           f"replace(lower(coalesce(unit, '')), ' ', '') = ? ORDER BY _line LIMIT {int(limit)}",
+                           f"{norm_unit('unit')} = ? ORDER BY _line LIMIT {int(limit)}",
                            [self.table, code, unit_norm]).fetchall()
         return [int(r[0]) for r in rows]
 

@@ -31,8 +31,14 @@ CONVERSIONS = [
 ]
 
 
-def _norm(col: str) -> str:
+def norm_unit(col: str) -> str:
+    """SQL of a unit spelling compared case-insensitively with spaces removed."""
     return f"replace(lower(coalesce({col}, '')), ' ', '')"
+
+
+def unit_counts(relation: str) -> str:
+    """SQL of the rows per (source, code, normalised unit u) of ``relation``: what ``plan_units`` reads."""
+    return f"(SELECT source, code, {norm_unit('unit')} u, count(*) n FROM {relation} GROUP BY ALL)"
 
 
 def plan_units(con, counts: str, q: Quarantine, source: str, raw: dict | None = None) -> dict:
@@ -76,17 +82,16 @@ def units_sql(relation: str) -> str:
     return f"""SELECT * EXCLUDE (u, du, factor, value, unit),
             CASE WHEN {mismatch} THEN value * factor ELSE value END AS value,
             CASE WHEN {mismatch} THEN du ELSE unit END AS unit
-        FROM (SELECT e.*, {_norm('e.unit')} AS u, d.unit AS du, c.factor
+        FROM (SELECT e.*, {norm_unit('e.unit')} AS u, d.unit AS du, c.factor
               FROM {relation} e LEFT JOIN dom d ON e.code = d.code
-              LEFT JOIN conv c ON e.code = c.code AND c.from_unit = {_norm('e.unit')} AND c.to_unit = d.unit)
+              LEFT JOIN conv c ON e.code = c.code AND c.from_unit = {norm_unit('e.unit')} AND c.to_unit = d.unit)
         WHERE NOT ({mismatch} AND factor IS NULL)"""
 
 
 def harmonise_units(events: Path, q: Quarantine, source: str, con, raw: dict | None = None) -> dict:
     """Rewrite ``events`` (parquet) in place with one unit per code (``plan_units``, ``units_sql``)."""
     ev = f"read_parquet('{events}')"
-    info = plan_units(con, f"(SELECT source, code, {_norm('unit')} u, count(*) n FROM {ev} GROUP BY ALL)",
-                      q, source, raw)
+    info = plan_units(con, unit_counts(ev), q, source, raw)
     tmp = events.with_name(".events.units.tmp.parquet")
     con.execute(f"COPY ({units_sql(ev)}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
     tmp.replace(events)
