@@ -58,11 +58,21 @@ def mimic_demo() -> Path:
 
 
 @pytest.fixture(scope="session")
-def synth_root(tmp_path_factory) -> Path:
-    """A small synthetic cohort in the real layouts, generated once per session."""
+def make_synth(tmp_path_factory):
+    """``make(n_patients, seed)``: a fresh synthetic cohort in the real layouts, generated
+    quietly into a new temporary folder (its path)."""
     from pipeline.synthetic import generate_cohort
-    root = tmp_path_factory.mktemp("synth")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        generate_cohort(root, n_patients=160, seed=7, progress=False)
-    return root
+
+    def make(n_patients: int, seed: int) -> Path:
+        root = tmp_path_factory.mktemp(f"synth{n_patients}_")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            generate_cohort(root, n_patients=n_patients, seed=seed, progress=False)
+        return root
+    return make
+
+
+@pytest.fixture(scope="session")
+def synth_root(make_synth) -> Path:
+    """A small synthetic cohort in the real layouts, generated once per session."""
+    return make_synth(160, 7)

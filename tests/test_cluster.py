@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -92,14 +91,10 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(make_synth):
     """40 synthetic patients; every 6th ECG record truncated and every 7th image overwritten,
     so both engines have records to quarantine."""
-    from pipeline.synthetic import generate_cohort
-    root = tmp_path_factory.mktemp("synth40")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        generate_cohort(root, n_patients=40, seed=3, progress=False)
+    root = make_synth(40, 3)
     for f in sorted(root.rglob("*.dat"))[::6]:
         f.write_bytes(f.read_bytes()[:100])
     for f in sorted((root / "mimic-cxr-jpg").rglob("*.jpg"))[::7]:

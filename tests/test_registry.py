@@ -4,7 +4,6 @@ no edit to jobs/train.py; every registered kind round-trips through save and loa
 logits and explains itself; jobs/train.py dispatches on no model class or name."""
 import ast
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,13 +72,8 @@ def toy_kind(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from pipeline.synthetic import generate_cohort
-    root = tmp_path_factory.mktemp("registry_data")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        generate_cohort(root, n_patients=40, seed=3, progress=False)
-    return root
+def tiny_data(make_synth) -> Path:
+    return make_synth(40, 3)
 
 
 def test_a_registered_kind_is_trained_calibrated_saved_loaded_and_scored(toy_kind, tiny_data, tmp_path):
