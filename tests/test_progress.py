@@ -55,3 +55,19 @@ def test_log_json_writes_one_event_per_line_even_on_early_stop(tmp_path, capsys)
     assert [(e["stage"], e["event"]) for e in events] == [("fusion", "loop"), ("features_ecg", "done")]
     assert events[0]["rows"] == 4 and events[0]["what"] == "fused net epochs" and events[0]["seconds"] >= 0
     assert events[1]["rows"] == {"features.parquet": 7} and "time" in events[1]
+
+
+def test_synthetic_generator_follows_quiet(tmp_path, monkeypatch, capsys):
+    """`mmpipe --quiet synth/demo`: the generator prints no progress line and draws no bar."""
+    from pipeline.synthetic import generate_cohort
+    tty = _TTY()
+    monkeypatch.setattr(sys, "stderr", tty)
+    progress.configure(quiet=True)
+    generate_cohort(tmp_path / "q", n_patients=3, seed=1)
+    assert tty.getvalue() == "" and capsys.readouterr().out == ""
+
+    progress.reset()
+    tty2 = _TTY()
+    monkeypatch.setattr(sys, "stderr", tty2)
+    generate_cohort(tmp_path / "loud", n_patients=3, seed=1)
+    assert "[synth" in tty2.getvalue() and "patients" in tty2.getvalue()

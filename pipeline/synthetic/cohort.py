@@ -71,15 +71,20 @@ def _log(progress: bool, t0: float, msg: str) -> None:
         print(f"[synth {time.time() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def generate_cohort(out: Path, n_patients: int = 500, seed: int = 0, progress: bool = True,
+def generate_cohort(out: Path, n_patients: int = 500, seed: int = 0, progress: bool | None = None,
                     workers: int | None = None) -> dict:
     """Write a synthetic cohort of ``n_patients`` under ``out``; return a summary of what was written.
 
     ``workers`` processes write the ECG records and images (default: up to 2, the
-    CPU count permitting); the output does not depend on it.
+    CPU count permitting); the output does not depend on it.  ``progress``: progress lines on
+    stderr (default: unless ``mmpipe --quiet``), with bars when stderr is a terminal.
     """
     t0 = time.time()
     out = Path(out)
+    if progress is None:   # as the CLI says: nothing with `mmpipe --quiet`, progress bars only on a terminal
+        from pipeline import progress as _progress
+        progress = not _progress.quiet()
+    bars = progress and sys.stderr.isatty()
     if n_patients < 1:
         raise ValueError(f"n_patients must be at least 1, got {n_patients}")
     clash = [d for d in ("mimic-iv", "mimic-iv-ecg", "mimic-iv-note", "mimic-cxr-jpg") if (out / d).exists()]
@@ -115,7 +120,7 @@ def generate_cohort(out: Path, n_patients: int = 500, seed: int = 0, progress: b
     ecg_plan = ecg.plan_ecgs(rng_ecg, adm)
     ecg.write_record_list(ecg_root, ecg_plan)
     counts["ecg_records"] = _write_many(ecg.write_records, ecg_root, ecg.record_specs(ecg_plan), workers,
-                                        "ECG records", progress)
+                                        "ECG records", bars)
     _log(progress, t0, f"{counts['ecg_records']} ECG records written")
 
     note_root = out / "mimic-iv-note"
@@ -129,7 +134,7 @@ def generate_cohort(out: Path, n_patients: int = 500, seed: int = 0, progress: b
     imaging.write_tables(cxr_root, studies, images, rng_cxr)
     counts["cxr_studies"] = len(studies)
     counts["cxr_images"] = _write_many(imaging.write_images, cxr_root, imaging.image_specs(images), workers,
-                                       "CXR images", progress)
+                                       "CXR images", bars)
     _log(progress, t0, f"{counts['cxr_images']} CXR images written")
 
     adm["p_bayes"] = bayes.posterior_risk(adm, patients, {"ecg": ecg_plan, "notes": rr_plan, "imaging": studies})
