@@ -206,6 +206,10 @@ EVENT_QUERIES = {
                     "TRY_CAST(valuenum AS DOUBLE) value, valueuom unit, charttime raw_time, valuenum raw_value, "
                     "{rowref} row_ref, {known} known_time, _line, {key} _k FROM {scan}"),
 }
+# Parts whose query is a plain filtered projection of the file, so staged rows stay in file order
+# (real extracts keep each table roughly by subject).  The others (grouped, joined or unioned rows)
+# are sorted by subject when staged, so events.parquet stays clustered by subject either way.
+KEEPS_FILE_ORDER = {"labevents", "chartevents", "prescriptions", "emar", "outputevents"}
 STORED = ("CASE WHEN TRY_CAST(storetime AS TIMESTAMP) IS NULL THEN NULL "
           "ELSE greatest(TRY_CAST(charttime AS TIMESTAMP), TRY_CAST(storetime AS TIMESTAMP)) END")
 
@@ -302,8 +306,8 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     rows = (f"SELECT s.subject_id, s.hadm_id, s.time, coalesce(d.code, s.code) code, s.value, s.unit, s.source, "
             f"s.known_time FROM ({ok}) s LEFT JOIN drug_map d ON s.code = d.raw_code "
             "WHERE d.raw_code IS NULL OR d.code IS NOT NULL "
-            "UNION ALL SELECT DISTINCT s.subject_id, s.hadm_id, s.time, k.class_code, 1.0, NULL, s.source, "
-            f"s.known_time FROM ({ok}) s JOIN drug_class k ON s.code = k.raw_code")
+            "UNION ALL (SELECT DISTINCT s.subject_id, s.hadm_id, s.time, k.class_code, 1.0, NULL, s.source, "
+            f"s.known_time FROM ({ok}) s JOIN drug_class k ON s.code = k.raw_code ORDER BY s.subject_id)")
     conv = " ".join(f"WHEN code = 'chart:{f}' THEN 'chart:{c}'" for f, c in F_TO_C.items())
     vconv = " ".join(f"WHEN code = 'chart:{f}' THEN (value - 32) * 5.0 / 9.0" for f in F_TO_C)
     cleaned = (f"(SELECT subject_id, hadm_id, time, CASE {conv} ELSE code END code, "
@@ -318,8 +322,11 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     units = plan_units(con, "unit_counts", q, SOURCE, raw)
     final = (f"SELECT subject_id, hadm_id, time::TIMESTAMP_NS time, known_time::TIMESTAMP_NS known_time, code, "
              f"value, unit, source FROM ({units_sql(alive)})")   # the EVENTS schema's column order
+    # Each part comes staged in file order or sorted by subject (``_stage``), and the drug classes,
+    # deduplicated by hashing, are sorted back by subject: with small row groups, their statistics
+    # let a feature shard of consecutive subjects skip the other subjects' rows.
     tmp = out.with_name(".events.parquet.tmp")
-    con.execute(f"COPY ({final}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
+    con.execute(f"COPY ({final}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 100000)").fetchall()
     shutil.rmtree(stage)
     tmp.replace(out)
     n = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchall()[0][0]
@@ -363,6 +370,14 @@ def _stage(con, parts: list, raw: dict, stage: Path) -> None:
     with in_file_order(con), ThreadPoolExecutor(max_workers=2) as pool:
         for f in [pool.submit(copy, i) for i in by_size]:
             f.result()
+    # then the parts not staged in file order sorted by subject, one at a time (a sort next to the
+    # staging of another file would take its memory)
+    for i, (table, _, _) in enumerate(parts):
+        if table not in KEEPS_FILE_ORDER:
+            part = stage / f"{i:02d}.parquet"
+            con.execute(f"COPY (SELECT * FROM read_parquet('{part}') ORDER BY subject_id) TO '{part}.sorted' "
+                        "(FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
+            Path(f"{part}.sorted").replace(part)
 
 
 def _quarantine_unparsed(con, kept: str, parts: list, q: Quarantine) -> dict:

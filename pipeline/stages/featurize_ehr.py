@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import ParquetShardWriter, read_json, write_json
 from pipeline.config import EHRConfig
-from pipeline.engine import map_frames
+from pipeline.engine import map_frames, subject_shards
 from pipeline.sources.mimic_iv import connect
 from pipeline.stages import featurize_history, featurize_meds
 
@@ -91,23 +92,24 @@ def _feature_name(code: str, agg: str) -> str:
 
 
 def featurize_ehr(cohort: pd.DataFrame, stage_in: Path, cfg: EHRConfig, out_dir: Path,
-                  codes: list[str] | None = None, shard_rows: int = 5_000, engine=None) -> dict:
+                  codes: list[str] | None = None, shard_rows: int = 20_000, engine=None) -> dict:
     """Write out_dir/features.parquet (hadm_id, item_time, ehr__*) and out_dir/codes.json.
 
-    Admissions are featurised ``shard_rows`` at a time (sorted by subject_id) and appended to
-    the parquet file, so memory is bounded by one shard's wide table, not by the cohort.
-    With a distributed ``engine`` (pipeline.engine) each shard is a task on its workers
-    (DuckDB there, over the same events parquet)."""
+    Admissions are featurised in shards of whole subjects (about ``shard_rows`` admissions,
+    in subject order) appended to the parquet file, so memory is bounded by one shard's wide
+    table, not by the cohort.  With a distributed ``engine`` (pipeline.engine) each shard is a
+    task on its workers (DuckDB there, over the same events parquet)."""
     events_path = Path(stage_in) / "events.parquet"
     if codes is None:
         con = connect(temp_dir=out_dir)
         codes = choose_codes(events_path, cohort, cfg, con, stage_in=stage_in)
         con.close()
     write_json({"codes": codes, "aggregations": list(cfg.aggregations)}, out_dir / "codes.json")
-    # shards of consecutive subjects: each shard's scan of the events skips the row groups
+    # shards of consecutive whole subjects: each shard's scan of the events skips the row groups
     # (parquet statistics) of other subjects' rows instead of reading the whole file every time
+    # (the ingest writes events.parquet in file order, which real extracts keep by subject)
     ordered = cohort.sort_values(["subject_id", "hadm_id"], kind="stable")
-    shards = [ordered.iloc[s:s + shard_rows] for s in range(0, max(len(ordered), 1), shard_rows)]
+    shards = subject_shards(ordered, shard_rows) or [ordered]
     n_with = 0
     with ParquetShardWriter(out_dir / "features.parquet") as out:
         for feats in map_frames(_shard_features, shards, engine, out_dir / ".shards", events_path=str(events_path),
@@ -116,7 +118,7 @@ def featurize_ehr(cohort: pd.DataFrame, stage_in: Path, cfg: EHRConfig, out_dir:
             n_with += int(feats[counts].sum(axis=1).gt(0).sum()) if counts else 0
             out.write(feats)
     return {"codes": len(codes), "rows": int(cohort["hadm_id"].nunique()), "rows_with_events": n_with,
-            "shards": -(-len(ordered) // shard_rows), "availability": cfg.availability}
+            "shards": len(shards), "availability": cfg.availability}
 
 
 def _shard_features(shard: pd.DataFrame, events_path: str, cfg: EHRConfig, codes: list[str],
@@ -125,7 +127,7 @@ def _shard_features(shard: pd.DataFrame, events_path: str, cfg: EHRConfig, codes
     con = connect(temp_dir=Path(temp_dir))
     try:
         con.register("kept", pd.DataFrame({"code": [c for c in codes if c.startswith(MEASUREMENTS)] or ["<none>"]}))
-        ranges = pd.DataFrame([(k, lo, hi) for k, (lo, hi) in PLAUSIBLE.items()], columns=["code", "lo", "hi"])
+        ranges = pd.DataFrame([(c, lo, hi) for c, (lo, hi) in PLAUSIBLE.items()], columns=["code", "lo", "hi"])
         con.register("ranges", ranges)
         return _featurize_shard(con, shard, Path(events_path).parent, cfg, codes)
     finally:
@@ -163,32 +165,31 @@ def _featurize_shard(con, shard: pd.DataFrame, stage_in: Path, cfg: EHRConfig, c
     con.unregister("cohort")
     codes = [c for c in codes if c.startswith(MEASUREMENTS)]
     keep_aggs = [a for a in AGGS if a in cfg.aggregations]
-    wide = agg.pivot(index="hadm_id", columns="code", values=keep_aggs) if len(agg) else None
-    feats = base[["hadm_id"]].drop_duplicates().set_index("hadm_id")
-    if wide is not None:
-        wide.columns = [_feature_name(code, a) for a, code in wide.columns]
-        item_time = agg.groupby("hadm_id")["item_time"].max()
-        feats = feats.join(wide).join(item_time.rename("item_time"))
-    else:
-        feats["item_time"] = pd.NaT
-    # Every kept code has the same columns, present or not (a stable feature set).
-    cols = [_feature_name(c, a) for c in codes for a in keep_aggs]
-    feats = feats.reindex(columns=["item_time"] + cols)
+    # Every kept code has the same columns, present or not (a stable feature set).  The frame is
+    # built once from columns (a shard's wide table is the stage's memory peak).
+    hadms = base["hadm_id"].drop_duplicates().to_numpy()
+    nan = np.full(len(hadms), np.nan)
+    item_time = pd.Series(pd.NaT, index=hadms, dtype="datetime64[ns]")
+    have = {}
+    if len(agg):
+        wide = agg.pivot(index="hadm_id", columns="code", values=keep_aggs).reindex(hadms)
+        have = {(code, a): wide[(a, code)].to_numpy(dtype="float64") for a, code in wide.columns}
+        item_time = agg.groupby("hadm_id")["item_time"].max().reindex(hadms)
+        del wide
+    out = {}
+    for code in codes:
+        for a in keep_aggs:
+            v = have.get((code, a), nan)
+            out[_feature_name(code, a)] = np.nan_to_num(v, nan=0.0) if a == "count" else v
     for more in extra:
-        feats["item_time"] = pd.concat([feats["item_time"], more.pop("item_time").reindex(feats.index)],
-                                       axis=1).max(axis=1)
-        feats = feats.join(more)
-    count_cols = [c for c in cols if c.endswith("__count")]
-    feats[count_cols] = feats[count_cols].fillna(0.0)
-    demo = shard.drop_duplicates("hadm_id").set_index("hadm_id")
-    feats = pd.concat([feats, pd.DataFrame({
-        "ehr__age": demo["age"].astype(float),
-        "ehr__gender_male": (demo["gender"].astype(str).str.upper() == "M").astype(float)})], axis=1)
-    feats = feats.reset_index()
-    feats["item_time"] = pd.to_datetime(feats["item_time"]).astype("datetime64[ns]")
-    new = [c for c in feats.columns if c.startswith("ehr__") and c not in cols]
-    feats[cols + new] = feats[cols + new].astype("float64")
-    return feats
+        item_time = pd.concat([item_time, more.pop("item_time").reindex(hadms)], axis=1).max(axis=1)
+        more = more.reindex(hadms)
+        out.update({c: more[c].to_numpy(dtype="float64") for c in more.columns})
+    demo = shard.drop_duplicates("hadm_id").set_index("hadm_id").reindex(hadms)
+    out["ehr__age"] = demo["age"].to_numpy(dtype="float64")
+    out["ehr__gender_male"] = (demo["gender"].astype(str).str.upper() == "M").to_numpy(dtype="float64")
+    return pd.DataFrame({"hadm_id": hadms, "item_time": pd.to_datetime(item_time).astype("datetime64[ns]").to_numpy(),
+                         **out})
 
 
 def load_codes(stage_dir: Path) -> list[str]:

@@ -70,8 +70,10 @@ def features(con, shard: pd.DataFrame, events: str, cfg: EHRConfig, codes: list[
         FROM w GROUP BY hadm_id, code""").df()
     con.unregister("med_codes")
     out: dict[str, object] = {}
+    by_code = dict(tuple(agg.groupby("code", sort=False))) if len(agg) else {}
+    empty = agg.iloc[:0]
     for code in kept:
-        sub = agg[agg["code"] == code].set_index("hadm_id").reindex(hadms)
+        sub = by_code.get(code, empty).set_index("hadm_id").reindex(hadms)
         for a in AGGS[family(code)]:
             col = sub[COLUMN[a]].astype(float)
             out[f"ehr__{code}__{a}"] = (col.fillna(0.0) if a in ZERO_WHEN_NONE else col).to_numpy()
