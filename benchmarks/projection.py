@@ -8,8 +8,9 @@ which a machine shared with other jobs inflates much less than wall seconds):
   EHR ingest     DuckDB on the driver: CPU-seconds per event row x event rows (not split
                  over workers; the ETL's CPU-seconds shared between its steps as their wall
                  times are)
-  EHR features   one DuckDB scan of the events per shard of admissions: CPU-seconds per
-                 (shard x event row) x shards x event rows / N
+  EHR features   per shard of whole subjects, DuckDB over that shard's rows of the events
+                 (events.parquet is clustered by subject, so a shard skips the other
+                 subjects' row groups): CPU-seconds per event row x event rows / N
   ECG, imaging   records / (the Dask engine's records per CPU-second) / N
   scoring        admissions / (the Dask engine's admissions per CPU-second) / N
 
@@ -34,7 +35,7 @@ def costs(etl: dict, stages: dict, score: dict | None) -> dict:
     """Seconds per item, from the measured figures (scoring left out when not measured)."""
     cpu = etl["cpu_s"] / etl["total_s"]   # the ETL's wall seconds as CPU seconds (its steps in proportion)
     out = {"ingest_per_row": cpu * etl["ingest_s"] / etl["event_rows"],
-           "features_per_shard_row": cpu * etl["features_s"] / (etl["shards"] * etl["event_rows"]),
+           "features_per_row": cpu * etl["features_s"] / etl["event_rows"],
            "ecg_per_record": 1.0 / stages["ecg"]["dask"]["per_cpu_s"],
            "image_per_record": 1.0 / stages["imaging"]["dask"]["per_cpu_s"]}
     if score is not None:
@@ -42,10 +43,9 @@ def costs(etl: dict, stages: dict, score: dict | None) -> dict:
     return out
 
 
-def project(c: dict, n: int, shard_rows: int = 5000) -> dict:
-    shards = -(-FULL["admissions"] // shard_rows)
+def project(c: dict, n: int) -> dict:
     out = {"EHR ingest (driver)": c["ingest_per_row"] * FULL["event_rows"],
-           "EHR features": c["features_per_shard_row"] * shards * FULL["event_rows"] / n,
+           "EHR features": c["features_per_row"] * FULL["event_rows"] / n,
            "ECG (800k)": c["ecg_per_record"] * FULL["ecgs"] / n,
            "imaging (377k)": c["image_per_record"] * FULL["cxrs"] / n}
     if "score_per_admission" in c:

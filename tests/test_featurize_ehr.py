@@ -69,3 +69,30 @@ def test_implausible_values_are_dropped(tmp_path):
     featurize_ehr(cohort, tmp_path / "ing", EHRConfig(), tmp_path / "fe", codes=["lab:50813"])
     f = pd.read_parquet(tmp_path / "fe" / "features.parquet").set_index("hadm_id")
     assert f.loc[11, "ehr__lab:50813__max"] == 2.0
+
+
+def test_unordered_real_events_are_split_by_shard_with_the_same_features(mimic_demo, tmp_path):
+    """The MIMIC-IV demo's labevents are not ordered by subject, so shards reading by subject range
+    would each read the whole file: the events are split by shard first.  Both ways (and one shard)
+    give the same features, and no split folder is left behind."""
+    from pipeline.engine import subject_shards
+    from pipeline.stages.featurize_ehr import clustered
+    ingest_mimic_iv(mimic_demo, tmp_path / "ing", Quarantine())
+    cohort, _ = build_cohort(pd.read_parquet(tmp_path / "ing" / "patients.parquet"),
+                             pd.read_parquet(tmp_path / "ing" / "admissions.parquet"),
+                             pd.read_parquet(tmp_path / "ing" / "icustays.parquet"), TaskConfig())
+    cohort["split"] = "train"
+    ordered = cohort.sort_values(["subject_id", "hadm_id"])
+    events = tmp_path / "ing" / "events.parquet"
+    assert not clustered(events, subject_shards(ordered, 20))        # real file order: not clustered
+    assert clustered(events, subject_shards(ordered, 10_000))         # one shard reads the file once anyway
+    frames = {}
+    for name, rows, split in (("auto", 20, None), ("range", 20, False), ("one", 10_000, None)):
+        info = featurize_ehr(cohort, tmp_path / "ing", EHRConfig(), tmp_path / name, shard_rows=rows, split=split)
+        assert info["events_split"] == (name == "auto")
+        assert (info["shards"] == 1) if rows > 100 else (info["shards"] > 1)
+        assert not (tmp_path / name / ".events_by_shard").exists()
+        frames[name] = pd.read_parquet(tmp_path / name / "features.parquet")
+    assert frames["auto"]["ehr__lab:50912__count"].gt(0).sum() > 20     # creatinine seen in many admissions
+    pd.testing.assert_frame_equal(frames["auto"], frames["range"])
+    pd.testing.assert_frame_equal(frames["auto"], frames["one"])
