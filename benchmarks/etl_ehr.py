@@ -48,7 +48,7 @@ cohort, counts = build_cohort(pd.read_parquet(work / "ing" / "patients.parquet")
                               pd.read_parquet(icu) if icu.exists() else None, cfg.task)
 t2 = time.time()
 (work / "fe").mkdir(exist_ok=True)
-fe = featurize_ehr(cohort, work / "ing", cfg.ehr, work / "fe")
+fe = featurize_ehr(cohort, work / "ing", cfg.ehr, work / "fe", split=True if sys.argv[3:] == ["split"] else None)
 t3 = time.time()
 print(json.dumps({"tables": info["event_tables_found"], "event_rows": info["event_rows"], "patients": len(pd.read_parquet(work / "ing" / "patients.parquet")),
                   "cohort": len(cohort), "ingest_s": t1 - t0, "cohort_s": t2 - t1, "features_s": t3 - t2,
@@ -56,10 +56,13 @@ print(json.dumps({"tables": info["event_tables_found"], "event_rows": info["even
 """
 
 
-def run_child(root: Path, work: Path) -> dict:
+def run_child(root: Path, work: Path, split_events: bool = False) -> dict:
+    """The ETL in a fresh process; ``split_events``: the features split the events by shard even
+    when events.parquet is clustered by subject (what an extract not ordered by subject costs)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-c", CHILD, str(root), str(work)], capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run([sys.executable, "-c", CHILD, str(root), str(work)] + (["split"] if split_events else []),
+                       capture_output=True, text=True, cwd=REPO)
     if r.returncode != 0:
         raise SystemExit(r.stderr[-3000:])
     res = json.loads(r.stdout.strip().splitlines()[-1])

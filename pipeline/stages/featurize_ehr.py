@@ -8,9 +8,9 @@ prediction_time - lookback, plus demographics, the history features of
 ``featurize_history`` and the treatment features of ``featurize_meds``.  Values
 outside documented physiological ranges are treated as recording errors and dropped before aggregation.  The codes kept are the most
 frequent among TRAIN admissions; the list is written beside the features so a
-scoring job uses exactly the same columns.  The work is one DuckDB query over
-the events parquet per shard of admissions, appended to the output file, so memory
-is bounded by DuckDB and by one shard, not by the cohort.  Sums (mean, slope) are taken
+scoring job uses exactly the same columns.  The work is a few DuckDB queries per shard
+of whole subjects over that shard's rows of the events (``featurize_ehr``), appended to the
+output file, so memory is bounded by DuckDB and by one shard, not by the cohort.  Sums (mean, slope) are taken
 over values rounded to 1e-6 in exact decimal arithmetic, so a feature does not depend on
 the order DuckDB's threads meet the rows (a live extract scores exactly as a complete one).
 """
