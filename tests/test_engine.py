@@ -63,11 +63,13 @@ def test_sharded_ehr_features_equal_local(engine, tmp_path):
     cohort, _ = build_cohort(pd.read_parquet(tmp_path / "ing" / "patients.parquet"),
                              pd.read_parquet(tmp_path / "ing" / "admissions.parquet"), None, TaskConfig())
     cohort["split"] = "train"
-    for name, eng in (("local", None), ("dask", engine)):
+    for name, eng, split in (("local", None, None), ("dask", engine, None), ("dask_split", engine, True)):
         (tmp_path / name).mkdir()
-        featurize_ehr(cohort, tmp_path / "ing", EHRConfig(), tmp_path / name, shard_rows=1, engine=eng)
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "local" / "features.parquet"),
-                                  pd.read_parquet(tmp_path / "dask" / "features.parquet"))
+        featurize_ehr(cohort, tmp_path / "ing", EHRConfig(), tmp_path / name, shard_rows=1, engine=eng, split=split)
+    for name in ("dask", "dask_split"):   # the workers read the subject range, or their shard's split of the events
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "local" / "features.parquet"),
+                                      pd.read_parquet(tmp_path / name / "features.parquet"))
+    assert not (tmp_path / "dask_split" / ".events_by_shard").exists()
     assert (tmp_path / "local" / "codes.json").read_text() == (tmp_path / "dask" / "codes.json").read_text()
     assert not (tmp_path / "dask" / ".shards").exists()
 
