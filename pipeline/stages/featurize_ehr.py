@@ -184,13 +184,14 @@ def _shard_features(job: tuple, split: str | None, stage_in: str, cfg: EHRConfig
         con.register("kept", pd.DataFrame({"code": [c for c in codes if c.startswith(MEASUREMENTS)] or ["<none>"]}))
         ranges = pd.DataFrame([(c, lo, hi) for c, (lo, hi) in PLAUSIBLE.items()], columns=["code", "lo", "hi"])
         con.register("ranges", ranges)
-        every = events_source(Path(stage_in) / "events.parquet", con)
         files = sorted((Path(split) / f"shard={k}").glob("*.parquet")) if split else []
-        if split is None:
-            events = (f"(SELECT * FROM {every} WHERE subject_id BETWEEN {int(shard['subject_id'].min())} "
+        if files:
+            events = f"read_parquet([{', '.join(repr(str(f)) for f in files)}])"
+        else:   # the subject range; with a split but no file, none of its subjects' rows was kept
+            every = events_source(Path(stage_in) / "events.parquet", con)
+            events = (f"(SELECT * FROM {every} LIMIT 0)" if split else
+                      f"(SELECT * FROM {every} WHERE subject_id BETWEEN {int(shard['subject_id'].min())} "
                       f"AND {int(shard['subject_id'].max())})")
-        else:   # no file: none of its subjects' rows was kept
-            events = f"read_parquet([{', '.join(repr(str(f)) for f in files)}])" if files else f"(SELECT * FROM {every} LIMIT 0)"
         return _featurize_shard(con, shard, events, Path(stage_in), cfg, codes)
     finally:
         con.close()
