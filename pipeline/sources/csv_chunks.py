@@ -1,0 +1,278 @@
+"""Cut a (gzipped) CSV file into plain-CSV chunk files that DuckDB can stage in parallel.
+
+DuckDB decompresses and parses a .gz CSV on one thread.  ``gz_csv_chunks`` decompresses
+the file in Python (zlib releases the GIL) and writes ``out_dir/<stem>.<k>.csv`` files of
+about ``chunk_bytes`` each: the file's header line, bytes exactly as in the file (BOM
+included), then a run of whole records.  Each ``Chunk`` says which ``_line`` its first
+record has in the WHOLE file (the numbering of ``raw_checks.RawTable.scan``: the header is
+line 1, then each record, a quoted field spanning lines counting as one record, blank
+lines skipped) and how many records it holds.  ``chunk_scan(chunk)`` is the SQL relation
+of the chunk's rows with those line numbers; the chunks' rows together equal the whole
+file's, line for line.
+
+A record ends at a newline outside quotes (RFC 4180: ``"`` opens a field only at its
+start, ``""`` inside a quoted field is a quote).  Counting is at C speed: a block without
+a quote is counted with ``bytes.count``; a block with quotes is split on ``"`` and only the
+segments outside quotes are counted.
+
+Dialect: DuckDB sniffs the dialect of every file it reads, and a chunk could sniff
+differently from the whole file (one odd line in a chunk's first rows turns it into a
+one-column file).  So the whole file is sniffed once, with the options of
+``raw_checks._source_sql``, and every chunk is read with that dialect pinned
+(``auto_detect=false``, the sniffed columns).
+
+``NotChunkable`` -- raised where the chunks might not number or parse the rows as DuckDB
+does on the whole file: a dialect other than ``,`` / ``"`` / ``"`` with no comment, skipped
+or header-less rows, a file of one column (DuckDB reads its blank lines as NULL records) (checked before the first chunk); a quote that does not open or
+close a field in the RFC way (a stray ``a"b``, ``"ab"c``, `` "ab"``), a ``\\r`` not
+followed by ``\\n``, a quoted field still open at the end of the file (found while
+streaming).  The rule for the caller is simple: on ``NotChunkable``, whenever it comes,
+discard every chunk already staged and read the whole file instead (DuckDB then applies
+its own, more lenient rules).  ``DataError`` (naming the file) is raised for a truncated or
+corrupt gzip and for a gzip bomb (output over ``max(GZIP_FLOOR_BYTES, GZIP_MAX_RATIO x``
+compressed size), as ``raw_checks.gunzip_capped``).
+
+The generator is lazy: it writes chunk k+1 only when asked for it, and it never deletes a
+chunk file.  The caller deletes each chunk after staging it, so about as many chunks exist
+on disk as the caller holds un-staged (2-3 with a queue of one between a producer thread
+and two stagers).
+"""
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+from pipeline.errors import DataError
+from pipeline.sources import raw_checks
+
+CHUNK_BYTES = 512 * 2**20   # uncompressed bytes per chunk file
+BLOCK_BYTES = 8 * 2**20     # bytes decompressed per read
+
+_READ_OPTIONS = "header=true, all_varchar=true, quote='\"', escape='\"', strict_mode=false"
+_BLANK_AFTER_NL = re.compile(rb"\n(?=\r?\n)")   # a newline followed by a blank line
+
+
+class NotChunkable(Exception):
+    """The file cannot be cut so that every chunk reads as the whole file does: discard the
+    chunks already staged and read the whole file."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"file {path}: cannot be read in chunks: {reason}")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    path: Path          # plain CSV: the file's header line + whole records
+    first_line: int     # the whole file's _line of the chunk's first record
+    records: int        # records in the chunk (blank lines not counted)
+    options: str        # the whole file's dialect, pinned for read_csv
+
+
+def chunk_scan(chunk: Chunk) -> str:
+    """The chunk's rows as a SQL relation: ``_line`` (the whole file's numbering) and the
+    columns, all VARCHAR.  Run it with ``preserve_insertion_order=true``
+    (``raw_checks.in_file_order``), as ``RawTable.scan``."""
+    p = str(chunk.path).replace("'", "''")
+    return (f"(SELECT row_number() OVER () + {chunk.first_line - 1} AS _line, * "
+            f"FROM read_csv('{p}', {chunk.options}))")
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _pinned_options(path: Path) -> str:
+    """The read_csv options of the whole file's dialect, as DuckDB sniffs it."""
+    p = str(path).replace("'", "''")
+    try:
+        with duckdb.connect() as con:
+            delim, quote, escape, new_line, comment, skip, has_header, columns = con.execute(
+                "SELECT Delimiter, Quote, Escape, NewLineDelimiter, Comment, SkipRows, HasHeader, Columns "
+                f"FROM sniff_csv('{p}', {_READ_OPTIONS})").fetchone()
+    except duckdb.IOException:
+        raise                  # the caller tells a broken gzip (DataError) from other trouble
+    except duckdb.Error as e:
+        raise NotChunkable(path, f"DuckDB cannot sniff its dialect ({str(e).splitlines()[0]})") from None
+    dialect = (delim, quote, escape, comment, skip, has_header)
+    if dialect != (",", '"', '"', "(empty)", 0, True) or new_line not in ("\\n", "\\r\\n"):
+        raise NotChunkable(path, f"dialect delim={delim!r} quote={quote!r} escape={escape!r} "
+                                 f"new_line={new_line!r} comment={comment!r} skip={skip} header={has_header}")
+    if len(columns) < 2:   # one column: DuckDB reads a blank line as a NULL record
+        raise NotChunkable(path, "a file of one column")
+    cols = ", ".join(f"{_sql_str(c['name'])}: 'VARCHAR'" for c in columns)
+    return (f"{_READ_OPTIONS}, auto_detect=false, delim=',', new_line={_sql_str(new_line)}, "
+            f"skip=0, comment='', columns={{{cols}}}")
+
+
+def _blocks(path: Path, size: int) -> Iterator[bytes]:
+    """The decompressed bytes of ``path`` (plain when not .gz), ``size`` at a time; a gzip
+    bomb or a truncated/corrupt gzip is a ``DataError`` naming the file."""
+    if path.suffix != ".gz":
+        with open(path, "rb") as f:
+            while block := f.read(size):
+                yield block
+        return
+    packed = path.stat().st_size
+    limit = max(raw_checks.GZIP_FLOOR_BYTES, int(raw_checks.GZIP_MAX_RATIO * packed))
+    total = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while block := f.read(size):
+                total += len(block)
+                if total > limit:
+                    raise DataError(f"decompresses to over {limit:,} bytes from {packed:,} "
+                                    f"(ratio over {limit / max(packed, 1):.0f}): refused as a gzip bomb",
+                                    file=path, hint="decompress it yourself if the file is genuine")
+                yield block
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot decompress ({type(e).__name__}: {e})", file=path,
+                        hint="the .gz file is truncated or not gzip") from None
+
+
+def _last_record_end(data: bytes, segs: list[bytes]) -> int:
+    """Offset just after the last newline outside quotes in ``data`` (which starts outside
+    quotes; ``segs`` = ``data.split(b'"')``), or 0 when there is none."""
+    pos = len(data)
+    for i in range(len(segs) - 1, -1, -1):
+        pos -= len(segs[i])
+        if i % 2 == 0:
+            j = segs[i].rfind(b"\n")
+            if j >= 0:
+                return pos + j + 1
+        pos -= 1
+    return 0
+
+
+def _records(path: Path, piece: bytes, segs: list[bytes] | None) -> int:
+    """Records in ``piece``: whole records, starting at a record start and ending with a
+    newline outside quotes.  Checks that every quote opens or closes a field and that every
+    ``\\r`` is followed by ``\\n`` (``NotChunkable`` otherwise)."""
+    if b"\r" in piece and piece.count(b"\r") != piece.count(b"\r\n"):
+        raise NotChunkable(path, "a '\\r' not followed by '\\n' (old Mac line ends or a stray carriage return)")
+    if segs is None or len(segs) == 1:
+        outside = piece
+    else:
+        # inside segs[1::2]; outside segs[0::2]: between a closing and an opening quote an outside
+        # run is empty ("" in a field) or starts and ends at a field boundary
+        first, last, middle = segs[0], segs[-1], segs[2:-1:2]
+        if (first and first[-1:] not in b",\n") or last[:1] not in b",\r\n" or \
+                any(s and (s[:1] not in b",\r\n" or s[-1:] not in b",\n") for s in middle):
+            raise NotChunkable(path, "a quote inside an unquoted field or text after a closing quote")
+        outside = b'"'.join(segs[0::2])     # '"' keeps a line of only quoted fields non-blank
+    n = outside.count(b"\n")
+    if outside[:1] == b"\n" or outside[:2] == b"\r\n":
+        n -= 1
+    if b"\n\n" in outside or b"\n\r\n" in outside:
+        n -= len(_BLANK_AFTER_NL.findall(outside))
+    return n
+
+
+def _header_end(data: bytes) -> int:
+    """Offset just after the first newline outside quotes that ends a non-blank line, or 0."""
+    segs, pos, line_start = data.split(b'"'), 0, 0
+    for i, seg in enumerate(segs):
+        if i % 2 == 0:
+            j = seg.find(b"\n")
+            while j >= 0:
+                end = pos + j + 1
+                if data[line_start:end].removeprefix(b"\xef\xbb\xbf").strip(b"\r\n"):
+                    return end
+                line_start = end
+                j = seg.find(b"\n", j + 1)
+        pos += len(seg) + 1
+    return 0
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".gz", ".csv"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def gz_csv_chunks(path: Path, out_dir: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
+    """Chunks of the CSV file ``path`` (.gz or plain), lazily, in file order.  See the module
+    docstring for ``NotChunkable`` (discard the staged chunks, read the whole file) and for
+    deleting the chunk files (the caller's job)."""
+    path, out_dir = Path(path), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = _stem(path)
+    blocks = _blocks(path, max(1, min(BLOCK_BYTES, chunk_bytes)))
+
+    # the header: up to the end of the first non-blank line (blank lines before it included)
+    data, header_end = b"", 0
+    for block in blocks:
+        data += block
+        header_end = _header_end(data)
+        if header_end:
+            break
+    header = data[:header_end] if header_end else data
+    carry = data[len(header):]
+    if header.removeprefix(b"\xef\xbb\xbf").strip(b"\r\n") == b"":
+        raise NotChunkable(path, "no header line")
+    hsegs = (header + b"\n").split(b'"') if not header_end else header.split(b'"')
+    if len(hsegs) % 2 == 0:
+        raise NotChunkable(path, "a quoted field open at the end of the file")
+    _records(path, header if header_end else header + b"\n", hsegs)
+    try:
+        options = _pinned_options(path)
+    except duckdb.IOException as e:
+        for _ in blocks:       # a truncated or corrupt gzip raises its DataError here
+            pass
+        raise NotChunkable(path, f"DuckDB cannot read it ({str(e).splitlines()[0]})") from None
+
+    k, line, records, size, out = 0, 2, 0, 0, None
+
+    def start():
+        nonlocal k, out, size, records
+        k += 1
+        out = open(out_dir / f"{stem}.{k}.csv", "wb")
+        out.write(header)
+        size, records = len(header), 0
+
+    def finish() -> Chunk:
+        nonlocal line
+        out.close()
+        chunk = Chunk(Path(out.name), line, records, options)
+        line += records
+        return chunk
+
+    start()
+    for block in blocks:
+        data = carry + block if carry else block
+        segs = data.split(b'"') if b'"' in data else None
+        cut = _last_record_end(data, segs) if segs else data.rfind(b"\n") + 1
+        if cut == 0:
+            carry = data
+            continue
+        if cut == len(data):
+            piece, carry = data, b""
+        else:
+            piece, carry = data[:cut], data[cut:]
+            if segs:
+                segs = piece.split(b'"')
+        records += _records(path, piece, segs)
+        out.write(piece)
+        size += len(piece)
+        if size >= chunk_bytes:
+            yield finish()
+            start()
+    if carry:
+        segs = carry.split(b'"')
+        if len(segs) % 2 == 0:
+            raise NotChunkable(path, "a quoted field open at the end of the file")
+        records += _records(path, carry + b"\n", (carry + b"\n").split(b'"'))
+        out.write(carry)
+        size += len(carry)
+    if records or k == 1:
+        yield finish()
+    else:
+        out.close()
+        Path(out.name).unlink()
