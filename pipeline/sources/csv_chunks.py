@@ -56,6 +56,9 @@ BLOCK_BYTES = 8 * 2**20     # bytes decompressed per read
 
 _READ_OPTIONS = "header=true, all_varchar=true, quote='\"', escape='\"', strict_mode=false"
 _BLANK_AFTER_NL = re.compile(rb"\n(?=\r?\n)")   # a newline followed by a blank line
+# a quoted field where RFC 4180 allows one: its opening quote at a field's start (after ',' or
+# a newline, or at the start), "" inside, its closing quote followed by ',' or a line end
+_QUOTED_FIELD = re.compile(rb'"(?<![^,\n]")[^"]*(?:""[^"]*)*"(?=[,\r\n])')
 
 
 class NotChunkable(Exception):
@@ -136,57 +139,53 @@ def _blocks(path: Path, size: int) -> Iterator[bytes]:
                         hint="the .gz file is truncated or not gzip") from None
 
 
-def _last_record_end(data: bytes, segs: list[bytes]) -> int:
-    """Offset just after the last newline outside quotes in ``data`` (which starts outside
-    quotes; ``segs`` = ``data.split(b'"')``), or 0 when there is none."""
-    pos = len(data)
-    for i in range(len(segs) - 1, -1, -1):
-        pos -= len(segs[i])
-        if i % 2 == 0:
-            j = segs[i].rfind(b"\n")
-            if j >= 0:
-                return pos + j + 1
-        pos -= 1
-    return 0
+def _record_end(data: bytes, quotes: int, last: bool) -> int:
+    """Offset just after the last (``last``) or first newline outside quotes in ``data``,
+    which starts outside quotes and holds ``quotes`` quotes; 0 when there is none.  A
+    newline is outside quotes when an even number of quotes comes before it."""
+    if not last:
+        j = data.find(b"\n")
+        while j >= 0 and data.count(b'"', 0, j) % 2:
+            j = data.find(b"\n", j + 1)
+        return j + 1
+    j = data.rfind(b"\n")
+    if quotes:
+        while j >= 0 and (quotes - data.count(b'"', j)) % 2:
+            j = data.rfind(b"\n", 0, j)
+    return j + 1
 
 
-def _records(path: Path, piece: bytes, segs: list[bytes] | None) -> int:
-    """Records in ``piece``: whole records, starting at a record start and ending with a
-    newline outside quotes.  Checks that every quote opens or closes a field and that every
-    ``\\r`` is followed by ``\\n`` (``NotChunkable`` otherwise)."""
-    if b"\r" in piece and piece.count(b"\r") != piece.count(b"\r\n"):
+def _records(path: Path, data: bytes, end: int) -> int:
+    """Records in ``data[:end]``: it starts at a record start and ends with a newline outside
+    quotes.  Checks that every quote opens or closes a field the RFC way and that every
+    ``\r`` is followed by ``\n`` (``NotChunkable`` otherwise)."""
+    if data.find(b"\r", 0, end) >= 0 and data.count(b"\r", 0, end) != data.count(b"\r\n", 0, end):
         raise NotChunkable(path, "a '\\r' not followed by '\\n' (old Mac line ends or a stray carriage return)")
-    if segs is None or len(segs) == 1:
-        outside = piece
-    else:
-        # inside segs[1::2]; outside segs[0::2]: between a closing and an opening quote an outside
-        # run is empty ("" in a field) or starts and ends at a field boundary
-        first, last, middle = segs[0], segs[-1], segs[2:-1:2]
-        if (first and first[-1:] not in b",\n") or last[:1] not in b",\r\n" or \
-                any(s and (s[:1] not in b",\r\n" or s[-1:] not in b",\n") for s in middle):
+    n = data.count(b"\n", 0, end)
+    blanks = data.find(b"\n\n", 0, end) >= 0 or data.find(b"\n\r\n", 0, end) >= 0
+    if data.find(b'"', 0, end) >= 0:
+        # the quoted fields found hold every quote only if each quote opens or closes a
+        # field where RFC 4180 puts it; their newlines are inside quotes
+        quoted = b"".join(_QUOTED_FIELD.findall(data, 0, end))
+        if quoted.count(b'"') != data.count(b'"', 0, end):
             raise NotChunkable(path, "a quote inside an unquoted field or text after a closing quote")
-        outside = b'"'.join(segs[0::2])     # '"' keeps a line of only quoted fields non-blank
-    n = outside.count(b"\n")
-    if outside[:1] == b"\n" or outside[:2] == b"\r\n":
+        n -= quoted.count(b"\n")
+        if blanks:
+            n += len(_BLANK_AFTER_NL.findall(quoted))
+    if blanks:
+        n -= len(_BLANK_AFTER_NL.findall(data, 0, end))
+    if data[:1] == b"\n" or data[:2] == b"\r\n":      # the first line is blank
         n -= 1
-    if b"\n\n" in outside or b"\n\r\n" in outside:
-        n -= len(_BLANK_AFTER_NL.findall(outside))
     return n
 
 
 def _header_end(data: bytes) -> int:
     """Offset just after the first newline outside quotes that ends a non-blank line, or 0."""
-    segs, pos, line_start = data.split(b'"'), 0, 0
-    for i, seg in enumerate(segs):
-        if i % 2 == 0:
-            j = seg.find(b"\n")
-            while j >= 0:
-                end = pos + j + 1
-                if data[line_start:end].removeprefix(b"\xef\xbb\xbf").strip(b"\r\n"):
-                    return end
-                line_start = end
-                j = seg.find(b"\n", j + 1)
-        pos += len(seg) + 1
+    start = 0
+    while end := _record_end(data[start:], 0, last=False):
+        if data[start:start + end].removeprefix(b"\xef\xbb\xbf").strip(b"\r\n"):
+            return start + end
+        start += end
     return 0
 
 
@@ -210,17 +209,15 @@ def gz_csv_chunks(path: Path, out_dir: Path, chunk_bytes: int = CHUNK_BYTES) -> 
     data, header_end = b"", 0
     for block in blocks:
         data += block
-        header_end = _header_end(data)
-        if header_end:
+        if header_end := _header_end(data):
             break
-    header = data[:header_end] if header_end else data
-    carry = data[len(header):]
+    header, carry = data[:header_end or len(data)], data[header_end or len(data):]
     if header.removeprefix(b"\xef\xbb\xbf").strip(b"\r\n") == b"":
         raise NotChunkable(path, "no header line")
-    hsegs = (header + b"\n").split(b'"') if not header_end else header.split(b'"')
-    if len(hsegs) % 2 == 0:
-        raise NotChunkable(path, "a quoted field open at the end of the file")
-    _records(path, header if header_end else header + b"\n", hsegs)
+    if not header_end:
+        carry, header = header, b""       # the header is the last line: checked with it below
+    else:
+        _records(path, header, len(header))
     try:
         options = _pinned_options(path)
     except duckdb.IOException as e:
@@ -247,28 +244,22 @@ def gz_csv_chunks(path: Path, out_dir: Path, chunk_bytes: int = CHUNK_BYTES) -> 
     start()
     for block in blocks:
         data = carry + block if carry else block
-        segs = data.split(b'"') if b'"' in data else None
-        cut = _last_record_end(data, segs) if segs else data.rfind(b"\n") + 1
+        cut = _record_end(data, data.count(b'"'), last=True)
         if cut == 0:
             carry = data
             continue
-        if cut == len(data):
-            piece, carry = data, b""
-        else:
-            piece, carry = data[:cut], data[cut:]
-            if segs:
-                segs = piece.split(b'"')
-        records += _records(path, piece, segs)
-        out.write(piece)
-        size += len(piece)
+        records += _records(path, data, cut)
+        out.write(memoryview(data)[:cut])
+        size += cut
+        carry = data[cut:]
         if size >= chunk_bytes:
             yield finish()
             start()
-    if carry:
-        segs = carry.split(b'"')
-        if len(segs) % 2 == 0:
+    if carry:                  # the last line, without a newline
+        last = carry + b"\n"
+        if _record_end(last, last.count(b'"'), last=True) != len(last):
             raise NotChunkable(path, "a quoted field open at the end of the file")
-        records += _records(path, carry + b"\n", (carry + b"\n").split(b'"'))
+        records += _records(path, last, len(last)) - (0 if header else 1)
         out.write(carry)
         size += len(carry)
     if records or k == 1:
