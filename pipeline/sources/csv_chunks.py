@@ -11,9 +11,9 @@ of the chunk's rows with those line numbers; the chunks' rows together equal the
 file's, line for line.
 
 A record ends at a newline outside quotes (RFC 4180: ``"`` opens a field only at its
-start, ``""`` inside a quoted field is a quote).  Counting is at C speed: a block without
-a quote is counted with ``bytes.count``; a block with quotes is split on ``"`` and only the
-segments outside quotes are counted.
+start, ``""`` inside a quoted field is a quote).  Counting is vectorised (numpy): the
+offsets of a block's newlines and quotes; a newline with an even number of quotes before it
+ends a record unless its line is blank ('' or '\\r', which DuckDB skips).
 
 Dialect: DuckDB sniffs the dialect of every file it reads, and a chunk could sniff
 differently from the whole file (one odd line in a chunk's first rows turns it into a
@@ -40,13 +40,13 @@ and two stagers).
 from __future__ import annotations
 
 import gzip
-import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import duckdb
+import numpy as np
 
 from pipeline.errors import DataError
 from pipeline.sources import raw_checks
@@ -55,10 +55,9 @@ CHUNK_BYTES = 512 * 2**20   # uncompressed bytes per chunk file
 BLOCK_BYTES = 8 * 2**20     # bytes decompressed per read
 
 _READ_OPTIONS = "header=true, all_varchar=true, quote='\"', escape='\"', strict_mode=false"
-_BLANK_AFTER_NL = re.compile(rb"\n(?=\r?\n)")   # a newline followed by a blank line
-# a quoted field where RFC 4180 allows one: its opening quote at a field's start (after ',' or
-# a newline, or at the start), "" inside, its closing quote followed by ',' or a line end
-_QUOTED_FIELD = re.compile(rb'"(?<![^,\n]")[^"]*(?:""[^"]*)*"(?=[,\r\n])')
+_NL, _CR, _QUOTE = ord("\n"), ord("\r"), ord('"')
+_BEFORE_OPEN = np.array([ord(","), _NL, _QUOTE], np.uint8)         # a field starts after these
+_AFTER_CLOSE = np.array([ord(","), _CR, _NL, _QUOTE], np.uint8)    # and ends before these
 
 
 class NotChunkable(Exception):
@@ -139,54 +138,39 @@ def _blocks(path: Path, size: int) -> Iterator[bytes]:
                         hint="the .gz file is truncated or not gzip") from None
 
 
-def _record_end(data: bytes, quotes: int, last: bool) -> int:
-    """Offset just after the last (``last``) or first newline outside quotes in ``data``,
-    which starts outside quotes and holds ``quotes`` quotes; 0 when there is none.  A
-    newline is outside quotes when an even number of quotes comes before it."""
-    if not last:
-        j = data.find(b"\n")
-        while j >= 0 and data.count(b'"', 0, j) % 2:
-            j = data.find(b"\n", j + 1)
-        return j + 1
-    j = data.rfind(b"\n")
-    if quotes:
-        while j >= 0 and (quotes - data.count(b'"', j)) % 2:
-            j = data.rfind(b"\n", 0, j)
-    return j + 1
+def _record_ends(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``data`` (starting outside quotes) as bytes, the offsets of its newlines outside quotes
+    (an even number of quotes before them) and of its quotes."""
+    a = np.frombuffer(data, np.uint8)
+    nl = np.flatnonzero(a == _NL)
+    if data.find(b'"') < 0:
+        return a, nl, nl[:0]
+    q = np.flatnonzero(a == _QUOTE)
+    return a, nl[np.searchsorted(q, nl) % 2 == 0], q
 
 
-def _records(path: Path, data: bytes, end: int) -> int:
-    """Records in ``data[:end]``: it starts at a record start and ends with a newline outside
-    quotes.  Checks that every quote opens or closes a field the RFC way and that every
-    ``\r`` is followed by ``\n`` (``NotChunkable`` otherwise)."""
-    if data.find(b"\r", 0, end) >= 0 and data.count(b"\r", 0, end) != data.count(b"\r\n", 0, end):
-        raise NotChunkable(path, "a '\\r' not followed by '\\n' (old Mac line ends or a stray carriage return)")
-    n = data.count(b"\n", 0, end)
-    blanks = data.find(b"\n\n", 0, end) >= 0 or data.find(b"\n\r\n", 0, end) >= 0
-    if data.find(b'"', 0, end) >= 0:
-        # the quoted fields found hold every quote only if each quote opens or closes a
-        # field where RFC 4180 puts it; their newlines are inside quotes
-        quoted = b"".join(_QUOTED_FIELD.findall(data, 0, end))
-        if quoted.count(b'"') != data.count(b'"', 0, end):
+def _records(path: Path, a: np.ndarray, ends: np.ndarray, q: np.ndarray) -> int:
+    """Records in ``a`` up to its newline outside quotes ``ends[-1]`` (``ends``: all of them,
+    from a record start): the lines outside quotes that are not blank ('' or '\\r').
+    Checks that every quote opens or closes a field the RFC way and that every '\\r' is
+    followed by '\\n' (``NotChunkable`` otherwise)."""
+    cut = int(ends[-1]) + 1
+    if q.size and q[0] < cut:
+        q = q[:np.searchsorted(q, cut)]
+        opens, closes = q[0::2], q[1::2]        # "" in a field: a close, then an open at once
+        if not np.isin(a[opens[opens > 0] - 1], _BEFORE_OPEN).all() or \
+                not np.isin(a[closes + 1], _AFTER_CLOSE).all():
             raise NotChunkable(path, "a quote inside an unquoted field or text after a closing quote")
-        n -= quoted.count(b"\n")
-        if blanks:
-            n += len(_BLANK_AFTER_NL.findall(quoted))
-    if blanks:
-        n -= len(_BLANK_AFTER_NL.findall(data, 0, end))
-    if data[:1] == b"\n" or data[:2] == b"\r\n":      # the first line is blank
-        n -= 1
-    return n
-
-
-def _header_end(data: bytes) -> int:
-    """Offset just after the first newline outside quotes that ends a non-blank line, or 0."""
-    start = 0
-    while end := _record_end(data[start:], 0, last=False):
-        if data[start:start + end].removeprefix(b"\xef\xbb\xbf").strip(b"\r\n"):
-            return start + end
-        start += end
-    return 0
+    cr = np.flatnonzero(a[:cut] == _CR) if _CR in a[:cut] else None
+    if cr is None:
+        blank = int(np.count_nonzero(np.diff(ends) == 1)) + int(ends[0] == 0)
+    else:
+        if (a[cr + 1] != _NL).any():
+            raise NotChunkable(path, "a '\\r' not followed by '\\n' (old Mac line ends or a stray carriage return)")
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        length = ends - starts
+        blank = int(np.count_nonzero((length == 0) | ((length == 1) & (a[starts] == _CR))))
+    return len(ends) - blank
 
 
 def _stem(path: Path) -> str:
@@ -209,7 +193,11 @@ def gz_csv_chunks(path: Path, out_dir: Path, chunk_bytes: int = CHUNK_BYTES) -> 
     data, header_end = b"", 0
     for block in blocks:
         data += block
-        if header_end := _header_end(data):
+        _, ends, _ = _record_ends(data)
+        starts = [0] + [int(e) + 1 for e in ends]
+        header_end = next((e + 1 for s, e in zip(starts, ends)
+                           if data[s:e + 1].removeprefix(b"\xef\xbb\xbf").strip(b"\r\n")), 0)
+        if header_end:
             break
     header, carry = data[:header_end or len(data)], data[header_end or len(data):]
     if header.removeprefix(b"\xef\xbb\xbf").strip(b"\r\n") == b"":
@@ -217,7 +205,7 @@ def gz_csv_chunks(path: Path, out_dir: Path, chunk_bytes: int = CHUNK_BYTES) -> 
     if not header_end:
         carry, header = header, b""       # the header is the last line: checked with it below
     else:
-        _records(path, header, len(header))
+        _records(path, *_record_ends(header))
     try:
         options = _pinned_options(path)
     except duckdb.IOException as e:
@@ -244,11 +232,12 @@ def gz_csv_chunks(path: Path, out_dir: Path, chunk_bytes: int = CHUNK_BYTES) -> 
     start()
     for block in blocks:
         data = carry + block if carry else block
-        cut = _record_end(data, data.count(b'"'), last=True)
-        if cut == 0:
+        a, ends, q = _record_ends(data)
+        if not ends.size:
             carry = data
             continue
-        records += _records(path, data, cut)
+        cut = int(ends[-1]) + 1
+        records += _records(path, a, ends, q)
         out.write(memoryview(data)[:cut])
         size += cut
         carry = data[cut:]
@@ -256,10 +245,10 @@ def gz_csv_chunks(path: Path, out_dir: Path, chunk_bytes: int = CHUNK_BYTES) -> 
             yield finish()
             start()
     if carry:                  # the last line, without a newline
-        last = carry + b"\n"
-        if _record_end(last, last.count(b'"'), last=True) != len(last):
+        a, ends, q = _record_ends(carry + b"\n")
+        if not ends.size or ends[-1] != len(carry):
             raise NotChunkable(path, "a quoted field open at the end of the file")
-        records += _records(path, last, len(last)) - (0 if header else 1)
+        records += _records(path, a, ends, q) - (0 if header else 1)
         out.write(carry)
         size += len(carry)
     if records or k == 1:
