@@ -53,8 +53,10 @@ from pipeline.sources import raw_checks
 
 CHUNK_BYTES = 512 * 2**20   # uncompressed bytes per chunk file
 BLOCK_BYTES = 8 * 2**20     # bytes decompressed per read
+MAX_RECORD_BYTES = 64 * 2**20   # longer: NotChunkable (DuckDB's own max_line_size is 2 MB)
 
 _READ_OPTIONS = "header=true, all_varchar=true, quote='\"', escape='\"', strict_mode=false"
+_BOM = b"\xef\xbb\xbf"
 _NL, _CR, _QUOTE = ord("\n"), ord("\r"), ord('"')
 _BEFORE_OPEN = np.array([ord(","), _NL, _QUOTE], np.uint8)         # a field starts after these
 _AFTER_CLOSE = np.array([ord(","), _CR, _NL, _QUOTE], np.uint8)    # and ends before these
@@ -138,39 +140,36 @@ def _blocks(path: Path, size: int) -> Iterator[bytes]:
                         hint="the .gz file is truncated or not gzip") from None
 
 
-def _record_ends(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``data`` (starting outside quotes) as bytes, the offsets of its newlines outside quotes
-    (an even number of quotes before them) and of its quotes."""
+def _record_ends(path: Path, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` (starting at a record start) as bytes and the offsets of its newlines outside
+    quotes (an even number of quotes before them).  Checks that every quote opens a field
+    (at its start: after ',', a newline or the closing quote of "") or closes one (before
+    ',', a line end or the opening quote of ""): ``NotChunkable`` otherwise."""
     a = np.frombuffer(data, np.uint8)
     nl = np.flatnonzero(a == _NL)
     if data.find(b'"') < 0:
-        return a, nl, nl[:0]
+        return a, nl
     q = np.flatnonzero(a == _QUOTE)
-    return a, nl[np.searchsorted(q, nl) % 2 == 0], q
+    opens, closes = q[0::2], q[1::2]
+    closes = closes[closes + 1 < len(a)]           # a quote ending the block: checked with the next
+    if not np.isin(a[opens[opens > 0] - 1], _BEFORE_OPEN).all() or \
+            not np.isin(a[closes + 1], _AFTER_CLOSE).all():
+        raise NotChunkable(path, "a quote inside an unquoted field or text after a closing quote")
+    return a, nl[np.searchsorted(q, nl) % 2 == 0]
 
 
-def _records(path: Path, a: np.ndarray, ends: np.ndarray, q: np.ndarray) -> int:
+def _records(path: Path, a: np.ndarray, ends: np.ndarray) -> int:
     """Records in ``a`` up to its newline outside quotes ``ends[-1]`` (``ends``: all of them,
     from a record start): the lines outside quotes that are not blank ('' or '\\r').
-    Checks that every quote opens or closes a field the RFC way and that every '\\r' is
-    followed by '\\n' (``NotChunkable`` otherwise)."""
+    ``NotChunkable`` for a '\\r' not followed by '\\n'."""
     cut = int(ends[-1]) + 1
-    if q.size and q[0] < cut:
-        q = q[:np.searchsorted(q, cut)]
-        opens, closes = q[0::2], q[1::2]        # "" in a field: a close, then an open at once
-        if not np.isin(a[opens[opens > 0] - 1], _BEFORE_OPEN).all() or \
-                not np.isin(a[closes + 1], _AFTER_CLOSE).all():
-            raise NotChunkable(path, "a quote inside an unquoted field or text after a closing quote")
-    cr = np.flatnonzero(a[:cut] == _CR) if _CR in a[:cut] else None
-    if cr is None:
-        blank = int(np.count_nonzero(np.diff(ends) == 1)) + int(ends[0] == 0)
-    else:
-        if (a[cr + 1] != _NL).any():
-            raise NotChunkable(path, "a '\\r' not followed by '\\n' (old Mac line ends or a stray carriage return)")
-        starts = np.concatenate(([0], ends[:-1] + 1))
-        length = ends - starts
-        blank = int(np.count_nonzero((length == 0) | ((length == 1) & (a[starts] == _CR))))
-    return len(ends) - blank
+    if _CR not in a[:cut]:
+        return len(ends) - int(np.count_nonzero(np.diff(ends) == 1)) - int(ends[0] == 0)
+    if (a[np.flatnonzero(a[:cut] == _CR) + 1] != _NL).any():
+        raise NotChunkable(path, "a '\\r' not followed by '\\n' (old Mac line ends or a stray carriage return)")
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    length = ends - starts
+    return len(ends) - int(np.count_nonzero((length == 0) | ((length == 1) & (a[starts] == _CR))))
 
 
 def _stem(path: Path) -> str:
@@ -193,19 +192,20 @@ def gz_csv_chunks(path: Path, out_dir: Path, chunk_bytes: int = CHUNK_BYTES) -> 
     data, header_end = b"", 0
     for block in blocks:
         data += block
-        _, ends, _ = _record_ends(data)
+        bom = len(_BOM) if data.startswith(_BOM) else 0
+        ends = _record_ends(path, data[bom:])[1] + bom
         starts = [0] + [int(e) + 1 for e in ends]
         header_end = next((e + 1 for s, e in zip(starts, ends)
-                           if data[s:e + 1].removeprefix(b"\xef\xbb\xbf").strip(b"\r\n")), 0)
+                           if data[s:e + 1].removeprefix(_BOM).strip(b"\r\n")), 0)
         if header_end:
             break
     header, carry = data[:header_end or len(data)], data[header_end or len(data):]
-    if header.removeprefix(b"\xef\xbb\xbf").strip(b"\r\n") == b"":
+    if header.removeprefix(_BOM).strip(b"\r\n") == b"":
         raise NotChunkable(path, "no header line")
     if not header_end:
         carry, header = header, b""       # the header is the last line: checked with it below
     else:
-        _records(path, *_record_ends(header))
+        _records(path, *_record_ends(path, header.removeprefix(_BOM)))
     try:
         options = _pinned_options(path)
     except duckdb.IOException as e:
@@ -232,12 +232,14 @@ def gz_csv_chunks(path: Path, out_dir: Path, chunk_bytes: int = CHUNK_BYTES) -> 
     start()
     for block in blocks:
         data = carry + block if carry else block
-        a, ends, q = _record_ends(data)
+        a, ends = _record_ends(path, data)
         if not ends.size:
+            if len(data) > MAX_RECORD_BYTES:
+                raise NotChunkable(path, f"a record over {MAX_RECORD_BYTES:,} bytes (a quoted field never closed?)")
             carry = data
             continue
         cut = int(ends[-1]) + 1
-        records += _records(path, a, ends, q)
+        records += _records(path, a, ends)
         out.write(memoryview(data)[:cut])
         size += cut
         carry = data[cut:]
@@ -245,10 +247,10 @@ def gz_csv_chunks(path: Path, out_dir: Path, chunk_bytes: int = CHUNK_BYTES) -> 
             yield finish()
             start()
     if carry:                  # the last line, without a newline
-        a, ends, q = _record_ends(carry + b"\n")
-        if not ends.size or ends[-1] != len(carry):
+        a, ends = _record_ends(path, (carry if header else carry.removeprefix(_BOM)) + b"\n")
+        if not ends.size or ends[-1] != len(a) - 1:
             raise NotChunkable(path, "a quoted field open at the end of the file")
-        records += _records(path, a, ends, q) - (0 if header else 1)
+        records += _records(path, a, ends) - (0 if header else 1)
         out.write(carry)
         size += len(carry)
     if records or k == 1:
