@@ -145,7 +145,7 @@ def test_not_chunkable_mid_stream_after_chunks_were_yielded(tmp_path):
     got = []
     with pytest.raises(NotChunkable, match="quote inside an unquoted field"):
         for c in gz_csv_chunks(path, tmp_path / "o", chunk_bytes=2000):
-            got.append(c)
+            got.append(c)  # noqa: PERF402 -- the chunks yielded before the error
     assert len(got) >= 5
     with duckdb.connect() as con:
         assert len(whole_rows(con, path)) == 3011
@@ -242,3 +242,13 @@ def test_quote_never_closed_stops_at_the_record_limit(tmp_path, monkeypatch):
     path = write(tmp_path, text, True)
     with pytest.raises(NotChunkable, match="a record over 50,000 bytes"):
         list(gz_csv_chunks(path, tmp_path / "o", chunk_bytes=1000))
+
+
+def test_an_error_leaves_no_unyielded_chunk(tmp_path):
+    text = b"a,b,c\n" + b"1,2,3\n" * 25_000 + b'4,x"y,6\n'     # past the sniffing sample
+    path = write(tmp_path, text, True)
+    out, got = tmp_path / "o", []
+    with pytest.raises(NotChunkable):
+        for c in gz_csv_chunks(path, out, chunk_bytes=40_000):
+            got.append(c.path)
+    assert got and sorted(out.iterdir()) == sorted(got)       # only the yielded chunks remain

@@ -22,15 +22,18 @@ one-column file).  So the whole file is sniffed once, with the options of
 (``auto_detect=false``, the sniffed columns).
 
 ``NotChunkable`` -- raised where the chunks might not number or parse the rows as DuckDB
-does on the whole file: a dialect other than ``,`` / ``"`` / ``"`` with no comment, skipped
-or header-less rows, a file of one column (DuckDB reads its blank lines as NULL records) (checked before the first chunk); a quote that does not open or
-close a field in the RFC way (a stray ``a"b``, ``"ab"c``, `` "ab"``), a ``\\r`` not
-followed by ``\\n``, a quoted field still open at the end of the file (found while
-streaming).  The rule for the caller is simple: on ``NotChunkable``, whenever it comes,
-discard every chunk already staged and read the whole file instead (DuckDB then applies
-its own, more lenient rules).  ``DataError`` (naming the file) is raised for a truncated or
-corrupt gzip and for a gzip bomb (output over ``max(GZIP_FLOOR_BYTES, GZIP_MAX_RATIO x``
-compressed size), as ``raw_checks.gunzip_capped``).
+does on the whole file.  Before the first chunk: a dialect other than ``,`` / ``"`` /
+``"`` with no comment and no skipped rows, a file of one column (DuckDB reads its blank
+lines as NULL records), no header line.  While streaming: a quote that does not open or
+close a field the RFC way (a stray ``a"b``, ``"ab"c``, `` "ab"``), a ``\\r`` not followed
+by ``\\n``, a quoted field still open at the end of the file or longer than
+``MAX_RECORD_BYTES``.  The rule for the caller is simple: on ``NotChunkable``, whenever it
+comes, discard every chunk already staged and read the whole file instead (DuckDB then
+applies its own, more lenient rules); do the same when DuckDB fails to read a chunk (the
+whole file then fails too, and its error names the real file and line).  ``DataError``
+(naming the file) is raised for a truncated or corrupt gzip and for a gzip bomb (output
+over ``max(GZIP_FLOOR_BYTES, GZIP_MAX_RATIO x`` compressed size), as
+``raw_checks.gunzip_capped``).  A chunk file not yet yielded is removed on any error.
 
 The generator is lazy: it writes chunk k+1 only when asked for it, and it never deletes a
 chunk file.  The caller deletes each chunk after staging it, so about as many chunks exist
@@ -41,9 +44,9 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 import numpy as np
@@ -218,7 +221,7 @@ def gz_csv_chunks(path: Path, out_dir: Path, chunk_bytes: int = CHUNK_BYTES) -> 
     def start():
         nonlocal k, out, size, records
         k += 1
-        out = open(out_dir / f"{stem}.{k}.csv", "wb")
+        out = open(out_dir / f"{stem}.{k}.csv", "wb")  # noqa: SIM115 -- open across yields; closed by finish or finally
         out.write(header)
         size, records = len(header), 0
 
@@ -230,31 +233,32 @@ def gz_csv_chunks(path: Path, out_dir: Path, chunk_bytes: int = CHUNK_BYTES) -> 
         return chunk
 
     start()
-    for block in blocks:
-        data = carry + block if carry else block
-        a, ends = _record_ends(path, data)
-        if not ends.size:
-            if len(data) > MAX_RECORD_BYTES:
-                raise NotChunkable(path, f"a record over {MAX_RECORD_BYTES:,} bytes (a quoted field never closed?)")
-            carry = data
-            continue
-        cut = int(ends[-1]) + 1
-        records += _records(path, a, ends)
-        out.write(memoryview(data)[:cut])
-        size += cut
-        carry = data[cut:]
-        if size >= chunk_bytes:
+    try:
+        for block in blocks:
+            data = carry + block if carry else block
+            a, ends = _record_ends(path, data)
+            if not ends.size:
+                if len(data) > MAX_RECORD_BYTES:
+                    raise NotChunkable(path, f"a record over {MAX_RECORD_BYTES:,} bytes (a quoted field never closed?)")
+                carry = data
+                continue
+            cut = int(ends[-1]) + 1
+            records += _records(path, a, ends)
+            out.write(memoryview(data)[:cut])
+            size += cut
+            carry = data[cut:]
+            if size >= chunk_bytes:
+                yield finish()
+                start()
+        if carry:              # the last line, without a newline
+            a, ends = _record_ends(path, (carry if header else carry.removeprefix(_BOM)) + b"\n")
+            if not ends.size or ends[-1] != len(a) - 1:
+                raise NotChunkable(path, "a quoted field open at the end of the file")
+            records += _records(path, a, ends) - (0 if header else 1)
+            out.write(carry)
+        if records or k == 1:
             yield finish()
-            start()
-    if carry:                  # the last line, without a newline
-        a, ends = _record_ends(path, (carry if header else carry.removeprefix(_BOM)) + b"\n")
-        if not ends.size or ends[-1] != len(a) - 1:
-            raise NotChunkable(path, "a quoted field open at the end of the file")
-        records += _records(path, a, ends) - (0 if header else 1)
-        out.write(carry)
-        size += len(carry)
-    if records or k == 1:
-        yield finish()
-    else:
-        out.close()
-        Path(out.name).unlink()
+    finally:
+        if not out.closed:     # a chunk not yielded (an error, or an empty last one): removed
+            out.close()
+            Path(out.name).unlink()
