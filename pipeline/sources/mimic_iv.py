@@ -22,7 +22,7 @@ from pipeline.artifacts import write_parquet
 from pipeline.errors import DataError, Quarantine
 from pipeline.sources.raw_checks import header_columns, in_file_order, open_raw
 from pipeline.sources.tables import find_table
-from pipeline.sources.units import plan_units, unit_counts, units_sql
+from pipeline.sources.units import norm_unit, plan_units
 
 SOURCE = "mimic_iv"
 # code tables: a row's time and known_time come from its admission (admittime, dischtime)
@@ -299,32 +299,36 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     dropped = " UNION ALL ".join(f"SELECT '{t}' source, _line FROM {rt.dropped}" for t, rt in raw.items())
     con.execute("CREATE OR REPLACE TEMP TABLE dropped_lines AS "
                 + (dropped or "SELECT NULL::VARCHAR source, NULL::BIGINT _line LIMIT 0"))
-    kept = f"(SELECT s.* FROM {staged} s ANTI JOIN dropped_lines d ON s.source = d.source AND s._line = d._line)"
+    kept = staged
+    if con.execute("SELECT count(*) FROM dropped_lines").fetchall()[0][0]:
+        kept = f"(SELECT s.* FROM {staged} s ANTI JOIN dropped_lines d ON s.source = d.source AND s._line = d._line)"
     counts = _quarantine_unparsed(con, kept, parts, q)
     drug_maps(con, kept)  # drug names normalised and classed once per distinct name
-    ok = f"SELECT * FROM {kept} WHERE bad_ref IS NULL AND subject_id IS NOT NULL AND time IS NOT NULL"
-    rows = (f"SELECT s.subject_id, s.hadm_id, s.time, coalesce(d.code, s.code) code, s.value, s.unit, s.source, "
-            f"s.known_time FROM ({ok}) s LEFT JOIN drug_map d ON s.code = d.raw_code "
-            "WHERE d.raw_code IS NULL OR d.code IS NOT NULL "
-            "UNION ALL (SELECT DISTINCT s.subject_id, s.hadm_id, s.time, k.class_code, 1.0, NULL, s.source, "
-            f"s.known_time FROM ({ok}) s JOIN drug_class k ON s.code = k.raw_code ORDER BY s.subject_id)")
-    conv = " ".join(f"WHEN code = 'chart:{f}' THEN 'chart:{c}'" for f, c in F_TO_C.items())
-    vconv = " ".join(f"WHEN code = 'chart:{f}' THEN (value - 32) * 5.0 / 9.0" for f in F_TO_C)
-    cleaned = (f"(SELECT subject_id, hadm_id, time, CASE {conv} ELSE code END code, "
-               f"CASE {vconv} ELSE value END value, CASE WHEN code IN ({', '.join(repr('chart:' + f) for f in F_TO_C)}) "
-               f"THEN '°C' ELSE unit END unit, source, known_time FROM ({rows}))")
+    ok = f"(SELECT * FROM {kept} WHERE bad_ref IS NULL AND subject_id IS NOT NULL AND time IS NOT NULL)"
+    # Every decision below is made once per (table, code, unit) of the staged rows, not per row:
+    # the rows are counted by that key in one pass, events after death (few) are taken out of the
+    # counts, and drug names, Fahrenheit and units are then planned on the counts (``_plan_rows``).
+    con.execute(f"CREATE OR REPLACE TEMP TABLE ev_keys AS SELECT source, code, unit, count(*) n FROM {ok} GROUP BY ALL")
+    late = "(SELECT * FROM late_rows)"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE late_rows AS SELECT * FROM {ok} LIMIT 0")
     if adm.exists() and pats.exists():
-        alive, info["events_after_death"] = late_events(
-            con, cleaned, pd.read_parquet(pats), pd.read_parquet(adm), q, SOURCE, {t: p for t, p, _ in parts})
-    else:
-        alive = cleaned
-    con.execute(f"CREATE OR REPLACE TEMP TABLE unit_counts AS SELECT * FROM {unit_counts(alive)}")
-    units = plan_units(con, "unit_counts", q, SOURCE, raw)
+        info["events_after_death"] = 0
+    if "events_after_death" in info and _register_deaths(con, pd.read_parquet(pats), pd.read_parquet(adm)):
+        con.execute(f"INSERT INTO late_rows SELECT s.* FROM {ok} s JOIN death_at d USING (subject_id) "
+                    "WHERE s.time > d.death + INTERVAL 1 DAY")
+        info["events_after_death"] = _list_late(con, _drug_rows(late), q, SOURCE, {t: p for t, p, _ in parts})
+        if info["events_after_death"]:
+            ok = (f"(SELECT s.* FROM {ok} s LEFT JOIN death_at d USING (subject_id) "
+                  "WHERE d.death IS NULL OR s.time <= d.death + INTERVAL 1 DAY)")
+    units = _plan_rows(con, q, raw)
+    fixed = ("SELECT s.subject_id, s.hadm_id, s.time, coalesce(f.code, s.code) code, "
+             "CASE WHEN f.f_to_c THEN (s.value - 32) * 5.0 / 9.0 ELSE s.value END * coalesce(f.factor, 1.0) value, "
+             "CASE WHEN f.code IS NULL THEN s.unit ELSE f.unit END unit, s.source, s.known_time "
+             f"FROM {ok} s LEFT JOIN row_fix f ON s.source = f.source AND s.code = f.raw_code "
+             "AND s.unit IS NOT DISTINCT FROM f.raw_unit WHERE f.code IS NULL OR NOT f.dropped")
+    rows = f"{fixed} UNION ALL ({_class_rows(ok)} ORDER BY s.subject_id)"
     final = (f"SELECT subject_id, hadm_id, time::TIMESTAMP_NS time, known_time::TIMESTAMP_NS known_time, code, "
-             f"value, unit, source FROM ({units_sql(alive)})")   # the EVENTS schema's column order
-    # Each part comes staged in file order or sorted by subject (``_stage``), and the drug classes,
-    # deduplicated by hashing, are sorted back by subject: with small row groups, their statistics
-    # let a feature shard of consecutive subjects skip the other subjects' rows.
+             f"value, unit, source FROM ({rows})")   # the EVENTS schema's column order
     tmp = out.with_name(".events.parquet.tmp")
     con.execute(f"COPY ({final}) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 100000)").fetchall()
     shutil.rmtree(stage)
@@ -399,6 +403,63 @@ def _quarantine_unparsed(con, kept: str, parts: list, q: Quarantine) -> dict:
     return counts
 
 
+def _class_rows(ok: str) -> str:
+    """The 'medclass:' rows of the drug rows of ``ok`` (one per subject, time and class)."""
+    return ("SELECT DISTINCT s.subject_id, s.hadm_id, s.time, k.class_code code, 1.0 value, NULL unit, s.source, "
+            f"s.known_time FROM {ok} s JOIN drug_class k ON s.code = k.raw_code "
+            "WHERE s.code LIKE 'rx:%' OR s.code LIKE 'med:%'")
+
+
+def _drug_rows(ok: str) -> str:
+    """``ok``'s rows as written out before units: drug names normalised (a name that normalises to
+    nothing dropped), drug classes added, Fahrenheit codes in Celsius."""
+    rows = ("SELECT s.subject_id, s.hadm_id, s.time, coalesce(d.code, s.code) code, s.value, s.unit, s.source, "
+            f"s.known_time FROM {ok} s LEFT JOIN drug_map d ON s.code = d.raw_code "
+            f"WHERE d.raw_code IS NULL OR d.code IS NOT NULL UNION ALL {_class_rows(ok)}")
+    return (f"(SELECT subject_id, hadm_id, time, {_f_to_c('code')} code, "
+            f"CASE WHEN {_is_f('code')} THEN (value - 32) * 5.0 / 9.0 ELSE value END value, "
+            f"CASE WHEN {_is_f('code')} THEN '°C' ELSE unit END unit, source, known_time FROM ({rows}))")
+
+
+def _is_f(code: str) -> str:
+    return f"{code} IN ({', '.join(repr('chart:' + f) for f in F_TO_C)})"
+
+
+def _f_to_c(code: str) -> str:
+    whens = " ".join(f"WHEN {code} = 'chart:{f}' THEN 'chart:{c}'" for f, c in F_TO_C.items())
+    return f"CASE {whens} ELSE {code} END"
+
+
+def _plan_rows(con, q: Quarantine, raw: dict) -> dict:
+    """From ``ev_keys`` (staged rows counted per table, code and unit) less ``late_rows``: the
+    temp table ``row_fix``, what happens to the rows of each (source, raw_code, raw_unit) that
+    changes: the code they get (drug name normalised, Fahrenheit -> Celsius), whether the value is
+    converted from Fahrenheit (``f_to_c``) and then multiplied (``factor``), the unit written, or
+    ``dropped`` (a drug name that normalises to nothing, a value in an unknown unit).  The units
+    are planned (``units.plan_units``) on the counts, each row's fate then looked up by its key."""
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE ev_plan AS
+        SELECT *, {_f_to_c('code1')} code2, {_is_f('code1')} f_to_c,
+               CASE WHEN {_is_f('code1')} THEN '°C' ELSE raw_unit END unit2 FROM (
+          SELECT k.source, k.code raw_code, k.unit raw_unit, k.n - coalesce(l.n, 0) n,
+                 d.raw_code IS NOT NULL AND d.code IS NULL dropped_name, coalesce(d.code, k.code) code1
+          FROM ev_keys k LEFT JOIN drug_map d ON k.code = d.raw_code
+          LEFT JOIN (SELECT source, code, unit, count(*) n FROM late_rows GROUP BY ALL) l
+            ON k.source = l.source AND k.code = l.code AND k.unit IS NOT DISTINCT FROM l.unit)""")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE unit_counts AS SELECT source, code2 code, {norm_unit('unit2')} u,
+        sum(n)::BIGINT n FROM ev_plan WHERE NOT dropped_name AND n > 0 GROUP BY ALL""")
+    units = plan_units(con, "unit_counts", q, SOURCE, raw)
+    mismatch = "(p.u <> '' AND d.unit IS NOT NULL AND p.u <> d.unit)"
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE row_fix AS
+        SELECT source, raw_code, raw_unit, code, f_to_c, factor, unit, dropped FROM (
+          SELECT p.source, p.raw_code, p.raw_unit, p.code2 code, p.f_to_c,
+                 CASE WHEN {mismatch} THEN c.factor END factor, CASE WHEN {mismatch} THEN d.unit ELSE p.unit2 END unit,
+                 p.dropped_name OR ({mismatch} AND c.factor IS NULL) dropped, {mismatch} mismatch
+          FROM (SELECT *, {norm_unit('unit2')} u FROM ev_plan) p LEFT JOIN dom d ON p.code2 = d.code
+          LEFT JOIN conv c ON p.code2 = c.code AND c.from_unit = p.u AND c.to_unit = d.unit)
+        WHERE dropped OR f_to_c OR mismatch OR code <> raw_code""")
+    return units
+
+
 def read_codes(root: Path, con=None) -> pd.DataFrame:
     """Human labels for event codes: d_labitems, d_items, the ICD codes that occur (d_icd_*) and
     the comorbidity categories."""
@@ -416,20 +477,18 @@ def read_codes(root: Path, con=None) -> pd.DataFrame:
     return CODES.validate(codes)
 
 
-def late_events(con, events: str, patients: pd.DataFrame, admissions: pd.DataFrame, q: Quarantine,
-                source: str = SOURCE, files: dict[str, Path] | None = None) -> tuple[str, int]:
-    """Events timestamped more than a day after the subject's death are recording errors: they
-    are quarantined (listed up to a cap, then counted; ``files`` maps an event's source table to
-    the user's file, which the rows then name).  Returns (the rows of ``events`` without them,
-    how many there were)."""
-    files = files or {}
+def _register_deaths(con, patients: pd.DataFrame, admissions: pd.DataFrame) -> bool:
+    """Register ``death_at`` (subject_id, death: the earliest deathtime or dod); False when nobody died."""
     death = pd.concat([admissions[["subject_id", "deathtime"]].rename(columns={"deathtime": "death"}),
                        patients[["subject_id", "dod"]].rename(columns={"dod": "death"})]).dropna()
     if death.empty:
-        return events, 0
+        return False
     con.register("death_at", death.groupby("subject_id", as_index=False)["death"].min())
-    late = (f"SELECT e.* FROM {events} e JOIN death_at d USING (subject_id) "
-            f"WHERE e.time > d.death + INTERVAL 1 DAY")
+    return True
+
+
+def _list_late(con, late: str, q: Quarantine, source: str, files: dict) -> int:
+    """Quarantine the events of ``late`` (listed up to a cap, then counted); returns how many."""
     n = con.execute(f"SELECT count(*) FROM ({late})").fetchall()[0][0]
     if n:
         for sid, t, code, src in con.execute(f"SELECT subject_id, time, code, source FROM ({late}) "
@@ -438,9 +497,22 @@ def late_events(con, events: str, patients: pd.DataFrame, admissions: pd.DataFra
         if n > MAX_LISTED_BAD_ROWS:
             q.add(source, ", ".join(str(f) for f in files.values()) or "events", None, "time",
                   f"{n - MAX_LISTED_BAD_ROWS} more events after death")
+    return int(n)
+
+
+def late_events(con, events: str, patients: pd.DataFrame, admissions: pd.DataFrame, q: Quarantine,
+                source: str = SOURCE, files: dict[str, Path] | None = None) -> tuple[str, int]:
+    """Events timestamped more than a day after the subject's death are recording errors: they
+    are quarantined (listed up to a cap, then counted; ``files`` maps an event's source table to
+    the user's file, which the rows then name).  Returns (the rows of ``events`` without them,
+    how many there were)."""
+    if not _register_deaths(con, patients, admissions):
+        return events, 0
+    n = _list_late(con, f"SELECT e.* FROM {events} e JOIN death_at d USING (subject_id) "
+                        "WHERE e.time > d.death + INTERVAL 1 DAY", q, source, files or {})
     alive = (f"(SELECT e.* FROM {events} e LEFT JOIN death_at d USING (subject_id) "
              f"WHERE d.death IS NULL OR e.time <= d.death + INTERVAL 1 DAY)")
-    return (alive if n else events), int(n)
+    return (alive if n else events), n
 
 
 def drop_events_after_death(out_dir: Path, patients: pd.DataFrame, admissions: pd.DataFrame, q: Quarantine,

@@ -28,7 +28,7 @@ from pipeline.errors import DataError, Quarantine
 from pipeline.sources.units import norm_unit
 
 MAX_LISTED = 200    # rows listed per file and kind of finding; the rest are counted in one row
-CANDIDATE_SLICE_ROWS = 8_000_000   # rows per slice of the duplicate-candidate aggregate
+CANDIDATE_SLICE_ROWS = 32_000_000   # rows per slice of the duplicate-candidate aggregate (DuckDB spills beyond its memory limit)
 
 # table: (numeric columns, key columns of one measurement (a value in another unit is not a conflict),
 #         the unit column, the code expression)
