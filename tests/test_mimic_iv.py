@@ -1,3 +1,5 @@
+import shutil
+
 import pandas as pd
 import pytest
 
@@ -141,3 +143,78 @@ def test_events_after_death_are_quarantined(tmp_path):
     assert len(pd.read_parquet(tmp_path / "out" / "events.parquet")) == 5
     assert "event after death" in q.rows[0].reason and "subject_id=2" in q.rows[0].row
     assert str(q.rows[0].file).endswith("labevents.csv.gz")   # the user's own file, not the events artifact
+
+
+def test_big_event_files_staged_in_chunks_equal_the_whole_files(synth_root, tmp_path, monkeypatch):
+    """labevents / chartevents cut into plain-CSV chunks (csv_chunks), staged two at a time, give
+    the same events and the same quarantine rows (exact duplicates named by their line in the
+    user's file) as the whole files; a file that cannot be cut the way DuckDB reads it (a stray
+    quote after the first chunks) is read whole instead, with the same result."""
+    import gzip
+
+    from pipeline.sources import csv_chunks, mimic_iv
+
+    root = synth_root / "mimic-iv"
+    lab = root / "hosp" / "labevents.csv.gz"
+    lines = gzip.decompress(lab.read_bytes()).decode().splitlines(keepends=True)
+    stray = tmp_path / "stray" / "mimic-iv"
+    shutil.copytree(root, stray)
+    k = len(lines) * 3 // 4
+    cells = lines[k].split(",")
+    cells[-1] = 'bad"quote' + cells[-1]            # a quote inside an unquoted field
+    (stray / "hosp" / "labevents.csv.gz").write_bytes(gzip.compress("".join(lines[:k] + [",".join(cells)]
+                                                                            + lines[k + 1:]).encode()))
+
+    def ingest(src, out):
+        q = Quarantine()
+        ingest_mimic_iv(src, out, q)
+        ev = pd.read_parquet(out / "events.parquet")
+        return (ev.sort_values(list(ev.columns)).reset_index(drop=True),
+                q.to_frame().astype(str).sort_values(["file", "row", "field", "reason"]).reset_index(drop=True))
+
+    expected = {name: ingest(src, tmp_path / f"whole_{name}") for name, src in (("clean", root), ("stray", stray))}
+    assert expected["clean"][1]["reason"].str.startswith("exact duplicate row").sum() > 10
+
+    cut, refused = [], []
+
+    def spy(path, out_dir, chunk_bytes):
+        try:
+            for c in real(path, out_dir, chunk_bytes):
+                cut.append((path.name, c.first_line))
+                yield c
+        except csv_chunks.NotChunkable:
+            refused.append(path.name)
+            raise
+    real = csv_chunks.gz_csv_chunks
+    monkeypatch.setattr(mimic_iv, "CHUNKED_MIN_BYTES", 0)
+    monkeypatch.setattr(csv_chunks, "CHUNK_BYTES", 200_000)
+    monkeypatch.setattr(csv_chunks, "gz_csv_chunks", spy)
+    for name, src in (("clean", root), ("stray", stray)):
+        events, quarantine = ingest(src, tmp_path / f"chunked_{name}")
+        pd.testing.assert_frame_equal(events, expected[name][0])
+        pd.testing.assert_frame_equal(quarantine, expected[name][1])
+    assert sum(1 for f, _ in cut if f == "labevents.csv.gz") > 10 and any(f == "chartevents.csv.gz" for f, _ in cut)
+    assert refused == ["labevents.csv.gz"]
+    assert not list(tmp_path.glob("chunked_*/.events.stage"))     # chunks and staging removed
+
+
+def test_a_chunk_duckdb_cannot_read_is_reported_on_the_whole_file(synth_root, tmp_path, monkeypatch):
+    """A row DuckDB refuses (too few columns) in a late chunk: the error names the user's file,
+    as for a file read whole, never a chunk file."""
+    import gzip
+
+    from pipeline.sources import csv_chunks, mimic_iv
+
+    root = tmp_path / "short" / "mimic-iv"
+    shutil.copytree(synth_root / "mimic-iv", root)
+    lab = root / "hosp" / "labevents.csv.gz"
+    lines = gzip.decompress(lab.read_bytes()).decode().splitlines(keepends=True)
+    k = len(lines) * 3 // 4
+    lines[k] = ",".join(lines[k].split(",")[:3]) + "\n"
+    lab.write_bytes(gzip.compress("".join(lines).encode()))
+    monkeypatch.setattr(mimic_iv, "CHUNKED_MIN_BYTES", 0)
+    monkeypatch.setattr(csv_chunks, "CHUNK_BYTES", 200_000)
+    with pytest.raises(DataError) as e:
+        ingest_mimic_iv(root, tmp_path / "run", Quarantine())
+    assert e.value.file == str(lab) or str(lab) in str(e.value)
+    assert ".chunks" not in str(e.value)

@@ -10,6 +10,7 @@ table size.  Version differences live here: ``ethnicity`` became ``race`` in
 from __future__ import annotations
 
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -258,7 +259,7 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     cleaned (drug names, units, events after death) and written once."""
     from pipeline.sources.mimic_extra import drug_maps, extra_parts
     con = con or connect(temp_dir=out_dir)
-    parts, found, absent, raw, fallback = [], [], [], {}, {}
+    parts, found, absent, raw, fallback, templates = [], [], [], {}, {}, {}
     for table, (required, sql) in EVENT_QUERIES.items():
         path = table_path(root, table)
         if path is None:
@@ -272,7 +273,9 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
         known = STORED
         if "storetime" not in rt.columns:  # an extract without the column: charted time, reported
             known, fallback[table] = "TRY_CAST(charttime AS TIMESTAMP)", "no storetime column: known at charttime"
-        parts.append((table, path, sql.format(scan=rt.scan, rowref="'line ' || _line", known=known, key=rt.key_hash)))
+        template = sql.format(scan="{scan}", rowref="'line ' || _line", known=known, key=rt.key_hash)
+        templates[len(parts)] = template   # a big file is staged in chunks (``_stage``)
+        parts.append((table, path, template.replace("{scan}", rt.scan)))
         found.append(table)
     omr = table_path(root, "omr")
     if omr is not None:
@@ -292,7 +295,7 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
         return {**info, "event_rows": 0}
     stage = out.with_name(".events.stage")
     shutil.rmtree(stage, ignore_errors=True)
-    _stage(con, parts, raw, stage)
+    _stage(con, parts, raw, stage, templates)
     staged = f"read_parquet('{stage}/*.parquet', union_by_name=true)"
     for rt in raw.values():
         rt.check(con, staged, q, SOURCE)
@@ -338,42 +341,95 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
             "availability_fallback": fallback, **units}
 
 
-def _stage(con, parts: list, raw: dict, stage: Path) -> None:
+CHUNKED_MIN_BYTES = 256 * 2**20   # a CSV (.gz or plain) event file this big is staged in chunks
+
+
+def _stage(con, parts: list, raw: dict, stage: Path, templates: dict[int, str] | None = None) -> None:
     """One pass over every part's file into the folder ``stage``: the usable rows and the bad ones (an
     unparseable id or time: ``bad_ref``; a non-numeric value: ``bad_value``), each row of a
-    checked table with its ``_line`` and key hash ``_k``.  File order is kept (line numbers)."""
+    checked table with its ``_line`` and key hash ``_k``.  File order is kept (line numbers).
+
+    ``templates`` maps a part to its SQL with ``{scan}`` in place of the file: a CSV of at least
+    CHUNKED_MIN_BYTES is then cut into plain-CSV chunks (``csv_chunks``), each staged on its own
+    with the whole file's line numbers, so that one big file (labevents) keeps both cores busy."""
+    from pipeline.sources import csv_chunks
+    templates = templates or {}
     bad = "subject_id IS NULL OR (time IS NULL AND raw_time IS NOT NULL)"
-    selects = []
-    for table, _, sql in parts:
+
+    def select(i: int, sql: str) -> str:
+        table = parts[i][0]
         rt = raw.get(table)
         nonnum = ("(value IS NULL AND trim(coalesce(CAST(raw_value AS VARCHAR), '')) <> '')"
                   if rt is not None and rt.numeric else "FALSE")
         lined = "_line, _k" if rt is not None else "NULL::BIGINT _line, NULL::UBIGINT _k"
         field = f"'{rt.numeric[0]}'" if rt is not None and rt.numeric else "NULL"
-        selects.append(
-            f"SELECT subject_id, hadm_id, time, code, value, unit, '{table}' source, known_time::TIMESTAMP known_time, "
-            f"CASE WHEN {bad} OR {nonnum} THEN row_ref END bad_ref, "
-            f"CASE WHEN subject_id IS NULL THEN 'subject_id' WHEN {bad} THEN 'time' WHEN {nonnum} THEN {field} END "
-            f"bad_field, CASE WHEN {nonnum} THEN CAST(raw_value AS VARCHAR) END bad_value, {lined} FROM ({sql}) "
-            f"WHERE ({bad}) OR {nonnum} OR (time IS NOT NULL AND value IS NOT NULL AND isfinite(value))")
-    # One COPY per part (a UNION ALL in file order would hold later parts in memory while the
-    # first streams), the parts on two cursors at once, largest file first: decompressing a gzip
-    # file is sequential, so two files at a time is what keeps both cores busy.  Line numbers
-    # (row_number() OVER ()) need the file order kept: preserve_insertion_order stays on meanwhile.
-    stage.mkdir()
+        return (f"SELECT subject_id, hadm_id, time, code, value, unit, '{table}' source, "
+                f"known_time::TIMESTAMP known_time, CASE WHEN {bad} OR {nonnum} THEN row_ref END bad_ref, "
+                f"CASE WHEN subject_id IS NULL THEN 'subject_id' WHEN {bad} THEN 'time' WHEN {nonnum} THEN {field} END "
+                f"bad_field, CASE WHEN {nonnum} THEN CAST(raw_value AS VARCHAR) END bad_value, {lined} FROM ({sql}) "
+                f"WHERE ({bad}) OR {nonnum} OR (time IS NOT NULL AND value IS NOT NULL AND isfinite(value))")
 
-    def copy(i: int) -> None:
-        path = parts[i][1]
+    def copy(i: int, sql: str, name: str, chunk: Path | None = None) -> None:
         try:
-            con.cursor().execute(f"COPY ({selects[i]}) TO '{stage / f'{i:02d}.parquet'}' "
+            con.cursor().execute(f"COPY ({select(i, sql)}) TO '{stage / name}' "
                                  "(FORMAT parquet, ROW_GROUP_SIZE 500000)").fetchall()
-        except duckdb.Error as e:   # a file DuckDB cannot parse: name it
-            raise DataError(f"cannot read the table ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                            file=path) from None
-    by_size = sorted(range(len(parts)), key=lambda i: -Path(parts[i][1]).stat().st_size)
+        except duckdb.Error as e:   # a file DuckDB cannot parse: name it (a chunk: read the whole file)
+            if chunk is None:
+                raise DataError(f"cannot read the table ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                                file=parts[i][1]) from None
+            unchunkable.add(i)
+        if chunk is not None:
+            chunk.unlink()
+
+    size = {i: Path(p).stat().st_size for i, (_, p, _) in enumerate(parts)}
+    chunked = [i for i in templates if size[i] >= CHUNKED_MIN_BYTES and Path(parts[i][1]).suffix in (".gz", ".csv")]
+    whole = sorted((i for i in range(len(parts)) if i not in chunked), key=lambda i: -size[i])
+    unchunkable = set()   # read whole after all: the chunker or DuckDB refused a chunk
+
+    def tasks():
+        """Largest first: the whole files bigger than a chunked file's share, then the chunks
+        (cut lazily, one at a time, as a stager asks), then the smaller files."""
+        big = [i for i in whole if size[i] >= CHUNKED_MIN_BYTES]
+        yield from (lambda i=i: copy(i, parts[i][2], f"{i:02d}.parquet") for i in big)
+        for i in chunked:
+            try:
+                for k, c in enumerate(csv_chunks.gz_csv_chunks(Path(parts[i][1]), stage / ".chunks",
+                                                               csv_chunks.CHUNK_BYTES)):
+                    if i in unchunkable:
+                        c.path.unlink()
+                        break
+                    yield lambda i=i, k=k, c=c: copy(i, templates[i].replace("{scan}", csv_chunks.chunk_scan(c)),
+                                                     f"{i:02d}.{k:05d}.parquet", c.path)
+            except csv_chunks.NotChunkable:    # read as a whole below, the chunks staged so far discarded
+                unchunkable.add(i)
+        yield from (lambda i=i: copy(i, parts[i][2], f"{i:02d}.parquet") for i in whole if i not in big)
+
+    # The parts on two cursors at once: decompressing a gzip file is sequential, so two files (or
+    # chunks) at a time is what keeps both cores busy.  Line numbers (row_number() OVER ()) need the
+    # file order kept: preserve_insertion_order stays on meanwhile.
+    stage.mkdir()
+    (stage / ".chunks").mkdir()
+    queue, lock, failed = tasks(), threading.Lock(), threading.Event()
+
+    def stager() -> None:
+        while not failed.is_set():
+            with lock:
+                task = next(queue, None)
+            if task is None:
+                return
+            try:
+                task()
+            except BaseException:
+                failed.set()
+                raise
     with in_file_order(con), ThreadPoolExecutor(max_workers=2) as pool:
-        for f in [pool.submit(copy, i) for i in by_size]:
+        for f in [pool.submit(stager) for _ in range(2)]:
             f.result()
+        for i in sorted(unchunkable):
+            for part in stage.glob(f"{i:02d}.*.parquet"):
+                part.unlink()
+            copy(i, parts[i][2], f"{i:02d}.parquet")
+    shutil.rmtree(stage / ".chunks")
     # then the parts not staged in file order sorted by subject, one at a time (a sort next to the
     # staging of another file would take its memory)
     for i, (table, _, _) in enumerate(parts):
