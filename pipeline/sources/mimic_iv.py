@@ -255,8 +255,9 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     out_dir/patients.parquet too, events after death are dropped (``late_events``).
 
     Two passes over the data: every file is read once into a staging parquet (each row with
-    its source line where ``raw_checks`` checks the table), then the staged rows are checked,
-    cleaned (drug names, units, events after death) and written once."""
+    its source line where ``raw_checks`` checks the table; a big CSV in chunks, ``_stage``), then
+    the staged rows are checked, counted per (table, code, unit), and written once, cleaned
+    (drug names, Fahrenheit, units, events after death) by what was decided on those counts."""
     from pipeline.sources.mimic_extra import drug_maps, extra_parts
     con = con or connect(temp_dir=out_dir)
     parts, found, absent, raw, fallback, templates = [], [], [], {}, {}, {}
