@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import CODE_VERSION, read_json, write_json, write_parquet
+from pipeline.artifacts import CODE_VERSION, read_json, write_json
 from pipeline.errors import DataError
 from pipeline.sources import meds as M
 

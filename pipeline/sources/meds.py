@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from data_schemas.modalities import COHORT
-from data_schemas.tables import ADMISSIONS, CODES, EVENTS, ICUSTAYS, PATIENTS
+from data_schemas.tables import ADMISSIONS, CODES, ICUSTAYS, PATIENTS
 from pipeline.artifacts import read_json, write_parquet
 from pipeline.errors import DataError, Quarantine
 

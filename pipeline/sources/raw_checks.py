@@ -12,7 +12,8 @@ counting the rest:
   value): both are kept, and the later line is listed as a warning.
 
 Cost: no copy of the table is made.  ``mimic_iv.ingest_events`` streams the file once
-with ``RawTable.scan`` (the file's columns plus ``_line``) and stages each row with its
+with ``RawTable.scan`` (the file's columns plus ``_line``; a big CSV as chunks numbered the
+same way, ``csv_chunks.chunk_scan``) and stages each row with its
 line and a hash of its key columns; ``RawTable.check`` then finds the duplicate
 candidates (rows whose key hash repeats), reads only those lines again, whole, and
 decides among them exactly.  A clean file is read once.  ``lines_with_unit`` finds
