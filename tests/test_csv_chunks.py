@@ -252,34 +252,3 @@ def test_an_error_leaves_no_unyielded_chunk(tmp_path):
         for c in gz_csv_chunks(path, out, chunk_bytes=40_000):
             got.append(c.path)
     assert got and sorted(out.iterdir()) == sorted(got)       # only the yielded chunks remain
-
-
-def test_select_lines_equals_the_whole_file_filtered(tmp_path, monkeypatch):
-    """select_lines (the raw checks' re-read of repeated-key lines): the rows of the chosen
-    lines, every column, from chunks filtered on two cursors, equal the whole file's rows."""
-    import pipeline.sources.csv_chunks as cc
-    monkeypatch.setattr(cc, "CHUNK_BYTES", 1 << 20)
-    with duckdb.connect() as con:
-        whole = whole_rows(con, DEMO_LAB)
-        wanted = [r[0] for r in whole[::997]] + [whole[-1][0], 2]
-        con.execute("CREATE TEMP TABLE wanted AS SELECT unnest(?) AS _line", [wanted + wanted[:5]])
-        rows = cc.select_lines(con, DEMO_LAB, "wanted", tmp_path / "w")
-        got = con.execute(f"SELECT * FROM {rows} ORDER BY _line").fetchall()
-        assert len(list((tmp_path / "w").glob("part.*.parquet"))) >= 5   # one part per chunk
-    assert not list((tmp_path / "w" / "chunks").iterdir())              # each chunk deleted once read
-    assert got == sorted(r for r in whole if r[0] in set(wanted)) and len(got) == len(set(wanted))
-
-
-def test_run_tasks_stops_taking_tasks_after_an_error():
-    import pipeline.sources.csv_chunks as cc
-    done = []
-
-    def tasks():
-        for i in range(1000):
-            yield (lambda i=i: (_ for _ in ()).throw(ValueError(f"task {i}"))) if i == 3 else (lambda i=i: done.append(i))
-    with pytest.raises(ValueError, match="task 3"):
-        cc.run_tasks(tasks(), threads=2)
-    assert set(range(3)) <= set(done) and len(done) < 10
-    done.clear()
-    cc.run_tasks((lambda i=i: done.append(i)) for i in range(50))
-    assert sorted(done) == list(range(50))

@@ -149,8 +149,7 @@ def test_big_event_files_staged_in_chunks_equal_the_whole_files(synth_root, tmp_
     """labevents / chartevents cut into plain-CSV chunks (csv_chunks), staged two at a time, give
     the same events and the same quarantine rows (exact duplicates named by their line in the
     user's file) as the whole files; a file that cannot be cut the way DuckDB reads it (a stray
-    quote after the first chunks) is read whole instead, with the same result.  The lines whose
-    measurement key repeats are read again (raw_checks) in chunks too, with the same result."""
+    quote after the first chunks) is read whole instead, with the same result."""
     import gzip
 
     from pipeline.sources import csv_chunks, mimic_iv
@@ -181,19 +180,12 @@ def test_big_event_files_staged_in_chunks_equal_the_whole_files(synth_root, tmp_
     def spy(path, out_dir, chunk_bytes):
         try:
             for c in real(path, out_dir, chunk_bytes):
-                cut.append((path.name, out_dir.parent.name, c.first_line))
+                cut.append((path.name, c.first_line))
                 yield c
         except csv_chunks.NotChunkable:
-            refused.append((path.name, out_dir.parent.name))
+            refused.append(path.name)
             raise
     real = csv_chunks.gz_csv_chunks
-    real_select, selected = csv_chunks.select_lines, []
-
-    def select_spy(con, path, lines, work):
-        rows = real_select(con, path, lines, work)
-        selected.append((path, con.execute(f"SELECT count(*) FROM {rows}").fetchone()[0]))
-        return rows
-    monkeypatch.setattr(csv_chunks, "select_lines", select_spy)
     monkeypatch.setattr(mimic_iv, "CHUNKED_MIN_BYTES", 0)
     monkeypatch.setattr(csv_chunks, "CHUNK_BYTES", 200_000)
     monkeypatch.setattr(csv_chunks, "gz_csv_chunks", spy)
@@ -201,13 +193,9 @@ def test_big_event_files_staged_in_chunks_equal_the_whole_files(synth_root, tmp_
         events, quarantine = ingest(src, tmp_path / f"chunked_{name}")
         pd.testing.assert_frame_equal(events, expected[name][0])
         pd.testing.assert_frame_equal(quarantine, expected[name][1])
-    assert sum(1 for f, d, _ in cut if (f, d) == ("labevents.csv.gz", ".events.stage")) > 10
-    assert any(f == "chartevents.csv.gz" for f, _, _ in cut)
-    assert sum(1 for f, d, _ in cut if (f, d) == ("labevents.csv.gz", ".labevents.recheck")) > 10
-    assert refused == [("labevents.csv.gz", ".events.stage"), ("labevents.csv.gz", ".labevents.recheck")]
-    # the clean files' repeated-key lines came from the chunks (no fallback to the whole file)
-    assert [p for p, n in selected if n > 10] == [lab]
-    assert not [p for p in tmp_path.glob("chunked_*/.*") if p.name != ".manifest"]  # chunks, staging removed
+    assert sum(1 for f, _ in cut if f == "labevents.csv.gz") > 10 and any(f == "chartevents.csv.gz" for f, _ in cut)
+    assert refused == ["labevents.csv.gz"]
+    assert not list(tmp_path.glob("chunked_*/.events.stage"))     # chunks and staging removed
 
 
 def test_a_chunk_duckdb_cannot_read_is_reported_on_the_whole_file(synth_root, tmp_path, monkeypatch):

@@ -43,10 +43,8 @@ and two stagers).
 from __future__ import annotations
 
 import gzip
-import threading
 import zlib
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,49 +262,3 @@ def gz_csv_chunks(path: Path, out_dir: Path, chunk_bytes: int = CHUNK_BYTES) -> 
         if not out.closed:     # a chunk not yielded (an error, or an empty last one): removed
             out.close()
             Path(out.name).unlink()
-
-
-def run_tasks(tasks: Iterator[Callable[[], None]], threads: int = 2) -> None:
-    """Run the callables of the lazy iterator ``tasks`` on ``threads`` threads, each thread
-    taking the next task when it is free (so a generator that cuts chunks cuts one only when a
-    thread is ready for it).  After the first error no new task starts; the error is raised."""
-    lock, failed = threading.Lock(), threading.Event()
-
-    def worker() -> None:
-        while not failed.is_set():
-            try:
-                with lock:
-                    task = next(tasks, None)
-                if task is None:
-                    return
-                task()
-            except BaseException:
-                failed.set()
-                raise
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for f in [pool.submit(worker) for _ in range(threads)]:
-            f.result()
-
-
-def select_lines(con, path: Path, lines: str, work: Path) -> str:
-    """The rows of the CSV ``path`` whose whole-file ``_line`` is in ``lines`` (a relation with a
-    ``_line`` column), with ``_line`` and every column as VARCHAR, as ``RawTable.scan`` gives
-    them: the file is cut into chunks and each chunk filtered on its own cursor, two at a time,
-    into parquet parts under ``work``.  Returns the ``read_parquet`` relation of the parts (rows
-    in no particular order); the caller reads it, then removes ``work``.  ``NotChunkable`` or a
-    ``duckdb.Error`` on a chunk: read the whole file instead (module docstring)."""
-    path, work = Path(path), Path(work)
-    work.mkdir(parents=True, exist_ok=True)
-    wanted = work / "lines.parquet"
-    con.execute(f"COPY (SELECT DISTINCT _line FROM {lines}) TO '{wanted}' (FORMAT parquet)").fetchall()
-
-    def part(k: int, chunk: Chunk) -> None:
-        try:
-            con.cursor().execute(
-                f"COPY (SELECT * FROM {chunk_scan(chunk)} WHERE _line IN (SELECT _line FROM read_parquet('{wanted}'))) "
-                f"TO '{work / f'part.{k:05d}.parquet'}' (FORMAT parquet)").fetchall()
-        finally:
-            chunk.path.unlink()
-    with raw_checks.in_file_order(con):
-        run_tasks((lambda k=k, c=c: part(k, c)) for k, c in enumerate(gz_csv_chunks(path, work / "chunks", CHUNK_BYTES)))
-    return f"read_parquet('{work}/part.*.parquet')"

@@ -10,6 +10,8 @@ table size.  Version differences live here: ``ethnicity`` became ``race`` in
 from __future__ import annotations
 
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -296,9 +298,8 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     shutil.rmtree(stage, ignore_errors=True)
     _stage(con, parts, raw, stage, templates)
     staged = f"read_parquet('{stage}/*.parquet', union_by_name=true)"
-    for rt in raw.values():   # a big CSV's repeated keys are read again in chunks
-        big = rt.path.suffix in (".gz", ".csv") and rt.path.stat().st_size >= CHUNKED_MIN_BYTES
-        rt.check(con, staged, q, SOURCE, out.with_name(f".{rt.table}.recheck") if big else None)
+    for rt in raw.values():
+        rt.check(con, staged, q, SOURCE)
     dropped = " UNION ALL ".join(f"SELECT '{t}' source, _line FROM {rt.dropped}" for t, rt in raw.items())
     con.execute("CREATE OR REPLACE TEMP TABLE dropped_lines AS "
                 + (dropped or "SELECT NULL::VARCHAR source, NULL::BIGINT _line LIMIT 0"))
@@ -409,8 +410,22 @@ def _stage(con, parts: list, raw: dict, stage: Path, templates: dict[int, str] |
     # file order kept: preserve_insertion_order stays on meanwhile.
     stage.mkdir()
     (stage / ".chunks").mkdir()
-    with in_file_order(con):
-        csv_chunks.run_tasks(tasks(), threads=2)
+    queue, lock, failed = tasks(), threading.Lock(), threading.Event()
+
+    def stager() -> None:
+        while not failed.is_set():
+            with lock:
+                task = next(queue, None)
+            if task is None:
+                return
+            try:
+                task()
+            except BaseException:
+                failed.set()
+                raise
+    with in_file_order(con), ThreadPoolExecutor(max_workers=2) as pool:
+        for f in [pool.submit(stager) for _ in range(2)]:
+            f.result()
         for i in sorted(unchunkable):
             for part in stage.glob(f"{i:02d}.*.parquet"):
                 part.unlink()

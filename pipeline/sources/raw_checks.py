@@ -15,9 +15,8 @@ Cost: no copy of the table is made.  ``mimic_iv.ingest_events`` streams the file
 with ``RawTable.scan`` (the file's columns plus ``_line``; a big CSV as chunks numbered the
 same way, ``csv_chunks.chunk_scan``) and stages each row with its
 line and a hash of its key columns; ``RawTable.check`` then finds the duplicate
-candidates (rows whose key hash repeats), reads only those lines again, whole (a big
-CSV again in chunks, two at a time: ``csv_chunks.select_lines``), and decides among them
-exactly.  A clean file is read once.  ``lines_with_unit`` finds
+candidates (rows whose key hash repeats), reads only those lines again, whole, and
+decides among them exactly.  A clean file is read once.  ``lines_with_unit`` finds
 the lines behind a unit that ``units.harmonise_units`` quarantines.
 """
 from __future__ import annotations
@@ -138,14 +137,12 @@ class RawTable:
                            [self.table, code, unit_norm]).fetchall()
         return [int(r[0]) for r in rows]
 
-    def check(self, con, stage: str, q: Quarantine, source: str, chunks: Path | None = None) -> None:
+    def check(self, con, stage: str, q: Quarantine, source: str) -> None:
         """Quarantine this table's exact duplicates, non-numeric values and conflicting duplicates
         (module doc) from its staged rows; the exact duplicates' lines go to ``dropped``.
 
         Only rows whose key hash repeats can be duplicates: those few lines are read again from the
-        file, whole, and the decision among them is made on the columns themselves (exact).  With
-        ``chunks`` (a work folder, for a big CSV) the file is read again in chunks on two cursors
-        (``csv_chunks.select_lines``), the whole file where it cannot be cut."""
+        file, whole, and the decision among them is made on the columns themselves (exact)."""
         self.stage = stage
         mine = f"(SELECT * FROM {stage} WHERE source = '{self.table}')"
         # repeated key hashes (a raw row may stage several rows: omr's blood pressure), found in
@@ -162,7 +159,9 @@ class RawTable:
         every = ", ".join(_q(c) for c in self.columns)
         cand = f"{self.rel}_rows"
         if con.execute(f"SELECT count(*) FROM {self.rel}_cand").fetchall()[0][0]:
-            self._read_lines(con, f"{self.rel}_cand", cand, chunks)
+            with in_file_order(con):
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {cand} AS SELECT * FROM {self.scan} "
+                            f"WHERE _line IN (SELECT _line FROM {self.rel}_cand)")
         else:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {cand} AS SELECT * FROM {self.scan} LIMIT 0")
         self.counts["exact_duplicates"] = _listed(
@@ -190,27 +189,6 @@ class RawTable:
                 self.numeric[0], lambda r: f"conflicting duplicate: same {', '.join(key)} as line {r[1]}, another "
                                            "value (both kept)" if r else "conflicting duplicates (both kept)",
                 f"{self.rel}_conflict")
-
-
-    def _read_lines(self, con, lines: str, into: str, chunks: Path | None) -> None:
-        """The temp table ``into``: the file's rows (``scan``) whose ``_line`` is in ``lines``."""
-        import shutil
-
-        import duckdb
-
-        from pipeline.sources import csv_chunks
-        if chunks is not None:
-            try:
-                rows = csv_chunks.select_lines(con, self.path, lines, chunks)
-                con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS SELECT * FROM {rows} ORDER BY _line")
-                return
-            except (csv_chunks.NotChunkable, duckdb.Error):
-                pass           # the whole file below (its errors name the file)
-            finally:
-                shutil.rmtree(chunks, ignore_errors=True)
-        with in_file_order(con):
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS SELECT * FROM {self.scan} "
-                        f"WHERE _line IN (SELECT _line FROM {lines})")
 
 
 def _listed(con, q: Quarantine, source: str, path: Path, sql: str, field: str, reason, name: str) -> int:
