@@ -187,7 +187,12 @@ def read_frame(path, **kwargs) -> pd.DataFrame:
     when that happens as the interpreter exits the process aborts ("terminate called without an
     active exception", exit 134; apache/arrow#34314, #50482: a hang there).  Every parquet read
     in the package and the benchmarks goes through here (tests/test_artifacts.py checks)."""
+    import errno
+
     import pyarrow.fs
+    path = Path(path).expanduser()
+    if not path.exists():      # the message pandas gives, not pyarrow's bare path
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
     return pd.read_parquet(str(path), filesystem=pyarrow.fs.LocalFileSystem(), **kwargs)
 
 

@@ -29,6 +29,10 @@ def test_read_frame_reads_by_path_not_through_a_python_file(tmp_path, monkeypatc
     pd.testing.assert_frame_equal(read_frame(str(tmp_path / "f.parquet"), columns=["value"]), frame[["value"]])
     got = read_frame(tmp_path / "dir").sort_values("subject_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(got, frame)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    pd.testing.assert_frame_equal(read_frame("~/f.parquet"), frame)
+    with pytest.raises(FileNotFoundError, match=r"No such file or directory: '.*missing\.parquet'"):
+        read_frame(tmp_path / "missing.parquet")
 
 
 def test_no_parquet_read_bypasses_read_frame():
