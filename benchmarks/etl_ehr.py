@@ -31,7 +31,7 @@ CHILD = r"""
 import json, sys, time
 from pathlib import Path
 import pandas as pd
-from pipeline.artifacts import read_frame
+from pipeline.artifacts import read_parquet
 from pipeline.config import RunConfig
 from pipeline.errors import Quarantine
 from pipeline.sources.mimic_iv import ingest_mimic_iv
@@ -44,14 +44,14 @@ t0 = time.time()
 info = ingest_mimic_iv(root, work / "ing", Quarantine())
 t1 = time.time()
 icu = work / "ing" / "icustays.parquet"
-cohort, counts = build_cohort(read_frame(work / "ing" / "patients.parquet"),
-                              read_frame(work / "ing" / "admissions.parquet"),
-                              read_frame(icu) if icu.exists() else None, cfg.task)
+cohort, counts = build_cohort(read_parquet(work / "ing" / "patients.parquet"),
+                              read_parquet(work / "ing" / "admissions.parquet"),
+                              read_parquet(icu) if icu.exists() else None, cfg.task)
 t2 = time.time()
 (work / "fe").mkdir(exist_ok=True)
 fe = featurize_ehr(cohort, work / "ing", cfg.ehr, work / "fe", split=True if sys.argv[3:] == ["split"] else None)
 t3 = time.time()
-print(json.dumps({"tables": info["event_tables_found"], "event_rows": info["event_rows"], "patients": len(read_frame(work / "ing" / "patients.parquet")),
+print(json.dumps({"tables": info["event_tables_found"], "event_rows": info["event_rows"], "patients": len(read_parquet(work / "ing" / "patients.parquet")),
                   "cohort": len(cohort), "ingest_s": t1 - t0, "cohort_s": t2 - t1, "features_s": t3 - t2,
                   "total_s": t3 - t0, "features": fe}))
 """

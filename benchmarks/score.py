@@ -31,14 +31,14 @@ CHILD = r"""
 import json, sys, time
 import numpy as np, pandas as pd
 from pathlib import Path
-from pipeline.artifacts import read_frame
+from pipeline.artifacts import read_parquet
 from pipeline.jobs.score import Scorer
 run, n, shard, explain = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 if len(sys.argv) > 6 and sys.argv[6]:   # torch threads of the fused net's scoring and explaining
     import pipeline.models.fusion
     pipeline.models.fusion.INFERENCE_THREADS = int(sys.argv[6])
 scorer = Scorer(run)
-base = read_frame(sys.argv[5])
+base = read_parquet(sys.argv[5])
 rng = np.random.default_rng(0)
 t0 = time.time()
 cpu0 = time.process_time()

@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
-    from pipeline.artifacts import read_frame
+    from pipeline.artifacts import read_parquet
     from pipeline.config import RunConfig
     from pipeline.jobs.train import train
     from pipeline.synthetic import generate_cohort
@@ -106,7 +106,7 @@ def main() -> None:
               f"largest worker {res['worker_peak_gib']:.2f} GiB (SHAP reasons included)", flush=True)
     engines = [e for e in args.engines.split(",") if e in figures]
     if len(engines) == 2:
-        a, b = (read_frame(work / f"scores_{e}.parquet") for e in engines)
+        a, b = (read_parquet(work / f"scores_{e}.parquet") for e in engines)
         pd.testing.assert_frame_equal(a, b)
         print(f"{' and '.join(engines)} wrote the same scores", flush=True)
     figures["load_average"] = [round(x, 2) for x in os.getloadavg()]

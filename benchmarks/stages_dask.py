@@ -95,7 +95,7 @@ def warm() -> None:
 
 def measure(name: str, run, n: int, engines: dict) -> dict:
     """Run ``run(out_dir, engine)`` with each engine; figures and the features written."""
-    from pipeline.artifacts import read_frame
+    from pipeline.artifacts import read_parquet
     from pipeline.engine import Engine
     res, frames = {}, {}
     for kind, kw in engines.items():
@@ -109,7 +109,7 @@ def measure(name: str, run, n: int, engines: dict) -> dict:
                 c0, t0 = cpu_seconds(), time.perf_counter()
                 run(out, eng)
                 wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-            frames[kind] = read_frame(out / "features.parquet")
+            frames[kind] = read_parquet(out / "features.parquet")
         finally:
             shutil.rmtree(out, ignore_errors=True)
         res[kind] = {"records": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="keep the generated records here (reused)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    from pipeline.artifacts import read_frame
+    from pipeline.artifacts import read_parquet
     from pipeline.config import ECGConfig, ImagingConfig
     from pipeline.errors import Quarantine
     from pipeline.sources.ecg import read_record_list
@@ -167,7 +167,7 @@ def main() -> None:
                 t = time.perf_counter()
                 write_films(root, args.images, args.seed).to_parquet(root / "index.parquet")
                 print(f"wrote {args.images} chest films in {time.perf_counter() - t:.0f} s", flush=True)
-            index = read_frame(root / "index.parquet")
+            index = read_parquet(root / "index.parquet")
             cohort = cohort_for(index, "image_time")
             figures["imaging"] = measure("imaging", lambda out, eng: featurize_imaging(
                 cohort, index, ImagingConfig(), out, Quarantine(), n_jobs=args.n_jobs, engine=eng), len(index),

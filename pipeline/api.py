@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import read_frame, read_json
+from pipeline.artifacts import read_parquet, read_json
 from pipeline.config import RunConfig
 from pipeline.errors import DataError
 
@@ -142,14 +142,14 @@ class Run:
 
     def test_scores(self) -> pd.DataFrame:
         """The score file of the test split (risk, band, reasons, modality contributions)."""
-        return read_frame(self.path / "test_scores.parquet")
+        return read_parquet(self.path / "test_scores.parquet")
 
     def features(self, split: str | None = "test") -> pd.DataFrame:
         """The aligned feature rows of this run's cohort (one split, or all with None)."""
         from pipeline.jobs.prepare import feature_rows
         from pipeline.stages.align import align
         stages = {p.name: p for p in (self.path / "stages").iterdir() if (p / "manifest.json").exists()}
-        cohort = read_frame(stages["cohort"] / "cohort.parquet")
+        cohort = read_parquet(stages["cohort"] / "cohort.parquet")
         if split is not None:
             cohort = cohort[cohort["split"] == split].reset_index(drop=True)
         return align(cohort, feature_rows(stages, cohort["hadm_id"].to_numpy()))

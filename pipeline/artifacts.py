@@ -180,24 +180,21 @@ class ParquetShardWriter:
             self.tmp.unlink(missing_ok=True)
 
 
-def read_frame(path, **kwargs) -> pd.DataFrame:
-    """``pd.read_parquet`` of a local file or folder, read by path through pyarrow's own file
-    system.  Given a plain path, pandas opens the file in Python and hands pyarrow the file
-    object; pyarrow can release that object on one of its threads after the read returns, and
-    when that happens as the interpreter exits the process aborts ("terminate called without an
-    active exception", exit 134; apache/arrow#34314, #50482: a hang there).  Every parquet read
-    in the package and the benchmarks goes through here (tests/test_artifacts.py checks)."""
+def read_parquet(path, schema: Schema | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+    """A parquet file or folder as a frame (``schema`` checked when every column is read), read by
+    path through pyarrow's own file system.  ``pd.read_parquet(path)`` opens the file in Python
+    and hands pyarrow the file object; pyarrow can release that object on one of its threads
+    after the read returns, and when that happens as the interpreter exits the process aborts
+    ("terminate called without an active exception", exit 134; apache/arrow#34314, #50482: a
+    hang there).  Every parquet read in the package and the benchmarks goes through here
+    (tests/test_artifacts.py checks)."""
     import errno
 
     import pyarrow.fs
     path = Path(path).expanduser()
     if not path.exists():      # the message pandas gives, not pyarrow's bare path
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
-    return pd.read_parquet(str(path), filesystem=pyarrow.fs.LocalFileSystem(), **kwargs)
-
-
-def read_parquet(path: Path, schema: Schema | None = None, columns: list[str] | None = None) -> pd.DataFrame:
-    df = read_frame(path, columns=columns)
+    df = pd.read_parquet(str(path), columns=columns, filesystem=pyarrow.fs.LocalFileSystem())
     if schema is not None and columns is None:
         schema.validate(df, path)
     return df

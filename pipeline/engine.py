@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import read_frame
+from pipeline.artifacts import read_parquet
 from pipeline.errors import DataError, Quarantine
 
 KINDS = ("local", "dask")
@@ -162,7 +162,7 @@ def sharded_stage(stage_fn: Callable, cohort: pd.DataFrame, inputs: dict[str, pd
             for i, part in enumerate(subject_shards(cohort, engine.shard_rows))]
     done = list(map_shards(_shard_task, jobs, engine, stage_fn=stage_fn, folder=str(folder)))
     dirs = [Path(d["dir"]) for d in done]
-    frames = [read_frame(d / "features.parquet") for d in dirs]
+    frames = [read_parquet(d / "features.parquet") for d in dirs]
     frames = [f for f in frames if len(f)] or frames[:1]
     feats = pd.concat(frames, ignore_index=True) if frames else None
     order = np.zeros(0, np.int64)
@@ -176,12 +176,12 @@ def sharded_stage(stage_fn: Callable, cohort: pd.DataFrame, inputs: dict[str, pd
     for name in arrays:
         _merge_arrays([d / name for d in dirs], order, out_dir / name)
     for name, key in (tables or {}).items():
-        parts = [read_frame(d / name) for d in dirs if (d / name).exists()]
+        parts = [read_parquet(d / name) for d in dirs if (d / name).exists()]
         if parts:
             t = pd.concat(parts, ignore_index=True).sort_values(key, kind="stable").reset_index(drop=True)
             t.to_parquet(out_dir / name, index=False)
     for d in dirs:
-        quarantine.extend(Quarantine.from_frame(read_frame(d / "quarantine.parquet")))
+        quarantine.extend(Quarantine.from_frame(read_parquet(d / "quarantine.parquet")))
     shutil.rmtree(folder, ignore_errors=True)
     return _sum_counts([d["counts"] for d in done]) | {"shards": len(done)}
 
@@ -254,7 +254,7 @@ def map_frames(fn: Callable, shards: list, engine: Engine | None, folder: Path, 
     jobs = [(str(Path(folder) / f"{i:05d}.parquet"), s) for i, s in enumerate(shards)]
     try:
         for path in map_shards(_frame_task, jobs, engine, fn=fn, **shared):
-            frame = read_frame(path)
+            frame = read_parquet(path)
             Path(path).unlink()
             yield frame
     finally:   # with whatever a lost worker left half-written

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import read_frame, read_json, write_json, write_parquet
+from pipeline.artifacts import read_parquet, read_json, write_json, write_parquet
 from pipeline.stages.align import modality_of
 
 
@@ -100,11 +100,11 @@ class Explanation:
     def load(cls, folder: Path) -> "Explanation":
         folder = Path(folder)
         meta = read_json(folder / "explanation.json")
-        vals = read_frame(folder / "shap_values.parquet")
-        data = read_frame(folder / "shap_data.parquet")
+        vals = read_parquet(folder / "shap_values.parquet")
+        data = read_parquet(folder / "shap_data.parquet")
         mc = None
         if (folder / "modality_contrib.parquet").exists():
-            mc = read_frame(folder / "modality_contrib.parquet").drop(columns="hadm_id")
+            mc = read_parquet(folder / "modality_contrib.parquet").drop(columns="hadm_id")
         names = meta["feature_names"]
         return cls(values=vals[names].to_numpy(), base_values=vals["base_value"].to_numpy(),
                    data=data[names].to_numpy(), feature_names=names, hadm_id=vals["hadm_id"].to_numpy(),

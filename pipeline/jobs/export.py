@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import CODE_VERSION, read_frame, read_json, write_json
+from pipeline.artifacts import CODE_VERSION, read_parquet, read_json, write_json
 from pipeline.errors import DataError
 from pipeline.sources import meds as M
 
@@ -51,7 +51,7 @@ def export_meds(run: Path, out: Path, subjects_per_shard: int = 50_000) -> dict:
     run, out = Path(run), Path(out)
     ehr = run / "stages" / "ingest_ehr"
     _need(ehr / "events.parquet", "EHR events (stages/ingest_ehr)")
-    cohort = read_frame(_need(run / "stages" / "cohort" / "cohort.parquet", "cohort"))
+    cohort = read_parquet(_need(run / "stages" / "cohort" / "cohort.parquet", "cohort"))
     cfg = read_json(_need(run / "config.json", "config.json"))
     if out.exists() and any(out.iterdir()) and not _is_own_export(out):
         raise DataError("output folder exists and is not a MEDS export of this project", file=out,
@@ -163,9 +163,9 @@ def _shards(subjects: pd.Series, splits: pd.Series, per_shard: int) -> pd.DataFr
 
 def _static_rows(ehr: Path, stages: Path) -> pd.DataFrame:
     """Patients, admissions, ICU stays and modality pointers as MEDS rows (pandas; one row per item)."""
-    p = read_frame(ehr / "patients.parquet")
-    a = read_frame(ehr / "admissions.parquet")
-    icu = read_frame(ehr / "icustays.parquet") if (ehr / "icustays.parquet").exists() else None
+    p = read_parquet(ehr / "patients.parquet")
+    a = read_parquet(ehr / "admissions.parquet")
+    icu = read_parquet(ehr / "icustays.parquet") if (ehr / "icustays.parquet").exists() else None
     unk = lambda s: s.astype(object).where(s.notna(), M.UNKNOWN).astype(str) if s is not None else M.UNKNOWN  # noqa: E731
     rows = []
     g = p[p["gender"].notna()]
@@ -217,17 +217,17 @@ def _pointer_rows(stages: Path, unk) -> list[pd.DataFrame]:
     rows = []
     ecg = stages / "index_ecg" / "ecg_index.parquet"
     if ecg.exists():
-        e = read_frame(ecg, columns=["subject_id", "study_id", "ecg_time", "path"])
+        e = read_parquet(ecg, columns=["subject_id", "study_id", "ecg_time", "path"])
         rows.append(pd.DataFrame({"subject_id": e["subject_id"], "time": e["ecg_time"], "code": "ECG//RECORD",
                                   "study_id": e["study_id"], "file_path": e["path"]}))
     notes = stages / "index_notes" / "notes.parquet"
     if notes.exists():
-        n = read_frame(notes, columns=["note_id", "subject_id", "hadm_id", "note_type", "charttime"])
+        n = read_parquet(notes, columns=["note_id", "subject_id", "hadm_id", "note_type", "charttime"])
         rows.append(pd.DataFrame({"subject_id": n["subject_id"], "time": n["charttime"], "note_id": n["note_id"],
                                   "hadm_id": n["hadm_id"], "code": "NOTE//" + unk(n["note_type"])}))
     images = stages / "index_imaging" / "imaging_index.parquet"
     if images.exists():
-        i = read_frame(images)
+        i = read_parquet(images)
         view = i["view_position"] if "view_position" in i.columns else None
         rows.append(pd.DataFrame({"subject_id": i["subject_id"], "time": i["image_time"], "study_id": i["study_id"],
                                   "dicom_id": i["dicom_id"], "file_path": i["path"],
@@ -245,7 +245,7 @@ _STRUCTURAL_DESCRIPTIONS = {
 
 def _write_metadata(tmp: Path, ehr: Path, codemap: pd.DataFrame, data_codes: list[str], splits: pd.Series,
                     cfg: dict, extra_events: list[str]) -> None:
-    labels = read_frame(ehr / "codes.parquet") if (ehr / "codes.parquet").exists() else \
+    labels = read_parquet(ehr / "codes.parquet") if (ehr / "codes.parquet").exists() else \
         pd.DataFrame({"code": [], "label": []})
     label = codemap.merge(labels, on="code", how="left").drop_duplicates("meds_code").set_index("meds_code")["label"]
     desc = [label.get(c) if c in label.index else _STRUCTURAL_DESCRIPTIONS.get(c.split(M.SEP)[0]) for c in data_codes]

@@ -11,7 +11,7 @@ import pandas as pd
 
 from data_schemas.modalities import COHORT, QUARANTINE
 from pipeline import progress
-from pipeline.artifacts import output_hash, read_frame, read_parquet, run_stage, tree_hash, write_parquet
+from pipeline.artifacts import output_hash, read_parquet, run_stage, tree_hash, write_parquet
 from pipeline.config import RunConfig
 from pipeline.engine import Engine
 from pipeline.errors import Quarantine
@@ -87,14 +87,14 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
         icu = d / "icustays.parquet"
         if cfg.task.labels is not None and mode == "train":  # a MEDS label file defines the cohort
             from pipeline.sources.meds import cohort_from_labels
-            cohort, counts = cohort_from_labels(cfg.task.labels, read_frame(d / "patients.parquet"),
-                                                read_frame(d / "admissions.parquet"), cfg.task,
+            cohort, counts = cohort_from_labels(cfg.task.labels, read_parquet(d / "patients.parquet"),
+                                                read_parquet(d / "admissions.parquet"), cfg.task,
                                                 sources.paths.get("meds"), q)
         else:
-            admissions = read_frame(d / "admissions.parquet")
+            admissions = read_parquet(d / "admissions.parquet")
             as_of = snapshot_time(admissions, d / "events.parquet") if mode == "score" else None
-            cohort, counts = build_cohort(read_frame(d / "patients.parquet"), admissions,
-                                          read_frame(icu) if icu.exists() else None, cfg.task,
+            cohort, counts = build_cohort(read_parquet(d / "patients.parquet"), admissions,
+                                          read_parquet(icu) if icu.exists() else None, cfg.task,
                                           require_outcomes=mode != "score", as_of=as_of)
         if mode == "score":
             cohort = score_cohort(cohort)
@@ -116,12 +116,12 @@ def prepare(sources: Sources, cfg: RunConfig, work: Path, mode: str = "train",
             write_parquet(frame, tmp / filename)
             return {"rows": len(frame)}
         dirs[name] = _stage(work, name, inputs, config, body)
-        return read_frame(dirs[name] / filename)
+        return read_parquet(dirs[name] / filename)
 
     def featurize(modality: str, inputs: dict, config: dict, fn) -> None:
         name = f"features_{modality}"
         dirs[name] = _stage(work, name, {"cohort": cohort_hash, **inputs}, config, fn)
-        features[modality] = read_frame(dirs[name] / "features.parquet") if align_table else None
+        features[modality] = read_parquet(dirs[name] / "features.parquet") if align_table else None
 
     codes = fitted.get("ehr_codes")
     featurize("ehr", {"ingest": output_hash(dirs["ingest_ehr"])},
@@ -211,13 +211,13 @@ def load_tensors(stage_dirs: dict[str, Path]) -> dict:
     for m, stage, name in (("ecg", "features_ecg", "waveforms.npy"), ("imaging", "features_imaging", "images.npy")):
         d = stage_dirs.get(stage)
         if d is not None and (d / name).exists():
-            ids = read_frame(d / "features.parquet", columns=["hadm_id"])["hadm_id"].to_numpy()
+            ids = read_parquet(d / "features.parquet", columns=["hadm_id"])["hadm_id"].to_numpy()
             out[m] = (ids, np.load(d / name, mmap_mode="r"))
     return out
 
 
 def collect_quarantine(stage_dirs: dict[str, Path]) -> pd.DataFrame:
-    frames = [read_frame(d / "quarantine.parquet") for d in stage_dirs.values()
+    frames = [read_parquet(d / "quarantine.parquet") for d in stage_dirs.values()
               if (d / "quarantine.parquet").exists()]
     frames = [f for f in frames if len(f)]
     if not frames:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import read_frame, read_json
+from pipeline.artifacts import read_parquet, read_json
 from pipeline.errors import DataError
 
 MODALITY_COLORS = {"ehr": "#4C72B0", "ecg": "#DD8452", "notes": "#55A868", "imaging": "#C44E52"}
@@ -199,7 +199,7 @@ def _patient_cards(run: Path, modalities: list[str], exp, pretty, report_cfg) ->
     n = report_cfg.patient_cards
     if not p.exists() or n == 0:
         return []
-    s = read_frame(p).sort_values("risk", ascending=False)
+    s = read_parquet(p).sort_values("risk", ascending=False)
     pick = pd.concat([s.head(n // 2), s.tail(n - n // 2)]) if len(s) > n else s
     pictures = card_pictures(run, [int(h) for h in pick["hadm_id"]], exp, pretty, _png, report_cfg.show_signals)
     cards = []
@@ -229,7 +229,7 @@ def _quarantine(run: Path) -> tuple[list[dict], int]:
     p = run / "quarantine.parquet"
     if not p.exists():
         return [], 0
-    q = read_frame(p)
+    q = read_parquet(p)
     rows = []
     for r in q.head(50).to_dict("records"):
         reason = str(r.get("reason", ""))

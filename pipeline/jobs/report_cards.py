@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import read_frame
+from pipeline.artifacts import read_parquet
 from pipeline.errors import DataError
 from pipeline.explain.waterfall import DOWN, UP, plot_waterfall, waterfall_steps
 
@@ -51,11 +51,11 @@ class _ECGContext:
         self.scorer = Scorer(run)
         stages = {p.name: p for p in (run / "stages").iterdir() if (p / "manifest.json").exists()}
         self.scorer.attach_tensors({k: str(stages[k]) for k in ("features_ecg", "features_imaging") if k in stages})
-        cohort = read_frame(stages["cohort"] / "cohort.parquet")
+        cohort = read_parquet(stages["cohort"] / "cohort.parquet")
         self.cohort = cohort[cohort["hadm_id"].isin(hadms)].reset_index(drop=True)
         self.rows = align(self.cohort, feature_rows(stages, self.cohort["hadm_id"].to_numpy())).set_index("hadm_id")
-        self.index = read_frame(stages["index_ecg"] / "ecg_index.parquet")
-        self.qc = read_frame(stages["features_ecg"] / "qc.parquet").set_index("path")
+        self.index = read_parquet(stages["index_ecg"] / "ecg_index.parquet")
+        self.qc = read_parquet(stages["features_ecg"] / "qc.parquet").set_index("path")
         self.cfg = self.scorer.cfg.ecg
 
     def record_path(self, hadm: int) -> str | None:
@@ -134,7 +134,7 @@ def cxr_png(run: Path, hadm: int, png) -> str | None:
     d = _stage(run, "features_imaging")
     if d is None or not (d / "images.npy").exists():
         return None
-    ids = read_frame(d / "features.parquet", columns=["hadm_id"])["hadm_id"].to_numpy()
+    ids = read_parquet(d / "features.parquet", columns=["hadm_id"])["hadm_id"].to_numpy()
     hit = np.flatnonzero(ids == hadm)
     if not len(hit):
         return None
@@ -159,7 +159,7 @@ def card_pictures(run: Path, hadms: list[int], exp, pretty, png, show_signals: b
         return out
     ecg_stage = _stage(run, "features_ecg")
     if ecg_stage is not None and _stage(run, "index_ecg") is not None:
-        ids = set(read_frame(ecg_stage / "features.parquet", columns=["hadm_id"])["hadm_id"].astype(int))
+        ids = set(read_parquet(ecg_stage / "features.parquet", columns=["hadm_id"])["hadm_id"].astype(int))
         with_ecg = [h for h in hadms if h in ids]
         ctx = _ECGContext(run, with_ecg) if with_ecg else None
         for h in with_ecg:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from data_schemas.modalities import QUARANTINE, SCORES
-from pipeline.artifacts import ParquetShardWriter, RunLock, read_frame, read_json, write_parquet
+from pipeline.artifacts import ParquetShardWriter, RunLock, read_parquet, read_json, write_parquet
 from pipeline.config import RunConfig
 from pipeline.engine import Engine
 from pipeline.errors import DataError, Quarantine
@@ -99,7 +99,7 @@ class Scorer:
         self.model = registry.load(mdir / "primary", self.kind.name)
         self.calibrator = Calibrator.from_json(self.meta["calibrator"])
         bg = mdir / "background.parquet"
-        self.background = read_frame(bg) if bg.exists() else None
+        self.background = read_parquet(bg) if bg.exists() else None
         self.cfg = RunConfig.model_validate(self.meta["config"])
 
     def attach_tensors(self, tensor_dirs: dict[str, str]) -> None:
@@ -208,7 +208,7 @@ def _score(model: Path, input_root: Path, output: Path, work: Path, engine: str,
     rate = out.rows / max(time.time() - t0, 1e-9)
     log(f"[score] wrote {output} ({out.rows} rows, {rate:.0f}/s overall); quarantine {qpath} ({len(q)} rows)")
     event("score", "done", seconds=round(time.time() - t0, 3), rows=out.rows, quarantined=len(q), output=output)
-    return read_frame(output) if return_frame else out.rows
+    return read_parquet(output) if return_frame else out.rows
 
 
 def _written(shards, writer: TensorWriter):

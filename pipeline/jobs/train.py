@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from data_schemas.modalities import QUARANTINE
-from pipeline.artifacts import CODE_VERSION, RunLock, output_hash, read_frame, read_json, run_stage, write_json, write_parquet
+from pipeline.artifacts import CODE_VERSION, RunLock, output_hash, read_parquet, read_json, run_stage, write_json, write_parquet
 from pipeline.config import RunConfig
 from pipeline.errors import DataError
 from pipeline.explain.modality import AbsenceTemplate
@@ -143,7 +143,7 @@ def _train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=No
                                                         subjects, seed=cfg.model.seed)
     model, cal = models[primary], calibrators[primary]
     mdir = out / "model"
-    codes_table = read_frame(prep.stage_dirs["ingest_ehr"] / "codes.parquet")
+    codes_table = read_parquet(prep.stage_dirs["ingest_ehr"] / "codes.parquet")
     labels = feature_labels(codes_table)
     notes_dir = prep.stage_dirs.get("features_notes")
     if notes_dir is not None and (notes_dir / "encoder" / "encoder.json").exists():
@@ -178,7 +178,7 @@ def _train(data: Path, out: Path, cfg: RunConfig, report: bool = True, engine=No
     write_json(meta, mdir / "model.json")
 
     scores, exp = score_rows(te, model, cal, meta, pretty_namer(labels),
-                             background=read_frame(mdir / "background.parquet"))
+                             background=read_parquet(mdir / "background.parquet"))
     write_parquet(scores, out / "test_scores.parquet")
     exp.save(out / "explanation")
 

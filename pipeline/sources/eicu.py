@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from data_schemas.tables import ADMISSIONS, CODES, EVENTS, ICUSTAYS, PATIENTS
-from pipeline.artifacts import read_frame, write_parquet
+from pipeline.artifacts import read_parquet, write_parquet
 from pipeline.errors import DataError, Quarantine
 from pipeline.sources.tables import find_table
 
@@ -37,12 +37,12 @@ def is_eicu(folder: Path) -> bool:
     p = find_table(folder, "patient")
     if p is None or find_table(folder, "admissions") is not None:
         return False
-    head = pd.read_csv(p, nrows=0).columns if p.suffix != ".parquet" else read_frame(p).columns
+    head = pd.read_csv(p, nrows=0).columns if p.suffix != ".parquet" else read_parquet(p).columns
     return "patientunitstayid" in head
 
 
 def _read(path: Path, required: list[str]) -> pd.DataFrame:
-    df = read_frame(path) if path.suffix == ".parquet" else pd.read_csv(path, low_memory=False)
+    df = read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, low_memory=False)
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(f"required column(s) {missing} missing; found {list(df.columns)[:15]}", file=path,

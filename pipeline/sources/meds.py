@@ -35,7 +35,7 @@ import pandas as pd
 
 from data_schemas.modalities import COHORT
 from data_schemas.tables import ADMISSIONS, CODES, ICUSTAYS, PATIENTS
-from pipeline.artifacts import read_frame, read_json, write_parquet
+from pipeline.artifacts import read_parquet, read_json, write_parquet
 from pipeline.errors import DataError, Quarantine
 
 SOURCE = "meds"
@@ -324,7 +324,7 @@ def _icustays(struct: pd.DataFrame, root: Path, q: Quarantine) -> pd.DataFrame |
 def _codes(root: Path, decoded: pd.DataFrame) -> pd.DataFrame:
     """code -> label from metadata/codes.parquet (the first description of each canonical code)."""
     path = root / "metadata" / "codes.parquet"
-    desc = read_frame(path, columns=["code", "description"]) if path.exists() else \
+    desc = read_parquet(path, columns=["code", "description"]) if path.exists() else \
         pd.DataFrame({"code": [], "description": []})
     m = decoded.dropna(subset=["code"]).merge(desc, left_on="meds_code", right_on="code", how="left",
                                                 suffixes=("", "_meds"))
@@ -344,7 +344,7 @@ def read_labels(path: Path) -> pd.DataFrame:
                         hint="name a parquet file (subject_id, prediction_time, boolean_value) or a folder of them")
     frames = []
     for f in files:
-        df = read_frame(f)
+        df = read_parquet(f)
         missing = [c for c in ("subject_id", "prediction_time", "boolean_value") if c not in df.columns]
         if missing:
             raise DataError(f"MEDS label file without {missing}; found {list(df.columns)}", file=f, field=missing[0],
@@ -395,7 +395,7 @@ def cohort_from_labels(labels_path: Path, patients: pd.DataFrame, admissions: pd
 
 
 def _splits(df: pd.DataFrame, path: Path) -> pd.Series:
-    s = read_frame(path)
+    s = read_parquet(path)
     unknown = sorted(set(s["split"]) - set(SPLITS))
     if unknown:
         raise DataError(f"split names {unknown} are not MEDS's train, tuning, held_out", file=path, field="split")

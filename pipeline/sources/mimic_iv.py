@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from data_schemas.tables import ADMISSIONS, CODES, EVENTS, ICUSTAYS, PATIENTS
-from pipeline.artifacts import read_frame, write_parquet
+from pipeline.artifacts import read_parquet, write_parquet
 from pipeline.errors import DataError, Quarantine
 from pipeline.sources.raw_checks import header_columns, in_file_order, open_raw
 from pipeline.sources.tables import find_table
@@ -49,7 +49,7 @@ def table_path(root: Path, name: str) -> Path | None:
 
 def _read_text_table(path: Path, required: list[str]) -> pd.DataFrame:
     if path.suffix == ".parquet":
-        df = read_frame(path).astype("string")
+        df = read_parquet(path).astype("string")
     else:
         try:
             df = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""], encoding_errors="replace")
@@ -317,7 +317,7 @@ def ingest_events(root: Path, out_dir: Path, q: Quarantine, con=None) -> dict:
     con.execute(f"CREATE OR REPLACE TEMP TABLE late_rows AS SELECT * FROM {ok} LIMIT 0")
     if adm.exists() and pats.exists():
         info["events_after_death"] = 0
-    if "events_after_death" in info and _register_deaths(con, read_frame(pats), read_frame(adm)):
+    if "events_after_death" in info and _register_deaths(con, read_parquet(pats), read_parquet(adm)):
         con.execute(f"INSERT INTO late_rows SELECT s.* FROM {ok} s JOIN death_at d USING (subject_id) "
                     "WHERE s.time > d.death + INTERVAL 1 DAY")
         info["events_after_death"] = _list_late(con, _drug_rows(late), q, SOURCE, {t: p for t, p, _ in parts})

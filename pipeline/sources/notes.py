@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from data_schemas.modalities import NOTES
-from pipeline.artifacts import read_frame
+from pipeline.artifacts import read_parquet
 from pipeline.errors import DataError, Quarantine
 from pipeline.sources.raw_checks import gunzip_capped
 from pipeline.sources.tables import find_table
@@ -49,7 +49,7 @@ def _has_surrogates(s) -> bool:
 
 def _read_table(path: Path) -> pd.DataFrame:
     if path.suffix == ".parquet":
-        return read_frame(path).astype("string")
+        return read_parquet(path).astype("string")
     try:
         return pd.read_csv(io.BytesIO(_raw(path)), dtype="string", keep_default_na=False, na_values=[""],
                            encoding="utf-8", encoding_errors="surrogateescape")

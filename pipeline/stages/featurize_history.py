@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.artifacts import read_frame
+from pipeline.artifacts import read_parquet
 from pipeline.config import EHRConfig
 from pipeline.sources.mimic_extra import comorbidity_labels
 
@@ -43,7 +43,7 @@ def choose(con, events: str, admissions: Path, train: pd.DataFrame, cfg: EHRConf
           AND e.known_time <= c.prediction_time
         GROUP BY e.code HAVING n >= 2 ORDER BY n DESC, e.code LIMIT {int(cfg.max_history_codes)}""").fetchall()
     codes = [r[0] for r in rows]
-    adm = read_frame(admissions)
+    adm = read_parquet(admissions)
     adm = adm[adm["hadm_id"].isin(train["hadm_id"])]
     for field in cfg.context:
         if field in adm.columns:

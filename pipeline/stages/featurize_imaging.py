@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
 
-from pipeline.artifacts import read_frame, write_parquet
+from pipeline.artifacts import read_parquet, write_parquet
 from pipeline.config import ImagingConfig
 from pipeline.errors import DataError, Quarantine
 from pipeline.progress import track
@@ -124,7 +124,7 @@ def featurize_imaging(cohort: pd.DataFrame, index: pd.DataFrame, cfg: ImagingCon
     cnn_fitted = False
     if cfg.encoder == "cnn" and counts["rows"]:
         from pipeline.stages.image_cnn import cnn_feature
-        feats = read_frame(out_dir / "features.parquet")
+        feats = read_parquet(out_dir / "features.parquet")
         risk, cnn_fitted = cnn_feature(cohort, feats["hadm_id"].to_numpy(),
                                        np.load(out_dir / "images.npy", mmap_mode="r"), cfg, encoder, out_dir)
         feats["imaging__cnn_risk"] = risk.astype("float64")
