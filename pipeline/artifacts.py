@@ -182,8 +182,8 @@ class ParquetShardWriter:
 
 def read_parquet(path, schema: Schema | None = None, columns: list[str] | None = None) -> pd.DataFrame:
     """A parquet file or folder as a frame (``schema`` checked when every column is read), read by
-    path through pyarrow's own file system.  ``pd.read_parquet(path)`` opens the file in Python
-    and hands pyarrow the file object; pyarrow can release that object on one of its threads
+    path through pyarrow's own file system.  Given a path, pandas' ``read_parquet`` opens the file
+    in Python and hands pyarrow the file object; pyarrow can release that object on one of its threads
     after the read returns, and when that happens as the interpreter exits the process aborts
     ("terminate called without an active exception", exit 134; apache/arrow#34314, #50482: a
     hang there).  Every parquet read in the package and the benchmarks goes through here
